@@ -1,0 +1,1 @@
+//! lamb-nn (being written).

@@ -1,0 +1,177 @@
+//! The types every optimizer of the family shares: the tensor view a step receives, the
+//! [`Optimizer`] trait, per-tensor telemetry, serialisable state and the error type.
+
+use serde::{Deserialize, Serialize};
+
+/// One parameter tensor handed to [`Optimizer::step`]: its name (searched by exclusion regexes,
+/// e.g. `conv2d/kernel`), its shape, the parameter values (updated in place) and the gradient.
+#[derive(Debug)]
+pub struct ParamMut<'a> {
+    /// Tensor name, Keras style (`dense/bias`).
+    pub name: &'a str,
+    /// Shape, row-major; its product must equal `value.len()`.
+    pub shape: &'a [usize],
+    /// Parameter values, updated in place by a step.
+    pub value: &'a mut [f32],
+    /// Gradient of the loss with respect to `value`; same length.
+    pub grad: &'a [f32],
+}
+
+impl<'a> ParamMut<'a> {
+    /// Bundles a name, shape, parameter buffer and gradient buffer.
+    pub fn new(name: &'a str, shape: &'a [usize], value: &'a mut [f32], grad: &'a [f32]) -> Self {
+        Self {
+            name,
+            shape,
+            value,
+            grad,
+        }
+    }
+}
+
+/// What one step did to one tensor, for logging and plotting trust ratios.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorTelemetry {
+    /// Tensor name.
+    pub name: String,
+    /// L2 norm of the weights before the step (after any clamp the variant applies).
+    pub weight_norm: f32,
+    /// L2 norm of the update direction the trust ratio divides by (before lr and ratio).
+    pub update_norm: f32,
+    /// Trust ratio applied (1 where the tensor is not adapted or a norm is 0).
+    pub trust_ratio: f32,
+    /// Learning rate used at this step.
+    pub learning_rate: f32,
+}
+
+/// Result of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepOutcome {
+    /// Every tensor was updated.
+    Applied,
+    /// A gradient or update was not finite and [`NonFinitePolicy::SkipStep`] was chosen: no
+    /// tensor changed and the step counter did not advance.
+    Skipped,
+}
+
+/// What to do when a gradient or a computed update is NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum NonFinitePolicy {
+    /// Return [`OptimError::NonFinite`] naming the tensor and step; nothing is changed.
+    #[default]
+    Error,
+    /// Skip the whole step (every tensor), count it in [`Optimizer::skipped_steps`].
+    SkipStep,
+}
+
+/// Serialisable optimizer state: everything needed to resume bit-identically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerState {
+    /// Which optimizer wrote this state (e.g. `lamb`), checked on load.
+    pub optimizer: String,
+    /// Steps applied so far (the schedule position).
+    pub step: u64,
+    /// Steps skipped because of non-finite values.
+    pub skipped_steps: u64,
+    /// Per-tensor slots, in the order of the tensors at the last step.
+    pub tensors: Vec<TensorState>,
+}
+
+/// Per-tensor state slots (moments, momentum buffers), by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorState {
+    /// Tensor name.
+    pub name: String,
+    /// Number of elements.
+    pub len: usize,
+    /// Per-tensor step counter (variants that count per tensor).
+    pub step: u64,
+    /// Named slots, e.g. `m`, `v`, `momentum`; each of length `len`.
+    pub slots: Vec<(String, Vec<f32>)>,
+}
+
+/// Errors of this crate. Each names what was wrong, where and what is valid.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum OptimError {
+    /// A hyperparameter is outside its valid range.
+    #[error("invalid hyperparameter `{name}` = {value}: {valid}")]
+    InvalidHyperparameter {
+        /// Argument name as in tensorflow-addons (`learning_rate`, `beta_1`, ...).
+        name: &'static str,
+        /// The value given, formatted.
+        value: String,
+        /// The valid range, in words.
+        valid: String,
+    },
+    /// An exclusion pattern is not a valid (or supported) regular expression.
+    #[error("invalid regular expression {pattern:?} in `{argument}`: {message}")]
+    InvalidRegex {
+        /// Which list (`exclude_from_weight_decay`, ...).
+        argument: &'static str,
+        /// The pattern.
+        pattern: String,
+        /// The regex crate's message (look-around and backreferences are unsupported).
+        message: String,
+    },
+    /// Buffers of one tensor disagree in length with each other or with the shape.
+    #[error("tensor `{name}`: {message}")]
+    ShapeMismatch {
+        /// Tensor name.
+        name: String,
+        /// What disagrees.
+        message: String,
+    },
+    /// The tensors of this step differ from those of earlier steps (names, order or lengths).
+    #[error("tensor set changed at step {step}: {message}")]
+    TensorSetChanged {
+        /// The step (1-based) that was attempted.
+        step: u64,
+        /// What changed.
+        message: String,
+    },
+    /// A gradient or an update is NaN or infinite.
+    #[error("non-finite {what} in tensor `{name}` at step {step} (element {index}: {value})")]
+    NonFinite {
+        /// `gradient` or `update`.
+        what: &'static str,
+        /// Tensor name.
+        name: String,
+        /// The step (1-based) that was attempted.
+        step: u64,
+        /// Index of the first offending element.
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
+    /// A saved state does not fit this optimizer or these tensors.
+    #[error("cannot load optimizer state: {0}")]
+    StateMismatch(String),
+}
+
+/// An optimizer of the family. One instance owns the state of every tensor it has stepped.
+pub trait Optimizer: Send {
+    /// Short name (`lamb`, `lars`, `adam`, `adamw`, `sgd`).
+    fn name(&self) -> &'static str;
+
+    /// Applies one step to every tensor. All gradients are checked for finiteness before
+    /// anything changes; on error no tensor and no state is modified.
+    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError>;
+
+    /// Telemetry of the last applied step, one entry per tensor in step order.
+    fn telemetry(&self) -> &[TensorTelemetry];
+
+    /// Steps applied so far.
+    fn steps(&self) -> u64;
+
+    /// Steps skipped under [`NonFinitePolicy::SkipStep`].
+    fn skipped_steps(&self) -> u64;
+
+    /// The learning rate the next step will use (after the schedule).
+    fn current_learning_rate(&self) -> f32;
+
+    /// A copy of the full state, for checkpoints.
+    fn state(&self) -> OptimizerState;
+
+    /// Restores a state written by [`Optimizer::state`] of the same optimizer.
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError>;
+}
