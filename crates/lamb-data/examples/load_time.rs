@@ -1,0 +1,63 @@
+//! Measures load times: `cargo run --release -p lamb-data --example load_time -- PATH [CACHE_DIR]`.
+//! Loads PATH directly three times, then (with CACHE_DIR) once through the cache to fill it and
+//! three times from it; prints each time and the median.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args_os().skip(1);
+    let path = PathBuf::from(args.next().ok_or("usage: load_time PATH [CACHE_DIR]")?);
+    let cache = args.next().map(PathBuf::from);
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s = lamb_data::load(&path)?;
+        let dt = t.elapsed().as_secs_f64();
+        println!(
+            "load: {dt:.3} s ({} train, {} test)",
+            s.train.len(),
+            s.test.len()
+        );
+        times.push(dt);
+    }
+    println!("load median: {:.3} s", median(times));
+    if let Some(cache) = cache {
+        let t = Instant::now();
+        lamb_data::load_cached(&path, &cache)?;
+        println!(
+            "first load_cached (import): {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let s = lamb_data::load_cached(&path, &cache)?;
+            let dt = t.elapsed().as_secs_f64();
+            println!("cached load: {dt:.3} s ({} train)", s.train.len());
+            times.push(dt);
+        }
+        println!("cached load median: {:.3} s", median(times));
+        let entry = lamb_data::cache_entry_dir(&path, &cache)?;
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            lamb_data::read_official(&entry)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        println!("read_official of the entry median: {:.3} s", median(times));
+    }
+    Ok(())
+}
