@@ -1,0 +1,187 @@
+//! Small pieces shared by the optimizers: step bookkeeping, the finiteness bound, the global
+//! gradient norm.
+
+use crate::reduce::{combine, sum_squares, CHUNK};
+use crate::simd::multiversion;
+use crate::slots::Registry;
+use crate::{NonFinitePolicy, OptimError, ParamMut, StepOutcome};
+use rayon::prelude::*;
+
+/// Largest update magnitude for which `w - delta` is guaranteed finite for every finite `w`
+/// (half an ulp of `f32::MAX` is 2^103 ~ 1.01e31).
+pub(crate) const SAFE_DELTA: f64 = 1e30;
+
+/// Step counters shared by every optimizer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counters {
+    /// Steps applied.
+    pub step: u64,
+    /// Steps skipped under [`NonFinitePolicy::SkipStep`].
+    pub skipped: u64,
+    /// Whether the registry's telemetry describes an applied step.
+    pub telemetry_valid: bool,
+}
+
+impl Counters {
+    /// Counters restored from a saved state (no telemetry yet).
+    pub(crate) fn loaded(state: &crate::OptimizerState) -> Self {
+        Self {
+            step: state.step,
+            skipped: state.skipped_steps,
+            telemetry_valid: false,
+        }
+    }
+
+    /// Turns the result of a step attempt into the step's outcome, updating the counters and
+    /// undoing a first step's registration when nothing was applied.
+    pub(crate) fn finish<P: Default + Clone>(
+        &mut self,
+        result: Result<(), OptimError>,
+        policy: NonFinitePolicy,
+        fresh: bool,
+        reg: &mut Registry<P>,
+    ) -> Result<StepOutcome, OptimError> {
+        match result {
+            Ok(()) => {
+                self.step += 1;
+                self.telemetry_valid = true;
+                Ok(StepOutcome::Applied)
+            }
+            Err(e) => {
+                if fresh {
+                    reg.reset();
+                }
+                match (&e, policy) {
+                    (OptimError::NonFinite { .. }, NonFinitePolicy::SkipStep) => {
+                        self.skipped += 1;
+                        Ok(StepOutcome::Skipped)
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn sum_squares_mv(x: &[f32]) -> crate::reduce::Partial = sum_squares;
+}
+
+/// Sum of squares of every gradient (per tensor into `total.sums[0]`, with the gradient
+/// maxima in `total.gbits`), computed in the fixed chunk order.
+pub(crate) fn gradient_norms<P: Send + Default + Clone>(
+    reg: &mut Registry<P>,
+    params: &[ParamMut<'_>],
+) {
+    reg.tensors
+        .par_iter_mut()
+        .zip(params.par_iter())
+        .for_each(|(ts, p)| {
+            let g = p.grad;
+            ts.partials
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(c, part)| {
+                    let r = c * CHUNK..((c + 1) * CHUNK).min(g.len());
+                    *part = sum_squares_mv(&g[r]);
+                });
+            ts.total = combine(&ts.partials);
+        });
+}
+
+/// The global L2 norm of all gradients from per-tensor totals (in tensor order).
+pub(crate) fn global_norm<P>(reg: &Registry<P>) -> f64 {
+    reg.tensors
+        .iter()
+        .map(|t| t.total.sums[0])
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The divisor timm and apex apply to every gradient: `max(G / max_norm, 1)`.
+pub(crate) fn clip_divisor(global: f64, max_norm: f32) -> f64 {
+    (global / max_norm as f64).max(1.0)
+}
+
+/// Whether `x` (a bound on |update|) leaves every finite weight finite.
+#[inline]
+pub(crate) fn safe(x: f64) -> bool {
+    x.is_finite() && x < SAFE_DELTA
+}
+
+/// The decimal value a user most likely typed for an f32 hyperparameter (its shortest
+/// round-trip representation), as f64. Python-driven libraries compute `1 - beta`,
+/// `beta ** t` and step sizes from such Python floats in f64.
+pub(crate) fn decimal(x: f32) -> f64 {
+    use std::fmt::Write;
+    // Formatted into a stack buffer: steps must not allocate.
+    struct Buf {
+        bytes: [u8; 64],
+        len: usize,
+    }
+    impl Write for Buf {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = self.len + s.len();
+            if end > self.bytes.len() {
+                return Err(std::fmt::Error);
+            }
+            self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+    let mut b = Buf {
+        bytes: [0; 64],
+        len: 0,
+    };
+    if write!(b, "{x:e}").is_err() {
+        return x as f64;
+    }
+    std::str::from_utf8(&b.bytes[..b.len])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(x as f64)
+}
+
+/// `1 - beta`: from the decimal in f64 and rounded once (`f64_scalars`), or in f32
+/// (TensorFlow).
+pub(crate) fn complement(beta: f32, f64_scalars: bool) -> f32 {
+    if f64_scalars {
+        (1.0 - decimal(beta)) as f32
+    } else {
+        1.0 - beta
+    }
+}
+
+/// `1 - beta^t` in f64: from the decimal (`f64_scalars`), or as TensorFlow computes it in f32.
+pub(crate) fn bias_correction(beta: f32, t: u64, f64_scalars: bool) -> f64 {
+    if f64_scalars {
+        1.0 - decimal(beta).powf(t as f64)
+    } else {
+        (1.0f32 - beta.powf(t as f32)) as f64
+    }
+}
+
+/// A learning rate as f64 (its decimal with `f64_scalars`).
+pub(crate) fn scalar(x: f32, f64_scalars: bool) -> f64 {
+    if f64_scalars {
+        decimal(x)
+    } else {
+        x as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_recovers_typed_values() {
+        assert_eq!(decimal(0.999), 0.999f64);
+        assert_eq!(decimal(1e-8), 1e-8f64);
+        assert_eq!(decimal(0.0), 0.0);
+        assert_eq!(decimal(f32::MAX), 3.4028235e38f64);
+        assert_eq!(complement(0.999, true), (1.0f64 - 0.999f64) as f32);
+        assert_eq!(complement(0.999, false), 1.0f32 - 0.999f32);
+    }
+}

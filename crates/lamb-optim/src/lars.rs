@@ -1,0 +1,518 @@
+//! LARS (You et al. 2017): SGD with momentum where each tensor's step is scaled by
+//! `trust_coefficient * ||w|| / ||update||`, with LARC-style clipping as an option.
+//!
+//! ```text
+//! d = g + wd*w                                  (wd = 0 for excluded tensors)
+//! if adapted:
+//!     Timm norm:  r = tc*||w|| / (||g|| + wd*||w|| + eps)
+//!     Optax norm: r = tc*||w|| / (||g + wd*w|| + eps)
+//!     r = 1 if ||w|| == 0 or the gradient norm is 0
+//!     trust_clip (LARC): r = min(r/lr, 1)
+//!     d = d*r
+//! Timm momentum (buffer of unscaled d; timm, PyTorch SGD):
+//!     buf = d at the first step, else momentum*buf + (1-dampening)*d
+//!     w -= lr * (d + momentum*buf if nesterov else buf)          (w -= lr*d if momentum == 0)
+//! Optax momentum (trace of lr-scaled updates; same as Timm for a constant lr):
+//!     u = -lr*d ;  T = u + momentum*T ;  w += (u + momentum*T if nesterov else T)
+//! ```
+//! Presets: `Timm` (timm 1.0 `Lars`: lr 1.0, momentum 0, wd 0, tc 1e-3, eps 1e-8, adapt only
+//! decayed tensors) and `Optax` (optax 0.2 `lars`: momentum 0.9, eps 0, tc 1e-3, masks by
+//! exclusion lists). Both are verified against the golden files `timm/*lars*` and
+//! `optax/*lars*`.
+
+use crate::common::{complement, safe, scalar, Counters};
+use crate::lamb::LayerAdaptation;
+use crate::patterns::Exclusions;
+use crate::reduce::{abs_bits, bits_value, combine, for_blocks, Lanes, Partial, CHUNK, LANES};
+use crate::schedule::Schedule;
+use crate::simd::multiversion;
+use crate::slots::{first_bad_gradient, Registry};
+use crate::validate;
+use crate::{
+    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+
+/// Reference implementations of LARS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LarsPreset {
+    /// timm 1.0 `Lars` (verified against golden files).
+    Timm,
+    /// optax 0.2 `lars` (verified against golden files).
+    Optax,
+}
+
+impl FromStr for LarsPreset {
+    type Err = OptimError;
+    /// `timm` or `optax`.
+    fn from_str(s: &str) -> Result<Self, OptimError> {
+        match s.to_ascii_lowercase().as_str() {
+            "timm" => Ok(Self::Timm),
+            "optax" => Ok(Self::Optax),
+            _ => Err(OptimError::InvalidHyperparameter {
+                name: "preset",
+                value: s.to_string(),
+                valid: "lars: timm or optax".into(),
+            }),
+        }
+    }
+}
+
+/// Which implementation's formula details to follow (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LarsForm {
+    /// `||g|| + wd*||w||` in the ratio; momentum buffer of unscaled directions.
+    Timm,
+    /// `||g + wd*w||` in the ratio; momentum trace of lr-scaled updates.
+    Optax,
+}
+
+/// LARS hyperparameters. `Default` is the timm preset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LarsConfig {
+    /// Base learning rate. Default 1.0 (timm).
+    pub learning_rate: f32,
+    /// Learning-rate schedule. Default constant.
+    pub schedule: Schedule,
+    /// Momentum in [0, 1). Default 0 (timm), 0.9 (optax).
+    pub momentum: f32,
+    /// Dampening in [0, 1] (Timm form only). Default 0.
+    pub dampening: f32,
+    /// Nesterov momentum. Default false.
+    pub nesterov: bool,
+    /// Weight decay added to the gradient before the ratio. Default 0.
+    pub weight_decay_rate: f32,
+    /// Trust coefficient `tc` (> 0). Default 1e-3.
+    pub trust_coefficient: f32,
+    /// Added to the ratio's denominator (>= 0). Default 1e-8 (timm), 0 (optax).
+    pub epsilon: f32,
+    /// Regexes of tensors not decayed.
+    pub exclude_from_weight_decay: Vec<String>,
+    /// Regexes of tensors not adapted (with [`LayerAdaptation::Exclusions`]; empty: the
+    /// weight-decay list).
+    pub exclude_from_layer_adaptation: Vec<String>,
+    /// Which tensors are adapted. Default [`LayerAdaptation::DecayedOnly`] (timm).
+    pub layer_adaptation: LayerAdaptation,
+    /// LARC clipping: `r = min(r/lr, 1)`. Default false.
+    pub trust_clip: bool,
+    /// Formula details. Default [`LarsForm::Timm`].
+    pub form: LarsForm,
+    /// Scalar coefficients from decimal hyperparameters in f64 (Python references). Default true.
+    pub f64_scalars: bool,
+    /// What a non-finite gradient or update does. Default: error.
+    pub non_finite: NonFinitePolicy,
+}
+
+impl Default for LarsConfig {
+    fn default() -> Self {
+        Self::preset(LarsPreset::Timm)
+    }
+}
+
+impl LarsConfig {
+    /// A reference implementation's defaults and formula details.
+    pub fn preset(p: LarsPreset) -> Self {
+        let timm = LarsConfig {
+            learning_rate: 1.0,
+            schedule: Schedule::Constant,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay_rate: 0.0,
+            trust_coefficient: 1e-3,
+            epsilon: 1e-8,
+            exclude_from_weight_decay: Vec::new(),
+            exclude_from_layer_adaptation: Vec::new(),
+            layer_adaptation: LayerAdaptation::DecayedOnly,
+            trust_clip: false,
+            form: LarsForm::Timm,
+            f64_scalars: true,
+            non_finite: NonFinitePolicy::Error,
+        };
+        match p {
+            LarsPreset::Timm => timm,
+            LarsPreset::Optax => LarsConfig {
+                momentum: 0.9,
+                epsilon: 0.0,
+                layer_adaptation: LayerAdaptation::Exclusions,
+                form: LarsForm::Optax,
+                ..timm
+            },
+        }
+    }
+
+    /// Sets the base learning rate.
+    pub fn with_learning_rate(mut self, lr: f32) -> Self {
+        self.learning_rate = lr;
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Plan {
+    wd: f32,
+    ratio: f32,
+    wn: f32,
+    dn: f32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Coef {
+    lr: f32,
+    neg_lr: f32,
+    mu: f32,
+    one_minus_damp: f32,
+    first: bool,
+    nesterov: bool,
+}
+
+/// New (buffer, weight) for one element.
+#[inline(always)]
+fn elem<const OPTAX: bool>(c: &Coef, p: Plan, g: f32, buf: f32, w: f32) -> (f32, f32) {
+    let d = (g + p.wd * w) * p.ratio;
+    if OPTAX {
+        let u = c.neg_lr * d;
+        let t = u + c.mu * buf;
+        let out = if c.nesterov { u + c.mu * t } else { t };
+        (t, w + out)
+    } else if c.mu == 0.0 {
+        (buf, w - c.lr * d)
+    } else {
+        let b = if c.first {
+            d
+        } else {
+            c.mu * buf + c.one_minus_damp * d
+        };
+        let out = if c.nesterov { d + c.mu * b } else { b };
+        (b, w - c.lr * out)
+    }
+}
+
+/// Read pass: sums of w^2, g^2, (g + wd*w)^2; gradient and weight maxima.
+#[inline(always)]
+fn read_chunk(wd: f32, g: &[f32], w: &[f32]) -> Partial {
+    let n = g.len();
+    let w = &w[..n];
+    let mut l = Lanes::<3>::new();
+    for_blocks(
+        n,
+        &mut l,
+        |o, l| {
+            let gb: &[f32; LANES] = g[o..o + LANES].try_into().unwrap();
+            let wb: &[f32; LANES] = w[o..o + LANES].try_into().unwrap();
+            for j in 0..LANES {
+                let s = gb[j] + wd * wb[j];
+                l.acc[0][j] += wb[j] * wb[j];
+                l.acc[1][j] += gb[j] * gb[j];
+                l.acc[2][j] += s * s;
+                l.bits[j] = l.bits[j].max(abs_bits(gb[j]));
+                l.xbits[j] = l.xbits[j].max(abs_bits(wb[j]));
+            }
+        },
+        |i, j, l| {
+            let s = g[i] + wd * w[i];
+            l.acc[0][j] += w[i] * w[i];
+            l.acc[1][j] += g[i] * g[i];
+            l.acc[2][j] += s * s;
+            l.bits[j] = l.bits[j].max(abs_bits(g[i]));
+            l.xbits[j] = l.xbits[j].max(abs_bits(w[i]));
+        },
+    );
+    l.finish()
+}
+
+/// Write pass; returns the largest |buffer| in `gbits`.
+#[inline(always)]
+fn write_chunk<const OPTAX: bool>(
+    c: &Coef,
+    p: Plan,
+    g: &[f32],
+    b: &mut [f32],
+    w: &mut [f32],
+) -> Partial {
+    let n = g.len();
+    let (b, w) = (&mut b[..n], &mut w[..n]);
+    let mut l = Lanes::<0>::new();
+    let mut gi = g.chunks_exact(LANES);
+    let mut bi = b.chunks_exact_mut(LANES);
+    let mut wi = w.chunks_exact_mut(LANES);
+    for ((gb, bb), wb) in (&mut gi).zip(&mut bi).zip(&mut wi) {
+        let gb: &[f32; LANES] = gb.try_into().unwrap();
+        let bb: &mut [f32; LANES] = bb.try_into().unwrap();
+        let wb: &mut [f32; LANES] = wb.try_into().unwrap();
+        for j in 0..LANES {
+            let (nb, nw) = elem::<OPTAX>(c, p, gb[j], bb[j], wb[j]);
+            bb[j] = nb;
+            wb[j] = nw;
+            l.bits[j] = l.bits[j].max(abs_bits(nb));
+        }
+    }
+    let (gr, br, wr) = (gi.remainder(), bi.into_remainder(), wi.into_remainder());
+    for i in 0..gr.len() {
+        let (nb, nw) = elem::<OPTAX>(c, p, gr[i], br[i], wr[i]);
+        br[i] = nb;
+        wr[i] = nw;
+        l.bits[0] = l.bits[0].max(abs_bits(nb));
+    }
+    l.finish()
+}
+
+multiversion! {
+    fn read_chunk_mv(wd: f32, g: &[f32], w: &[f32]) -> Partial = read_chunk;
+}
+multiversion! {
+    fn write_optax(c: &Coef, p: Plan, g: &[f32], b: &mut [f32], w: &mut [f32]) -> Partial = write_chunk::<true>;
+}
+multiversion! {
+    fn write_timm(c: &Coef, p: Plan, g: &[f32], b: &mut [f32], w: &mut [f32]) -> Partial = write_chunk::<false>;
+}
+
+/// The LARS optimizer (also the engine behind [`crate::Sgd`]).
+#[derive(Debug, Clone)]
+pub struct Lars {
+    cfg: LarsConfig,
+    excl: Exclusions,
+    reg: Registry<Plan>,
+    count: Counters,
+    name: &'static str,
+}
+
+impl Lars {
+    /// Validates every hyperparameter and compiles the exclusion patterns.
+    pub fn new(cfg: LarsConfig) -> Result<Self, OptimError> {
+        validate::learning_rate("learning_rate", cfg.learning_rate)?;
+        cfg.schedule.validate()?;
+        validate::beta("momentum", cfg.momentum)?;
+        validate::unit_interval("dampening", cfg.dampening)?;
+        validate::non_negative("weight_decay_rate", cfg.weight_decay_rate)?;
+        validate::positive("trust_coefficient", cfg.trust_coefficient)?;
+        validate::non_negative("epsilon", cfg.epsilon)?;
+        if cfg.nesterov && cfg.momentum == 0.0 {
+            return Err(OptimError::InvalidHyperparameter {
+                name: "nesterov",
+                value: "true".into(),
+                valid: "requires momentum > 0".into(),
+            });
+        }
+        let excl = Exclusions::new(
+            &cfg.exclude_from_weight_decay,
+            &cfg.exclude_from_layer_adaptation,
+        )?;
+        Ok(Self {
+            cfg,
+            excl,
+            reg: Registry::new(&["momentum"]),
+            count: Counters::default(),
+            name: "lars",
+        })
+    }
+
+    /// Same engine under another name (used by [`crate::Sgd`]).
+    pub(crate) fn renamed(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LarsConfig {
+        &self.cfg
+    }
+
+    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+        let lr = self.current_learning_rate();
+        let cfg = &self.cfg;
+        let optax = cfg.form == LarsForm::Optax;
+        let coef = Coef {
+            lr,
+            neg_lr: -lr,
+            mu: cfg.momentum,
+            one_minus_damp: complement(cfg.dampening, cfg.f64_scalars),
+            first: t == 1,
+            nesterov: cfg.nesterov,
+        };
+        for ts in &mut self.reg.tensors {
+            ts.plan.wd = if ts.decay { cfg.weight_decay_rate } else { 0.0 };
+        }
+        self.reg
+            .tensors
+            .par_iter_mut()
+            .zip(params.par_iter())
+            .for_each(|(ts, p)| {
+                let (g, w) = (p.grad, &*p.value);
+                let wd = ts.plan.wd;
+                ts.partials
+                    .par_iter_mut()
+                    .enumerate()
+                    .for_each(|(c, part)| {
+                        let r = c * CHUNK..((c + 1) * CHUNK).min(g.len());
+                        *part = read_chunk_mv(wd, &g[r.clone()], &w[r]);
+                    });
+                ts.total = combine(&ts.partials);
+            });
+        if let Some(e) = first_bad_gradient(&self.reg, params, t) {
+            return Err(e);
+        }
+        let lr64 = scalar(lr, cfg.f64_scalars);
+        for ts in self.reg.tensors.iter_mut() {
+            let wn = ts.total.sums[0].sqrt();
+            let gn = ts.total.sums[1].sqrt();
+            let sn = ts.total.sums[2].sqrt();
+            let wd = ts.plan.wd as f64;
+            let (denom, gnorm) = if optax { (sn, sn) } else { (gn + wd * wn, gn) };
+            let mut r = 1.0f64;
+            if ts.adapt {
+                if wn > 0.0 && gnorm > 0.0 {
+                    r = cfg.trust_coefficient as f64 * wn / (denom + cfg.epsilon as f64);
+                }
+                if cfg.trust_clip {
+                    r = (r / lr64).min(1.0);
+                }
+            }
+            ts.plan.ratio = r as f32;
+            ts.plan.wn = wn as f32;
+            ts.plan.dn = denom as f32;
+        }
+        for (ts, p) in self.reg.tensors.iter().zip(params.iter()) {
+            // |d| <= r*||g + wd*w||; bound the new buffer and the weight change.
+            let dmax = ts.plan.ratio as f64 * ts.total.sums[2].sqrt() * 1.001;
+            let bmax = ts.buf_max[0];
+            let mu = cfg.momentum as f64;
+            let lr = lr as f64;
+            let (buf, delta) = if optax {
+                let tr = lr * dmax + mu * bmax;
+                (
+                    tr,
+                    if cfg.nesterov {
+                        lr * dmax + mu * tr
+                    } else {
+                        tr
+                    },
+                )
+            } else if cfg.momentum == 0.0 {
+                (bmax, lr * dmax)
+            } else {
+                let b = if t == 1 { dmax } else { mu * bmax + dmax };
+                (b, lr * if cfg.nesterov { dmax + mu * b } else { b })
+            };
+            let bounded = safe(buf * 1.001) && safe(delta * 1.001);
+            if !bounded {
+                let b = &ts.bufs[0];
+                for i in 0..ts.len {
+                    let (nb, nw) = if optax {
+                        elem::<true>(&coef, ts.plan, p.grad[i], b[i], p.value[i])
+                    } else {
+                        elem::<false>(&coef, ts.plan, p.grad[i], b[i], p.value[i])
+                    };
+                    if !(nb.is_finite() && nw.is_finite()) {
+                        return Err(OptimError::NonFinite {
+                            what: "update",
+                            name: ts.name.clone(),
+                            step: t,
+                            index: i,
+                            value: nw,
+                        });
+                    }
+                }
+            }
+        }
+        self.reg
+            .tensors
+            .par_iter_mut()
+            .zip(params.par_iter_mut())
+            .for_each(|(ts, p)| {
+                let plan = ts.plan;
+                p.value
+                    .par_chunks_mut(CHUNK)
+                    .zip(p.grad.par_chunks(CHUNK))
+                    .zip(ts.bufs[0].par_chunks_mut(CHUNK))
+                    .zip(ts.partials.par_iter_mut())
+                    .for_each(|(((w, g), b), part)| {
+                        *part = if optax {
+                            write_optax(&coef, plan, g, b, w)
+                        } else {
+                            write_timm(&coef, plan, g, b, w)
+                        }
+                    });
+                ts.buf_max[0] = bits_value(combine(&ts.partials).gbits);
+            });
+        for (tel, ts) in self.reg.telemetry.iter_mut().zip(&self.reg.tensors) {
+            tel.weight_norm = ts.plan.wn;
+            tel.update_norm = ts.plan.dn;
+            tel.trust_ratio = ts.plan.ratio;
+            tel.learning_rate = lr;
+        }
+        Ok(())
+    }
+}
+
+fn classify(excl: &Exclusions, mode: LayerAdaptation, wd: f32, name: &str) -> (bool, bool) {
+    let decay = excl.decays(name);
+    let adapt = match mode {
+        LayerAdaptation::Exclusions => excl.adapts(name),
+        LayerAdaptation::All => true,
+        LayerAdaptation::DecayedOnly => decay && wd != 0.0,
+        LayerAdaptation::Never => false,
+    };
+    (decay, adapt)
+}
+
+impl Optimizer for Lars {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
+        let t = self.count.step + 1;
+        self.reg.check(params, t)?;
+        let Lars { cfg, excl, reg, .. } = self;
+        let fresh = reg.establish(params, |n| {
+            classify(excl, cfg.layer_adaptation, cfg.weight_decay_rate, n)
+        });
+        let result = self.try_step(params, t);
+        self.count
+            .finish(result, self.cfg.non_finite, fresh, &mut self.reg)
+    }
+
+    fn telemetry(&self) -> &[TensorTelemetry] {
+        if self.count.telemetry_valid {
+            &self.reg.telemetry
+        } else {
+            &[]
+        }
+    }
+
+    fn steps(&self) -> u64 {
+        self.count.step
+    }
+
+    fn skipped_steps(&self) -> u64 {
+        self.count.skipped
+    }
+
+    fn current_learning_rate(&self) -> f32 {
+        self.cfg
+            .schedule
+            .learning_rate(self.cfg.learning_rate, self.count.step + 1)
+    }
+
+    fn state(&self) -> OptimizerState {
+        self.reg
+            .to_state(self.name, self.count.step, self.count.skipped)
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
+        let mut reg = self.reg.clone();
+        let (excl, cfg) = (&self.excl, &self.cfg);
+        reg.load(self.name, state, |n| {
+            classify(excl, cfg.layer_adaptation, cfg.weight_decay_rate, n)
+        })?;
+        self.reg = reg;
+        self.count = Counters::loaded(state);
+        Ok(())
+    }
+}

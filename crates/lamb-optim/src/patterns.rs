@@ -1,0 +1,108 @@
+//! Exclusion lists: regular expressions searched (not fully matched) in tensor names, as
+//! tensorflow-addons does with `re.search`.
+
+use crate::OptimError;
+use regex::Regex;
+
+/// A compiled list of exclusion patterns for one argument.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Patterns {
+    list: Vec<Regex>,
+}
+
+impl Patterns {
+    /// Compiles every pattern; an invalid or unsupported one (look-around, backreferences) is an
+    /// error naming the argument and the pattern.
+    pub(crate) fn compile(argument: &'static str, patterns: &[String]) -> Result<Self, OptimError> {
+        let mut list = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            let re = Regex::new(p).map_err(|e| OptimError::InvalidRegex {
+                argument,
+                pattern: p.clone(),
+                message: e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("invalid")
+                    .trim()
+                    .to_string(),
+            })?;
+            list.push(re);
+        }
+        Ok(Self { list })
+    }
+
+    /// Whether the list has no pattern.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Whether any pattern is found somewhere in `name`.
+    pub(crate) fn matches(&self, name: &str) -> bool {
+        self.list.iter().any(|r| r.is_match(name))
+    }
+}
+
+/// The two tensorflow-addons lists with the fallback rule: an empty layer-adaptation list means
+/// the weight-decay list.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Exclusions {
+    decay: Patterns,
+    adaptation: Patterns,
+}
+
+impl Exclusions {
+    /// Compiles `exclude_from_weight_decay` and `exclude_from_layer_adaptation`.
+    pub(crate) fn new(decay: &[String], adaptation: &[String]) -> Result<Self, OptimError> {
+        Ok(Self {
+            decay: Patterns::compile("exclude_from_weight_decay", decay)?,
+            adaptation: Patterns::compile("exclude_from_layer_adaptation", adaptation)?,
+        })
+    }
+
+    /// Whether `name` is decayed (not matched by the weight-decay list).
+    pub(crate) fn decays(&self, name: &str) -> bool {
+        !self.decay.matches(name)
+    }
+
+    /// Whether `name` is adapted by the exclusion lists (an empty adaptation list falls back to
+    /// the weight-decay list).
+    pub(crate) fn adapts(&self, name: &str) -> bool {
+        if self.adaptation.is_empty() {
+            !self.decay.matches(name)
+        } else {
+            !self.adaptation.matches(name)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_not_full_match_and_fallback() {
+        let e = Exclusions::new(&["bias".into()], &[]).unwrap();
+        assert!(!e.decays("dense/bias"));
+        assert!(e.decays("dense/kernel"));
+        assert!(!e.adapts("dense/bias"));
+        let e = Exclusions::new(&[], &["bias".into()]).unwrap();
+        assert!(e.decays("dense/bias"));
+        assert!(!e.adapts("dense/bias"));
+        assert!(e.adapts("dense/kernel"));
+    }
+
+    #[test]
+    fn lookaround_is_an_error() {
+        let err = Patterns::compile("exclude_from_weight_decay", &["(?!bias)".into()]).unwrap_err();
+        match err {
+            OptimError::InvalidRegex {
+                argument, pattern, ..
+            } => {
+                assert_eq!(argument, "exclude_from_weight_decay");
+                assert_eq!(pattern, "(?!bias)");
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Fixed-order reductions and the chunking that makes results independent of the thread count.
+//!
+//! Every tensor is cut into chunks of [`CHUNK`] elements (the boundaries depend only on the
+//! length). Each chunk's sums are accumulated in [`LANES`] f32 lanes, folded into f64 every
+//! [`FOLD`] elements in lane order, and the chunk partials are added in chunk order. So the
+//! result is the same whichever thread handled which chunk.
+
+/// Elements per parallel work unit (128 KiB per f32 stream).
+pub const CHUNK: usize = 1 << 15;
+/// f32 accumulator lanes.
+pub(crate) const LANES: usize = 16;
+/// Elements accumulated in f32 lanes before folding into f64.
+pub(crate) const FOLD: usize = 512;
+
+/// Sums and maxima of one chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Partial {
+    /// Up to three sums of squares (meaning set by the optimizer).
+    pub sums: [f64; 3],
+    /// Largest `abs` bit pattern of the gradient (>= 0x7f80_0000 means non-finite).
+    pub gbits: u32,
+    /// Largest `abs` bit pattern of a second stream (meaning set by the optimizer).
+    pub xbits: u32,
+}
+
+impl Partial {
+    /// Adds `o` into `self` (sums in order, maxima).
+    #[inline]
+    pub(crate) fn merge(&mut self, o: &Partial) {
+        for k in 0..3 {
+            self.sums[k] += o.sums[k];
+        }
+        self.gbits = self.gbits.max(o.gbits);
+        self.xbits = self.xbits.max(o.xbits);
+    }
+}
+
+/// Combines chunk partials in chunk order.
+pub(crate) fn combine(parts: &[Partial]) -> Partial {
+    let mut t = Partial::default();
+    for p in parts {
+        t.merge(p);
+    }
+    t
+}
+
+/// Absolute-value bit pattern: finite iff `< 0x7f80_0000`; ordered like `|x|` for non-NaN.
+#[inline(always)]
+pub(crate) fn abs_bits(x: f32) -> u32 {
+    x.to_bits() & 0x7fff_ffff
+}
+
+/// The largest finite |x| encoded by `abs_bits`, as f64 (infinite for non-finite).
+pub(crate) fn bits_value(b: u32) -> f64 {
+    if b >= 0x7f80_0000 {
+        f64::INFINITY
+    } else {
+        f32::from_bits(b) as f64
+    }
+}
+
+/// Whether a maximum of `abs_bits` means every value was finite.
+#[inline]
+pub(crate) fn bits_finite(b: u32) -> bool {
+    b < 0x7f80_0000
+}
+
+/// f32 lane accumulator with periodic f64 folding, in a fixed order.
+#[derive(Clone, Copy)]
+pub(crate) struct Lanes<const S: usize> {
+    pub acc: [[f32; LANES]; S],
+    pub total: [f64; S],
+    pub bits: [u32; LANES],
+    pub xbits: [u32; LANES],
+}
+
+impl<const S: usize> Lanes<S> {
+    #[inline(always)]
+    pub(crate) fn new() -> Self {
+        Self {
+            acc: [[0.0; LANES]; S],
+            total: [0.0; S],
+            bits: [0; LANES],
+            xbits: [0; LANES],
+        }
+    }
+
+    /// Moves the f32 lanes into the f64 totals, lane by lane.
+    #[inline(always)]
+    pub(crate) fn fold(&mut self) {
+        for s in 0..S {
+            let mut t = 0.0f64;
+            for j in 0..LANES {
+                t += self.acc[s][j] as f64;
+            }
+            self.total[s] += t;
+            self.acc[s] = [0.0; LANES];
+        }
+    }
+
+    /// The finished partial.
+    #[inline(always)]
+    pub(crate) fn finish(mut self) -> Partial {
+        self.fold();
+        let mut p = Partial::default();
+        for s in 0..S.min(3) {
+            p.sums[s] = self.total[s];
+        }
+        p.gbits = self.bits.iter().copied().max().unwrap_or(0);
+        p.xbits = self.xbits.iter().copied().max().unwrap_or(0);
+        p
+    }
+}
+
+/// Visits `n` elements in blocks of [`LANES`]: `body(offset, lanes)` for each full block
+/// (folding every [`FOLD`] elements), then `tail(index, lanes)` for each remaining element.
+/// Tail elements are accumulated into lane 0..k in order, so the order is fixed by `n` alone.
+#[inline(always)]
+pub(crate) fn for_blocks<const S: usize>(
+    n: usize,
+    lanes: &mut Lanes<S>,
+    mut body: impl FnMut(usize, &mut Lanes<S>),
+    mut tail: impl FnMut(usize, usize, &mut Lanes<S>),
+) {
+    let full = n / LANES * LANES;
+    let mut off = 0;
+    while off < full {
+        let end = (off + FOLD).min(full);
+        while off < end {
+            body(off, lanes);
+            off += LANES;
+        }
+        lanes.fold();
+    }
+    for (j, i) in (full..n).enumerate() {
+        tail(i, j, lanes);
+    }
+}
+
+/// Sum of squares of `x` in the fixed order, with the largest `abs_bits`.
+#[inline(always)]
+pub(crate) fn sum_squares(x: &[f32]) -> Partial {
+    let mut l = Lanes::<1>::new();
+    for_blocks(
+        x.len(),
+        &mut l,
+        |o, l| {
+            let xb: &[f32; LANES] = x[o..o + LANES].try_into().unwrap();
+            for j in 0..LANES {
+                l.acc[0][j] += xb[j] * xb[j];
+                l.bits[j] = l.bits[j].max(abs_bits(xb[j]));
+            }
+        },
+        |i, j, l| {
+            l.acc[0][j] += x[i] * x[i];
+            l.bits[j] = l.bits[j].max(abs_bits(x[i]));
+        },
+    );
+    l.finish()
+}
+
+/// Index and value of the first non-finite element, if any.
+pub(crate) fn first_non_finite(x: &[f32]) -> Option<(usize, f32)> {
+    x.iter().position(|v| !v.is_finite()).map(|i| (i, x[i]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sum_squares_matches_f64() {
+        let x: Vec<f32> = (0..10_007)
+            .map(|i| ((i * 7919) % 1000) as f32 / 333.0 - 1.5)
+            .collect();
+        let p = sum_squares(&x);
+        let exact: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+        assert!(
+            (p.sums[0] - exact).abs() <= 1e-5 * exact,
+            "{} vs {exact}",
+            p.sums[0]
+        );
+        assert!(bits_finite(p.gbits));
+        let mut y = x.clone();
+        y[10_003] = f32::NAN;
+        assert!(!bits_finite(sum_squares(&y).gbits));
+        assert_eq!(first_non_finite(&y).map(|t| t.0), Some(10_003));
+    }
+}

@@ -1,0 +1,115 @@
+//! SGD with momentum and Nesterov, PyTorch semantics (verified against
+//! `torch_adam/c_sgd_*`):
+//!
+//! ```text
+//! d = g + wd*w ;  buf = d at the first step, else momentum*buf + (1-dampening)*d
+//! d = d + momentum*buf if nesterov else buf ;  w -= lr*d
+//! ```
+//! It runs on the LARS engine with no tensor adapted.
+
+use crate::lamb::LayerAdaptation;
+use crate::lars::{Lars, LarsConfig, LarsForm};
+use crate::{
+    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, Schedule, StepOutcome,
+    TensorTelemetry,
+};
+use serde::{Deserialize, Serialize};
+
+/// SGD hyperparameters (`torch.optim.SGD` names in tensorflow-addons spelling).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SgdConfig {
+    /// Base learning rate. Default 1e-2.
+    pub learning_rate: f32,
+    /// Learning-rate schedule. Default constant.
+    pub schedule: Schedule,
+    /// Momentum in [0, 1). Default 0.
+    pub momentum: f32,
+    /// Dampening in [0, 1]. Default 0.
+    pub dampening: f32,
+    /// Nesterov momentum (needs momentum > 0). Default false.
+    pub nesterov: bool,
+    /// L2 weight decay added to the gradient. Default 0.
+    pub weight_decay_rate: f32,
+    /// Regexes of tensors not decayed.
+    pub exclude_from_weight_decay: Vec<String>,
+    /// What a non-finite gradient or update does. Default: error.
+    pub non_finite: NonFinitePolicy,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        SgdConfig {
+            learning_rate: 1e-2,
+            schedule: Schedule::Constant,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay_rate: 0.0,
+            exclude_from_weight_decay: Vec::new(),
+            non_finite: NonFinitePolicy::Error,
+        }
+    }
+}
+
+/// Stochastic gradient descent with optional momentum.
+#[derive(Debug, Clone)]
+pub struct Sgd {
+    inner: Lars,
+    cfg: SgdConfig,
+}
+
+impl Sgd {
+    /// Validates every hyperparameter.
+    pub fn new(cfg: SgdConfig) -> Result<Self, OptimError> {
+        let lars = LarsConfig {
+            learning_rate: cfg.learning_rate,
+            schedule: cfg.schedule,
+            momentum: cfg.momentum,
+            dampening: cfg.dampening,
+            nesterov: cfg.nesterov,
+            weight_decay_rate: cfg.weight_decay_rate,
+            exclude_from_weight_decay: cfg.exclude_from_weight_decay.clone(),
+            layer_adaptation: LayerAdaptation::Never,
+            form: LarsForm::Timm,
+            non_finite: cfg.non_finite,
+            ..LarsConfig::default()
+        };
+        Ok(Self {
+            inner: Lars::new(lars)?.renamed("sgd"),
+            cfg,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SgdConfig {
+        &self.cfg
+    }
+}
+
+impl Optimizer for Sgd {
+    fn name(&self) -> &'static str {
+        "sgd"
+    }
+    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
+        self.inner.step(params)
+    }
+    fn telemetry(&self) -> &[TensorTelemetry] {
+        self.inner.telemetry()
+    }
+    fn steps(&self) -> u64 {
+        self.inner.steps()
+    }
+    fn skipped_steps(&self) -> u64 {
+        self.inner.skipped_steps()
+    }
+    fn current_learning_rate(&self) -> f32 {
+        self.inner.current_learning_rate()
+    }
+    fn state(&self) -> OptimizerState {
+        self.inner.state()
+    }
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
+        self.inner.load_state(state)
+    }
+}
