@@ -1,1 +1,447 @@
-fn main() {}
+//! The `lamb` command: train, evaluate, compare LAMB and Adam on CIFAR-10, import or download
+//! data, benchmark the engine. Every run writes a directory with its config, history, plots,
+//! weights, checkpoint and summary.
+
+mod atomic;
+mod checkpoint;
+mod compare;
+mod config;
+mod optim;
+mod plots;
+mod progress;
+mod report;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::compare::{CompareFile, CompareSettings};
+use crate::config::{ActivationKind, Settings};
+use crate::run::RunEnd;
+
+/// Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lamb",
+    version,
+    about = "LAMB vs Adam on CIFAR-10: train, evaluate, compare, with reports and exact resume",
+    after_help = "Start with `lamb compare --epochs 5` (the classic pair, 5 epochs) or `lamb compare` (50 epochs, as in the original experiment)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train one run (the classic CNN) and write its run directory.
+    Train(TrainArgs),
+    /// Test accuracy and loss of saved weights (ours or Keras-trained safetensors).
+    Evaluate(EvaluateArgs),
+    /// The classic pair: LAMB + ReLU vs Adam + SELU, with a report.
+    Compare(CompareArgs),
+    /// Import or download CIFAR-10.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Speed of the engine (seconds per epoch, per-layer times) on synthetic data.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// TOML config file; keys are the flag names (`batch-size` or `batch_size`), flags win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Continue the run in this directory from its checkpoint (--epochs may raise the total).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+    resume: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Args, Debug)]
+struct EvaluateArgs {
+    /// Weights file (safetensors with Keras names: conv2d/kernel, ..., dense/bias).
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// Data: official-layout directory or image archive [default: ../shared/data or $LAMB_DATA].
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// Hidden activation of the model the weights belong to [default: from the run's
+    /// config.toml beside the weights, else relu].
+    #[arg(long, value_enum)]
+    activation: Option<ActivationKind>,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Developer option: N test images spread evenly over the split.
+    #[arg(long, hide = true, value_name = "N")]
+    limit_test: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// TOML config: top-level keys as the flags, optional [lamb] and [adam] tables of optimizer
+    /// settings (optimizer, preset, lr, beta1, beta2, epsilon, weight-decay, activation).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: CompareSettings,
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Convert an image archive or folder into the official binary layout (fast to load).
+    Import {
+        /// The archive (.tar.gz/.tar) or folder holding train/<class>/* and test/<class>/*.
+        source: PathBuf,
+        /// Output directory [default: data/cifar-10-batches-bin, which the default search finds].
+        #[arg(long, value_name = "DIR", default_value = "data/cifar-10-batches-bin")]
+        out: PathBuf,
+    },
+    /// Download the official CIFAR-10 binary release (170 MB, md5-checked) and extract it.
+    Download {
+        /// Directory to download into; the data lands in DIR/cifar-10-batches-bin.
+        #[arg(long, value_name = "DIR", default_value = "data")]
+        out: PathBuf,
+        /// Developer option: another URL of an archive of the same layout.
+        #[arg(long, hide = true)]
+        url: Option<String>,
+        /// Developer option: its size in bytes (with --url).
+        #[arg(long, hide = true, requires = "url")]
+        size: Option<u64>,
+        /// Developer option: its md5 (with --url).
+        #[arg(long, hide = true, requires = "url")]
+        md5: Option<String>,
+        /// No progress bar.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Where the data is found and what it holds.
+    Info {
+        /// Data path [default: the default search].
+        #[arg(long, value_name = "PATH")]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Training batch sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![100, 1000])]
+    batch_sizes: Vec<usize>,
+    /// Epochs measured per batch size (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Training images per epoch (50,000 as in CIFAR-10).
+    #[arg(long, default_value_t = 50_000)]
+    train_images: usize,
+    /// Validation images per epoch.
+    #[arg(long, default_value_t = 10_000)]
+    val_images: usize,
+    /// Engine threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// What to measure: the engine's epochs, the optimizers' steps, or both.
+    #[arg(long, value_enum, default_value_t = BenchWhat::All)]
+    what: BenchWhat,
+    /// Timed optimizer steps per optimizer and tensor set.
+    #[arg(long, default_value_t = 7)]
+    optimizer_steps: usize,
+}
+
+/// Parts of `lamb bench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchWhat {
+    /// Engine and optimizers.
+    All,
+    /// Seconds per epoch of the engine (synthetic data, the seed CNN).
+    Engine,
+    /// Step time of every optimizer on the seed CNN and BERT-base tensor sets.
+    Optimizers,
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("configuring the thread pool")?;
+    }
+    Ok(())
+}
+
+/// A flag that Ctrl-C sets (the run then stops at the next step boundary and checkpoints); a
+/// second Ctrl-C exits at once.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            EXIT_INTERRUPTED as i32,
+            stop.clone(),
+        )
+        .context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register(sig, stop.clone()).context("installing the Ctrl-C handler")?;
+    }
+    Ok(stop)
+}
+
+/// Flags that may change when resuming (they do not change the numbers).
+fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
+    let path = dir.join("config.toml");
+    if !path.is_file() {
+        bail!(
+            "{} is not a run directory: it has no config.toml (give the directory a `lamb train --out DIR` wrote)",
+            dir.display()
+        );
+    }
+    let recorded = Settings::from_file(&path)?;
+    let fixed = [
+        ("out", flags.out.is_some()),
+        ("seed", flags.seed.is_some()),
+        ("batch-size", flags.batch_size.is_some()),
+        ("optimizer", flags.optimizer.is_some()),
+        ("preset", flags.preset.is_some()),
+        ("lr", flags.lr.is_some()),
+        ("beta1", flags.beta1.is_some()),
+        ("beta2", flags.beta2.is_some()),
+        ("epsilon", flags.epsilon.is_some()),
+        ("weight-decay", flags.weight_decay.is_some()),
+        ("momentum", flags.momentum.is_some()),
+        ("activation", flags.activation.is_some()),
+        ("limit-train", flags.limit_train.is_some()),
+        ("limit-test", flags.limit_test.is_some()),
+    ];
+    if let Some((k, _)) = fixed.iter().find(|(_, set)| *set) {
+        bail!(
+            "--{k} cannot change when resuming (the run continues with {}); only --epochs, --data, --threads, --quiet and --json may be given",
+            path.display()
+        );
+    }
+    let mut s = recorded.overridden_by(&Settings {
+        epochs: flags.epochs,
+        data: flags.data.clone(),
+        threads: flags.threads,
+        quiet: flags.quiet,
+        json: flags.json,
+        ..Default::default()
+    });
+    s.out = Some(dir.to_path_buf());
+    Ok(s)
+}
+
+fn cmd_train(a: &TrainArgs) -> Result<ExitCode> {
+    let settings = match (&a.resume, &a.config) {
+        (Some(dir), _) => resume_settings(dir, &a.settings)?,
+        (None, Some(file)) => Settings::from_file(file)?.overridden_by(&a.settings),
+        (None, None) => a.settings.clone(),
+    };
+    let cfg = settings.resolve("train")?;
+    set_threads(cfg.threads)?;
+    let stop = stop_flag()?;
+    let data = run::load_data(cfg.data.as_deref(), cfg.limit_train, cfg.limit_test)?;
+    let r = run::train(&cfg, &data, a.resume.is_some(), "", stop)?;
+    match r.end {
+        RunEnd::Completed => {
+            let name = run::display_name(&cfg);
+            if cfg.json {
+                let s = report::RunStats::from_history(&r.history);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "summary",
+                        "run_dir": r.dir,
+                        "epochs": r.history.epochs.len(),
+                        "final_val_accuracy": s.as_ref().map(|s| s.final_val_accuracy),
+                        "last5_val_accuracy": s.as_ref().map(|s| s.last5_val_accuracy),
+                        "final_val_loss": s.as_ref().map(|s| s.final_val_loss),
+                    })
+                );
+            } else {
+                println!("{}", run::final_summary(&name, &r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunEnd::Interrupted { .. } => Ok(ExitCode::from(EXIT_INTERRUPTED)),
+    }
+}
+
+fn cmd_evaluate(a: &EvaluateArgs) -> Result<ExitCode> {
+    if a.batch_size == 0 {
+        bail!("--batch-size 0: must be at least 1");
+    }
+    let activation = match a.activation {
+        Some(x) => x,
+        None => {
+            let beside = a.weights.parent().map(|p| p.join("config.toml"));
+            match beside.filter(|p| p.is_file()) {
+                Some(p) => Settings::from_file(&p)?
+                    .activation
+                    .unwrap_or(ActivationKind::Relu),
+                None => ActivationKind::Relu,
+            }
+        }
+    };
+    let mut model = lamb_nn::classic_cnn(run::activation(activation), 0)?;
+    model.load_safetensors(&a.weights).with_context(|| {
+        format!(
+            "loading weights {} into the classic CNN ({activation})",
+            a.weights.display()
+        )
+    })?;
+    let data = run::load_data(a.data.as_deref(), Some(1), a.limit_test)?;
+    let ev = model.evaluate(&data.test, a.batch_size)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"weights": a.weights, "activation": activation.as_str(), "data": data.source,
+                "images": ev.count, "correct": ev.correct, "accuracy": ev.accuracy, "loss": ev.loss})
+        );
+    } else {
+        println!(
+            "{} ({} hidden layers) on {} test images of {}: accuracy {:.4} ({} correct), loss {:.4}",
+            a.weights.display(),
+            activation,
+            ev.count,
+            data.source.display(),
+            ev.accuracy,
+            ev.correct,
+            ev.loss
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_compare(a: &CompareArgs) -> Result<ExitCode> {
+    let file = match &a.config {
+        Some(p) => CompareFile::from_file(p)?,
+        None => CompareFile::default(),
+    };
+    let threads = a.settings.threads.or(file.common.threads);
+    if let Some(0) = threads {
+        bail!("`threads` = 0: must be between 1 and 1024");
+    }
+    set_threads(threads)?;
+    let stop = stop_flag()?;
+    if compare::compare(&file, &a.settings, stop)? {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(EXIT_INTERRUPTED))
+    }
+}
+
+fn cmd_data(c: &DataCommand) -> Result<ExitCode> {
+    match c {
+        DataCommand::Import { source, out } => {
+            let s = lamb_data::import_archive(source, out)
+                .with_context(|| format!("importing {}", source.display()))?;
+            println!(
+                "Imported {} training and {} test images ({} classes) into {}",
+                s.train,
+                s.test,
+                s.class_names.len(),
+                s.out_dir.display()
+            );
+        }
+        DataCommand::Download {
+            out,
+            url,
+            size,
+            md5,
+            quiet,
+        } => {
+            let mut spec = lamb_data::DownloadSpec::official();
+            if let Some(u) = url {
+                spec.url = u.clone();
+                match (size, md5) {
+                    (Some(s), Some(m)) => {
+                        spec.size = *s;
+                        spec.md5 = m.clone();
+                    }
+                    _ => bail!("--url needs --size and --md5 to verify the download"),
+                }
+            }
+            let dir = lamb_data::download_official(out, &spec, !quiet)
+                .with_context(|| format!("downloading {}", spec.url))?;
+            println!("CIFAR-10 is ready in {}", dir.display());
+        }
+        DataCommand::Info { data } => {
+            let d = run::load_data(data.as_deref(), None, None)?;
+            println!(
+                "{}: {} training and {} test images of {}x{}x{}; classes: {}",
+                d.source.display(),
+                d.train.len(),
+                d.test.len(),
+                d.train.height,
+                d.train.width,
+                d.train.channels,
+                d.train.class_names.join(", ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench(a: &BenchArgs) -> Result<ExitCode> {
+    if a.batch_sizes.is_empty()
+        || a.batch_sizes.contains(&0)
+        || a.epochs == 0
+        || a.train_images == 0
+        || a.val_images == 0
+    {
+        bail!("--batch-sizes, --epochs, --train-images and --val-images must all be at least 1");
+    }
+    if a.optimizer_steps == 0 {
+        bail!("--optimizer-steps must be at least 1");
+    }
+    set_threads(a.threads)?;
+    if a.what != BenchWhat::Optimizers {
+        let cfg = lamb_nn::bench::BenchConfig {
+            batch_sizes: a.batch_sizes.clone(),
+            epochs: a.epochs,
+            train_images: a.train_images,
+            val_images: a.val_images,
+            ..Default::default()
+        };
+        let results = lamb_nn::bench::run(&cfg)?;
+        println!("{}", lamb_nn::bench::format_report(&cfg, &results));
+    }
+    if a.what != BenchWhat::Engine {
+        let cfg = lamb_optim::bench::BenchConfig {
+            steps: a.optimizer_steps,
+            threads: rayon::current_num_threads(),
+            ..Default::default()
+        };
+        println!("{}", lamb_optim::bench::run_step_benchmark(&cfg));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Evaluate(a) => cmd_evaluate(a),
+        Command::Compare(a) => cmd_compare(a),
+        Command::Data(c) => cmd_data(c),
+        Command::Bench(a) => cmd_bench(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

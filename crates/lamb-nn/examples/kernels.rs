@@ -1,0 +1,203 @@
+//! Times the engine's kernels one by one on the seed CNN's shapes at batch 100:
+//! `cargo run --release -p lamb-nn --example kernels`.
+
+use lamb_nn::kernels::{self, ConvGeom, Mat, PoolGeom};
+use lamb_nn::Activation;
+use std::time::Instant;
+
+fn time(name: &str, reps: usize, mut f: impl FnMut()) {
+    f();
+    let mut v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    println!(
+        "{name:<40} median {:8.3} ms  min {:8.3} ms",
+        v[v.len() / 2],
+        v[0]
+    );
+}
+
+fn main() {
+    let b = 100;
+    let g1 = ConvGeom {
+        h: 32,
+        w: 32,
+        c: 3,
+        k: 3,
+        s: 1,
+        pad_top: 0,
+        pad_left: 0,
+        ho: 30,
+        wo: 30,
+    };
+    let g2 = ConvGeom {
+        h: 15,
+        w: 15,
+        c: 32,
+        k: 3,
+        s: 1,
+        pad_top: 0,
+        pad_left: 0,
+        ho: 13,
+        wo: 13,
+    };
+    let x: Vec<f32> = (0..b * 3072).map(|i| (i % 251) as f32 / 251.0).collect();
+    let mut cols1 = vec![0.0f32; b * 900 * 27];
+    let mut out1 = vec![0.0f32; b * 900 * 32];
+    let w1: Vec<f32> = (0..27 * 32)
+        .map(|i| ((i % 7) as f32 - 3.0) * 0.05)
+        .collect();
+    let b1 = vec![0.01f32; 32];
+    time("conv1 im2col", 20, || kernels::im2col(&g1, &x, &mut cols1));
+    time("conv1 gemm (rayon)", 20, || {
+        kernels::matmul(
+            b * 900,
+            32,
+            27,
+            &mut out1,
+            Mat::rows(&cols1, 27),
+            Mat::rows(&w1, 32),
+            false,
+        )
+    });
+    time("conv1 gemm (1 thread)", 20, || {
+        kernels::matmul_st(
+            b * 900,
+            32,
+            27,
+            &mut out1,
+            Mat::rows(&cols1, 27),
+            Mat::rows(&w1, 32),
+            false,
+        )
+    });
+    time("conv1 bias_act relu", 20, || {
+        kernels::bias_act(&mut out1, &b1, Activation::Relu, 900)
+    });
+    time("conv1 forward fused", 20, || {
+        kernels::conv_forward(
+            &g1,
+            32,
+            Activation::Relu,
+            &w1,
+            &b1,
+            &x,
+            &mut cols1,
+            &mut out1,
+        )
+    });
+    let p1 = PoolGeom {
+        h: 30,
+        w: 30,
+        c: 32,
+        p: 2,
+        ho: 15,
+        wo: 15,
+    };
+    let mut pool1 = vec![0.0f32; b * 225 * 32];
+    let mut arg1 = vec![0u32; b * 225 * 32];
+    time("pool1 forward", 20, || {
+        kernels::maxpool_forward(&p1, &out1, &mut pool1, &mut arg1)
+    });
+    let mut dout1 = vec![0.0f32; b * 900 * 32];
+    time("pool1 backward", 20, || {
+        kernels::maxpool_backward(&p1, &pool1, &arg1, &mut dout1)
+    });
+    let mut dw1 = vec![0.0f32; 27 * 32];
+    let mut db1 = vec![0.0f32; 32];
+    time("conv1 backward (no dx)", 20, || {
+        kernels::conv_backward(
+            &g1,
+            32,
+            Activation::Relu,
+            &w1,
+            &out1,
+            &mut dout1,
+            &cols1,
+            &mut dw1,
+            &mut db1,
+            None,
+        )
+    });
+    let mut cols2 = vec![0.0f32; b * 169 * 288];
+    let mut out2 = vec![0.0f32; b * 169 * 64];
+    let w2: Vec<f32> = (0..288 * 64)
+        .map(|i| ((i % 7) as f32 - 3.0) * 0.05)
+        .collect();
+    let b2 = vec![0.01f32; 64];
+    time("conv2 im2col", 20, || {
+        kernels::im2col(&g2, &pool1, &mut cols2)
+    });
+    time("conv2 gemm (rayon)", 20, || {
+        kernels::matmul(
+            b * 169,
+            64,
+            288,
+            &mut out2,
+            Mat::rows(&cols2, 288),
+            Mat::rows(&w2, 64),
+            false,
+        )
+    });
+    time("conv2 forward fused", 20, || {
+        kernels::conv_forward(
+            &g2,
+            64,
+            Activation::Relu,
+            &w2,
+            &b2,
+            &pool1,
+            &mut cols2,
+            &mut out2,
+        )
+    });
+    let mut dout2 = vec![0.0f32; b * 169 * 64];
+    let mut dw2 = vec![0.0f32; 288 * 64];
+    let mut db2 = vec![0.0f32; 64];
+    let mut dcols2 = vec![0.0f32; b * 169 * 288];
+    let mut dx2 = vec![0.0f32; b * 225 * 32];
+    time("conv2 backward (with dx)", 20, || {
+        kernels::conv_backward(
+            &g2,
+            64,
+            Activation::Relu,
+            &w2,
+            &out2,
+            &mut dout2,
+            &cols2,
+            &mut dw2,
+            &mut db2,
+            Some((&mut dx2, &mut dcols2)),
+        )
+    });
+    time("conv2 dW gemm (rayon, K=batch*169)", 20, || {
+        kernels::matmul(
+            288,
+            64,
+            b * 169,
+            &mut dw2,
+            Mat::rows_t(&cols2, 288),
+            Mat::rows(&dout2, 64),
+            false,
+        )
+    });
+    time("conv2 dcols gemm (rayon)", 20, || {
+        kernels::matmul(
+            b * 169,
+            288,
+            64,
+            &mut dcols2,
+            Mat::rows(&dout2, 64),
+            Mat::rows_t(&w2, 64),
+            false,
+        )
+    });
+    time("conv2 col2im", 20, || {
+        kernels::col2im(&g2, &dcols2, &mut dx2)
+    });
+}

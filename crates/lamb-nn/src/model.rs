@@ -1,0 +1,812 @@
+//! Sequential models: layer specifications, building with Keras-default initialisers, the
+//! forward and backward passes over reusable NHWC buffers, and the summary table.
+
+use std::time::Instant;
+
+use rand::distributions::{Distribution, Uniform};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::kernels::{self, ConvGeom, Mat, PoolGeom};
+use crate::NnError;
+
+/// Activation applied after a layer's affine part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// max(x, 0).
+    Relu,
+    /// Scaled exponential linear unit with Keras' constants.
+    Selu,
+    /// Softmax over the last axis; only as the output layer's activation, where it is fused
+    /// with the cross-entropy loss for training and applied for predictions.
+    Softmax,
+    /// Identity.
+    Linear,
+}
+
+/// Convolution padding, as Keras.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Padding {
+    /// No padding; output `floor((n - k) / s) + 1`.
+    Valid,
+    /// Output `ceil(n / s)`, zero padding split as TensorFlow does (extra row/column at the
+    /// bottom/right).
+    Same,
+}
+
+#[derive(Debug, Clone)]
+enum Spec {
+    Conv {
+        filters: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+        act: Activation,
+    },
+    Pool {
+        pool: usize,
+    },
+    Flatten,
+    Dense {
+        units: usize,
+        act: Activation,
+    },
+}
+
+/// A model description: a stack of layers on inputs of a fixed per-sample shape `[h, w, c]`.
+/// Builder methods never fail; [`Sequential::build`] validates the whole stack.
+#[derive(Debug, Clone)]
+pub struct Sequential {
+    input_shape: [usize; 3],
+    specs: Vec<Spec>,
+}
+
+impl Sequential {
+    /// Empty model for inputs of shape `[h, w, c]` (per sample).
+    pub fn new(input_shape: [usize; 3]) -> Self {
+        Sequential {
+            input_shape,
+            specs: Vec::new(),
+        }
+    }
+
+    /// Appends a 2-D convolution with `filters` square `kernel`s, `stride`, `padding` and `act`.
+    pub fn conv2d(
+        mut self,
+        filters: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+        act: Activation,
+    ) -> Self {
+        self.specs.push(Spec::Conv {
+            filters,
+            kernel,
+            stride,
+            padding,
+            act,
+        });
+        self
+    }
+
+    /// Appends a max pooling with square `pool` and stride `pool` (Keras default, `valid`).
+    pub fn max_pool2d(mut self, pool: usize) -> Self {
+        self.specs.push(Spec::Pool { pool });
+        self
+    }
+
+    /// Appends a flatten over (h, w, c).
+    pub fn flatten(mut self) -> Self {
+        self.specs.push(Spec::Flatten);
+        self
+    }
+
+    /// Appends a fully connected layer on a flat input.
+    pub fn dense(mut self, units: usize, act: Activation) -> Self {
+        self.specs.push(Spec::Dense { units, act });
+        self
+    }
+
+    /// Validates the stack and allocates parameters with Keras-default initialisers (glorot
+    /// uniform kernels, zero biases) drawn from a ChaCha8 generator seeded with `seed`.
+    pub fn build(self, seed: u64) -> Result<Model, NnError> {
+        let [h, w, c] = self.input_shape;
+        if h == 0 || w == 0 || c == 0 {
+            return Err(NnError::InvalidArgument {
+                name: "input_shape",
+                value: format!("{:?}", self.input_shape),
+                valid: "every dimension at least 1".into(),
+            });
+        }
+        if self.specs.is_empty() {
+            return Err(NnError::InvalidArgument {
+                name: "layers",
+                value: "0".into(),
+                valid: "at least one layer, the last a Dense with softmax or linear activation"
+                    .into(),
+            });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut shape: Vec<usize> = self.input_shape.to_vec();
+        let mut layers = Vec::new();
+        let (mut n_conv, mut n_pool, mut n_flat, mut n_dense) = (0, 0, 0, 0);
+        let last = self.specs.len() - 1;
+        for (i, spec) in self.specs.iter().enumerate() {
+            let err = |kind: &'static str, message: String| NnError::InvalidModel {
+                layer: i,
+                kind,
+                message,
+            };
+            let image = |kind: &'static str, shape: &[usize]| -> Result<[usize; 3], NnError> {
+                match shape {
+                    [h, w, c] => Ok([*h, *w, *c]),
+                    _ => Err(err(
+                        kind,
+                        format!("needs an image input (h, w, c), got {shape:?}"),
+                    )),
+                }
+            };
+            let act_ok = |kind: &'static str, act: Activation| -> Result<(), NnError> {
+                if act == Activation::Softmax && (i != last || kind != "Dense") {
+                    return Err(err(
+                        kind,
+                        "softmax is supported only as the last Dense layer's activation".into(),
+                    ));
+                }
+                Ok(())
+            };
+            let layer = match *spec {
+                Spec::Conv {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                    act,
+                } => {
+                    let [h, w, c] = image("Conv2D", &shape)?;
+                    act_ok("Conv2D", act)?;
+                    if filters == 0 || kernel == 0 || stride == 0 {
+                        return Err(err("Conv2D", format!("filters {filters}, kernel {kernel}, stride {stride}: each must be at least 1")));
+                    }
+                    let (ho, wo, pt, pl) = match padding {
+                        Padding::Valid => {
+                            if h < kernel || w < kernel {
+                                return Err(err("Conv2D", format!("kernel {kernel} larger than input {h}x{w} with valid padding")));
+                            }
+                            ((h - kernel) / stride + 1, (w - kernel) / stride + 1, 0, 0)
+                        }
+                        Padding::Same => {
+                            let ho = h.div_ceil(stride);
+                            let wo = w.div_ceil(stride);
+                            let ph = ((ho - 1) * stride + kernel).saturating_sub(h);
+                            let pw = ((wo - 1) * stride + kernel).saturating_sub(w);
+                            (ho, wo, ph / 2, pw / 2)
+                        }
+                    };
+                    let g = ConvGeom {
+                        h,
+                        w,
+                        c,
+                        k: kernel,
+                        s: stride,
+                        pad_top: pt,
+                        pad_left: pl,
+                        ho,
+                        wo,
+                    };
+                    let name = keras_name("conv2d", &mut n_conv);
+                    let fan_in = kernel * kernel * c;
+                    let fan_out = kernel * kernel * filters;
+                    let kernel_p = Param::glorot(
+                        &name,
+                        vec![kernel, kernel, c, filters],
+                        fan_in,
+                        fan_out,
+                        &mut rng,
+                    );
+                    let bias_p = Param::zeros(&format!("{name}/bias"), vec![filters]);
+                    shape = vec![ho, wo, filters];
+                    Layer {
+                        name,
+                        kind: Kind::Conv {
+                            g,
+                            filters,
+                            act,
+                            padding,
+                        },
+                        in_len: h * w * c,
+                        params: vec![kernel_p, bias_p],
+                    }
+                }
+                Spec::Pool { pool } => {
+                    let [h, w, c] = image("MaxPooling2D", &shape)?;
+                    if pool == 0 || pool > h || pool > w {
+                        return Err(err(
+                            "MaxPooling2D",
+                            format!("pool {pool} must be between 1 and the input size {h}x{w}"),
+                        ));
+                    }
+                    let g = PoolGeom {
+                        h,
+                        w,
+                        c,
+                        p: pool,
+                        ho: h / pool,
+                        wo: w / pool,
+                    };
+                    shape = vec![g.ho, g.wo, c];
+                    Layer {
+                        name: keras_name("max_pooling2d", &mut n_pool),
+                        kind: Kind::Pool { g },
+                        in_len: h * w * c,
+                        params: vec![],
+                    }
+                }
+                Spec::Flatten => {
+                    let n: usize = shape.iter().product();
+                    shape = vec![n];
+                    Layer {
+                        name: keras_name("flatten", &mut n_flat),
+                        kind: Kind::Flatten,
+                        in_len: n,
+                        params: vec![],
+                    }
+                }
+                Spec::Dense { units, act } => {
+                    act_ok("Dense", act)?;
+                    let inp = match shape[..] {
+                        [n] => n,
+                        _ => {
+                            return Err(err(
+                                "Dense",
+                                format!(
+                                    "needs a flat input, got {shape:?}: add flatten() before it"
+                                ),
+                            ))
+                        }
+                    };
+                    if units == 0 {
+                        return Err(err("Dense", "units must be at least 1".into()));
+                    }
+                    let name = keras_name("dense", &mut n_dense);
+                    let kernel_p = Param::glorot(&name, vec![inp, units], inp, units, &mut rng);
+                    let bias_p = Param::zeros(&format!("{name}/bias"), vec![units]);
+                    shape = vec![units];
+                    Layer {
+                        name,
+                        kind: Kind::Dense { inp, units, act },
+                        in_len: inp,
+                        params: vec![kernel_p, bias_p],
+                    }
+                }
+            };
+            layers.push((layer, shape.clone()));
+        }
+        let classes = match layers.last().map(|(l, _)| &l.kind) {
+            Some(Kind::Dense { units, act: Activation::Softmax | Activation::Linear, .. }) => *units,
+            _ => {
+                return Err(NnError::InvalidModel {
+                    layer: last,
+                    kind: "output",
+                    message: "the last layer must be Dense with softmax (or linear, read as logits) activation".into(),
+                })
+            }
+        };
+        let (layers, out_shapes): (Vec<Layer>, Vec<Vec<usize>>) = layers.into_iter().unzip();
+        let n = layers.len();
+        Ok(Model {
+            input_shape: self.input_shape,
+            out_lens: out_shapes.iter().map(|s| s.iter().product()).collect(),
+            out_shapes,
+            layers,
+            classes,
+            ws: Workspace::new(n),
+        })
+    }
+}
+
+fn keras_name(base: &str, counter: &mut usize) -> String {
+    let name = if *counter == 0 {
+        base.to_string()
+    } else {
+        format!("{base}_{counter}")
+    };
+    *counter += 1;
+    name
+}
+
+/// The seed CNN of the classic experiment, built: 32x32x3 -> Conv2D 32 3x3 -> MaxPool 2 ->
+/// Conv2D 64 3x3 -> MaxPool 2 -> Flatten -> Dense 10 softmax (42,442 parameters).
+pub fn classic_cnn(hidden: Activation, seed: u64) -> Result<Model, NnError> {
+    if !matches!(
+        hidden,
+        Activation::Relu | Activation::Selu | Activation::Linear
+    ) {
+        return Err(NnError::InvalidArgument {
+            name: "hidden",
+            value: format!("{hidden:?}"),
+            valid: "Relu, Selu or Linear".into(),
+        });
+    }
+    Sequential::new([32, 32, 3])
+        .conv2d(32, 3, 1, Padding::Valid, hidden)
+        .max_pool2d(2)
+        .conv2d(64, 3, 1, Padding::Valid, hidden)
+        .max_pool2d(2)
+        .flatten()
+        .dense(10, Activation::Softmax)
+        .build(seed)
+}
+
+/// One parameter tensor with its gradient buffer.
+#[derive(Debug, Clone)]
+pub(crate) struct Param {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub value: Vec<f32>,
+    pub grad: Vec<f32>,
+}
+
+impl Param {
+    fn glorot(
+        layer: &str,
+        shape: Vec<usize>,
+        fan_in: usize,
+        fan_out: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
+        let n: usize = shape.iter().product();
+        let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+        let dist = Uniform::new_inclusive(-limit, limit);
+        let value: Vec<f32> = (0..n).map(|_| dist.sample(rng)).collect();
+        Param {
+            name: format!("{layer}/kernel"),
+            shape,
+            value,
+            grad: vec![0.0; n],
+        }
+    }
+    fn zeros(name: &str, shape: Vec<usize>) -> Self {
+        let n: usize = shape.iter().product();
+        Param {
+            name: name.to_string(),
+            shape,
+            value: vec![0.0; n],
+            grad: vec![0.0; n],
+        }
+    }
+}
+
+/// A built layer's geometry. (`Conv::padding` is read only by the gradient tests' reference.)
+#[derive(Debug, Clone)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Kind {
+    Conv {
+        g: ConvGeom,
+        filters: usize,
+        act: Activation,
+        padding: Padding,
+    },
+    Pool {
+        g: PoolGeom,
+    },
+    Flatten,
+    Dense {
+        inp: usize,
+        units: usize,
+        act: Activation,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    pub name: String,
+    pub kind: Kind,
+    pub in_len: usize,
+    pub params: Vec<Param>,
+}
+
+impl Layer {
+    fn type_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Conv { .. } => "Conv2D",
+            Kind::Pool { .. } => "MaxPooling2D",
+            Kind::Flatten => "Flatten",
+            Kind::Dense { .. } => "Dense",
+        }
+    }
+}
+
+/// Buffers reused across steps; they only grow (to the largest batch seen).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Workspace {
+    pub x: Vec<f32>,
+    pub y: Vec<u8>,
+    pub out: Vec<Vec<f32>>,
+    pub cols: Vec<Vec<f32>>,
+    pub arg: Vec<Vec<u32>>,
+    pub dout: Vec<Vec<f32>>,
+    pub dcols: Vec<f32>,
+    /// When `Some`, backward also computes the gradient with respect to the input (tests).
+    pub input_grad: Option<Vec<f32>>,
+    pub fwd_cap: usize,
+    pub bwd_cap: usize,
+    /// Seconds spent per layer in forward and backward since the last reset.
+    pub fwd_secs: Vec<f64>,
+    pub bwd_secs: Vec<f64>,
+}
+
+impl Workspace {
+    fn new(layers: usize) -> Self {
+        Workspace {
+            out: vec![Vec::new(); layers],
+            cols: vec![Vec::new(); layers],
+            arg: vec![Vec::new(); layers],
+            dout: vec![Vec::new(); layers],
+            fwd_secs: vec![0.0; layers],
+            bwd_secs: vec![0.0; layers],
+            ..Default::default()
+        }
+    }
+}
+
+/// A built model: parameters, gradients and the reusable work buffers.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub(crate) input_shape: [usize; 3],
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) out_shapes: Vec<Vec<usize>>,
+    pub(crate) out_lens: Vec<usize>,
+    pub(crate) classes: usize,
+    pub(crate) ws: Workspace,
+}
+
+fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).rem_euclid(3) == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+impl Model {
+    /// Keras-like summary table: layer (type), output shape, parameter count, totals.
+    pub fn summary(&self) -> String {
+        let widths = [33usize, 26, 10];
+        let line_len: usize = widths.iter().sum::<usize>() + 1;
+        let mut s = String::from("Model: \"sequential\"\n");
+        let row = |a: &str, b: &str, c: &str| {
+            format!(" {a:<w0$}{b:<w1$}{c}\n", w0 = widths[0], w1 = widths[1])
+        };
+        s += &"_".repeat(line_len);
+        s += "\n";
+        s += &row("Layer (type)", "Output Shape", "Param #");
+        s += &"=".repeat(line_len);
+        s += "\n";
+        for (i, l) in self.layers.iter().enumerate() {
+            let shape: Vec<String> = self.out_shapes[i].iter().map(|d| d.to_string()).collect();
+            let count: usize = l.params.iter().map(|p| p.value.len()).sum();
+            s += &row(
+                &format!("{} ({})", l.name, l.type_name()),
+                &format!("(None, {})", shape.join(", ")),
+                &count.to_string(),
+            );
+            s += &if i + 1 == self.layers.len() {
+                "=".repeat(line_len)
+            } else {
+                "_".repeat(line_len)
+            };
+            s += "\n";
+        }
+        let total = thousands(self.param_count());
+        s +=
+            &format!("Total params: {total}\nTrainable params: {total}\nNon-trainable params: 0\n");
+        s += &"_".repeat(line_len);
+        s += "\n";
+        s
+    }
+
+    /// Total number of parameters.
+    pub fn param_count(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.params)
+            .map(|p| p.value.len())
+            .sum()
+    }
+
+    /// Parameter names in model order (`conv2d/kernel`, `conv2d/bias`, ..., `dense/bias`).
+    pub fn param_names(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.params)
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    /// Every parameter as (name, shape, values), in model order.
+    pub fn params(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.params)
+            .map(|p| (p.name.clone(), p.shape.clone(), &p.value[..]))
+            .collect()
+    }
+
+    /// The gradients of the last training step as (name, values), in model order.
+    pub fn grads(&self) -> Vec<(String, &[f32])> {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.params)
+            .map(|p| (p.name.clone(), &p.grad[..]))
+            .collect()
+    }
+
+    /// Replaces the values of parameter `name`.
+    pub fn set_param(&mut self, name: &str, values: &[f32]) -> Result<(), NnError> {
+        let known = self.param_names().join(", ");
+        let p = self
+            .layers
+            .iter_mut()
+            .flat_map(|l| &mut l.params)
+            .find(|p| p.name == name)
+            .ok_or_else(|| NnError::UnknownParameter {
+                name: name.to_string(),
+                known,
+            })?;
+        if p.value.len() != values.len() {
+            return Err(NnError::ParameterLength {
+                name: name.to_string(),
+                found: values.len(),
+                expected: p.value.len(),
+            });
+        }
+        p.value.copy_from_slice(values);
+        Ok(())
+    }
+
+    /// Per-sample input shape `[h, w, c]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.input_shape
+    }
+
+    /// Number of output classes (units of the last Dense layer).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Per-sample input length.
+    pub(crate) fn in_len(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+
+    /// Layer names and types, in order (for reports).
+    pub fn layer_names(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .map(|l| format!("{} ({})", l.name, l.type_name()))
+            .collect()
+    }
+
+    pub(crate) fn ensure_forward(&mut self, batch: usize) {
+        if batch <= self.ws.fwd_cap {
+            return;
+        }
+        let in_len = self.in_len();
+        grow(&mut self.ws.x, batch * in_len);
+        grow(&mut self.ws.y, batch);
+        for (i, l) in self.layers.iter().enumerate() {
+            grow(&mut self.ws.out[i], batch * self.out_lens[i]);
+            match l.kind {
+                Kind::Conv { g, .. } => grow(&mut self.ws.cols[i], batch * g.positions() * g.kkc()),
+                Kind::Pool { .. } => grow(&mut self.ws.arg[i], batch * self.out_lens[i]),
+                _ => {}
+            }
+        }
+        self.ws.fwd_cap = batch;
+    }
+
+    pub(crate) fn ensure_backward(&mut self, batch: usize) {
+        self.ensure_forward(batch);
+        if batch <= self.ws.bwd_cap {
+            return;
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            grow(&mut self.ws.dout[i], batch * self.out_lens[i]);
+            if let Kind::Conv { g, .. } = l.kind {
+                if i > 0 || self.ws.input_grad.is_some() {
+                    grow(&mut self.ws.dcols, batch * g.positions() * g.kkc());
+                }
+            }
+        }
+        if let Some(g) = self.ws.input_grad.as_mut() {
+            grow(g, batch * self.input_shape.iter().product::<usize>());
+        }
+        self.ws.bwd_cap = batch;
+    }
+
+    /// Forward pass on the first `batch` samples of `ws.x`; layer outputs land in `ws.out`
+    /// (the last holds logits).
+    pub(crate) fn forward(&mut self, batch: usize) {
+        self.ensure_forward(batch);
+        let ws = &mut self.ws;
+        let in0 = self.input_shape.iter().product::<usize>();
+        for (i, l) in self.layers.iter().enumerate() {
+            let t = Instant::now();
+            let (prev, rest) = ws.out.split_at_mut(i);
+            let input: &[f32] = if i == 0 {
+                &ws.x[..batch * in0]
+            } else {
+                &prev[i - 1][..batch * l.in_len]
+            };
+            let out = &mut rest[0][..batch * self.out_lens[i]];
+            match l.kind {
+                Kind::Conv {
+                    g, filters, act, ..
+                } => {
+                    let cols = &mut ws.cols[i][..batch * g.positions() * g.kkc()];
+                    kernels::conv_forward(
+                        &g,
+                        filters,
+                        act,
+                        &l.params[0].value,
+                        &l.params[1].value,
+                        input,
+                        cols,
+                        out,
+                    );
+                }
+                Kind::Pool { g } => {
+                    kernels::maxpool_forward(
+                        &g,
+                        input,
+                        out,
+                        &mut ws.arg[i][..batch * self.out_lens[i]],
+                    );
+                }
+                Kind::Flatten => out.copy_from_slice(input),
+                Kind::Dense { inp, units, act } => {
+                    kernels::matmul(
+                        batch,
+                        units,
+                        inp,
+                        out,
+                        Mat::rows(input, inp),
+                        Mat::rows(&l.params[0].value, units),
+                        false,
+                    );
+                    kernels::bias_act(out, &l.params[1].value, act, 64);
+                }
+            }
+            ws.fwd_secs[i] += t.elapsed().as_secs_f64();
+        }
+    }
+
+    /// Backward pass after [`Model::forward`] on `batch` samples, starting from the gradient
+    /// with respect to the logits in `ws.dout[last]`; fills every parameter's gradient.
+    pub(crate) fn backward(&mut self, batch: usize) {
+        self.ensure_backward(batch);
+        let ws = &mut self.ws;
+        let in0 = self.input_shape.iter().product::<usize>();
+        for i in (0..self.layers.len()).rev() {
+            let t = Instant::now();
+            let l = &mut self.layers[i];
+            let (dprev, drest) = ws.dout.split_at_mut(i);
+            let dy = &mut drest[0][..batch * self.out_lens[i]];
+            let input: &[f32] = if i == 0 {
+                &ws.x[..batch * in0]
+            } else {
+                &ws.out[i - 1][..batch * l.in_len]
+            };
+            let y = &ws.out[i][..batch * self.out_lens[i]];
+            let dx: Option<&mut [f32]> = if i == 0 {
+                ws.input_grad.as_mut().map(|g| &mut g[..batch * in0])
+            } else {
+                Some(&mut dprev[i - 1][..batch * l.in_len])
+            };
+            match l.kind {
+                Kind::Conv {
+                    g, filters, act, ..
+                } => {
+                    let m = batch * g.positions();
+                    let kkc = g.kkc();
+                    let (kp, bp) = l.params.split_at_mut(1);
+                    let dx = dx.map(|dx| (dx, &mut ws.dcols[..m * kkc]));
+                    kernels::conv_backward(
+                        &g,
+                        filters,
+                        act,
+                        &kp[0].value,
+                        y,
+                        dy,
+                        &ws.cols[i][..m * kkc],
+                        &mut kp[0].grad,
+                        &mut bp[0].grad,
+                        dx,
+                    );
+                }
+                Kind::Pool { g } => {
+                    if let Some(dx) = dx {
+                        kernels::maxpool_backward(
+                            &g,
+                            dy,
+                            &ws.arg[i][..batch * self.out_lens[i]],
+                            dx,
+                        );
+                    }
+                }
+                Kind::Flatten => {
+                    if let Some(dx) = dx {
+                        dx.copy_from_slice(dy);
+                    }
+                }
+                Kind::Dense { inp, units, act } => {
+                    kernels::act_backward(dy, y, act);
+                    let (kp, bp) = l.params.split_at_mut(1);
+                    kernels::bias_grad(dy, &mut bp[0].grad);
+                    kernels::matmul(
+                        inp,
+                        units,
+                        batch,
+                        &mut kp[0].grad,
+                        Mat::rows_t(input, inp),
+                        Mat::rows(dy, units),
+                        false,
+                    );
+                    if let Some(dx) = dx {
+                        kernels::matmul(
+                            batch,
+                            inp,
+                            units,
+                            dx,
+                            Mat::rows(dy, units),
+                            Mat::rows_t(&kp[0].value, units),
+                            false,
+                        );
+                    }
+                }
+            }
+            ws.bwd_secs[i] += t.elapsed().as_secs_f64();
+        }
+    }
+
+    /// Softmax cross-entropy of the logits of the last forward pass on `batch` samples against
+    /// `ws.y`; writes d(mean loss)/d(logits). Returns (loss sum, correct count).
+    pub(crate) fn loss_and_grad(&mut self, batch: usize) -> (f64, usize) {
+        self.ensure_backward(batch);
+        let last = self.layers.len() - 1;
+        let c = self.classes;
+        let (logits, dlogits) = (
+            &self.ws.out[last][..batch * c],
+            &mut self.ws.dout[last][..batch * c],
+        );
+        kernels::softmax_xent(logits, &self.ws.y[..batch], c, dlogits)
+    }
+
+    /// Resets the per-layer forward/backward timers.
+    pub fn reset_timers(&mut self) {
+        self.ws.fwd_secs.iter_mut().for_each(|t| *t = 0.0);
+        self.ws.bwd_secs.iter_mut().for_each(|t| *t = 0.0);
+    }
+
+    /// Seconds spent per layer in (forward, backward) since the last [`Model::reset_timers`].
+    pub fn layer_timers(&self) -> Vec<(String, f64, f64)> {
+        self.layer_names()
+            .into_iter()
+            .zip(&self.ws.fwd_secs)
+            .zip(&self.ws.bwd_secs)
+            .map(|((n, f), b)| (n, *f, *b))
+            .collect()
+    }
+}

@@ -1,0 +1,551 @@
+//! Training and evaluation: single steps, `fit` with history, telemetry, stop and exact resume,
+//! evaluation and predictions.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lamb_data::{epoch_permutation, Dataset};
+use lamb_optim::{Optimizer, ParamMut, StepOutcome, TensorTelemetry};
+use serde::{Deserialize, Serialize};
+
+use crate::kernels;
+use crate::{Model, NnError};
+
+/// Loss and accuracy over a dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Mean softmax cross-entropy per sample.
+    pub loss: f64,
+    /// Fraction of samples whose predicted class is the label.
+    pub accuracy: f64,
+    /// Samples predicted correctly.
+    pub correct: usize,
+    /// Samples evaluated.
+    pub count: usize,
+}
+
+/// What one training step measured (before its update).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Sum of per-sample losses over the batch.
+    pub loss_sum: f64,
+    /// Samples of the batch predicted correctly.
+    pub correct: usize,
+    /// Batch size.
+    pub count: usize,
+    /// Whether the optimizer applied the step (false when it skipped a non-finite step).
+    pub applied: bool,
+}
+
+/// Per-tensor telemetry summarised over one epoch's applied steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorStats {
+    /// Tensor name.
+    pub name: String,
+    /// Mean trust ratio over the epoch.
+    pub mean: f64,
+    /// Smallest trust ratio.
+    pub min: f64,
+    /// Largest trust ratio.
+    pub max: f64,
+    /// Trust ratio of the last step.
+    pub last: f64,
+    /// Weight norm at the last step.
+    pub weight_norm_last: f64,
+    /// Update norm at the last step.
+    pub update_norm_last: f64,
+}
+
+/// Running per-tensor telemetry sums inside an epoch (part of [`FitProgress`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryAccum {
+    /// Tensor name.
+    pub name: String,
+    /// Sum of trust ratios.
+    pub sum: f64,
+    /// Steps accumulated.
+    pub count: u64,
+    /// Smallest trust ratio.
+    pub min: f64,
+    /// Largest trust ratio.
+    pub max: f64,
+    /// Last trust ratio.
+    pub last: f64,
+    /// Last weight norm.
+    pub weight_norm_last: f64,
+    /// Last update norm.
+    pub update_norm_last: f64,
+}
+
+impl TelemetryAccum {
+    fn stats(&self) -> TensorStats {
+        TensorStats {
+            name: self.name.clone(),
+            mean: if self.count > 0 {
+                self.sum / self.count as f64
+            } else {
+                f64::NAN
+            },
+            min: self.min,
+            max: self.max,
+            last: self.last,
+            weight_norm_last: self.weight_norm_last,
+            update_norm_last: self.update_norm_last,
+        }
+    }
+}
+
+fn accumulate(acc: &mut Vec<TelemetryAccum>, tel: &[TensorTelemetry]) {
+    if acc.len() != tel.len() || acc.iter().zip(tel).any(|(a, t)| a.name != t.name) {
+        *acc = tel
+            .iter()
+            .map(|t| TelemetryAccum {
+                name: t.name.clone(),
+                sum: 0.0,
+                count: 0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                last: f64::NAN,
+                weight_norm_last: f64::NAN,
+                update_norm_last: f64::NAN,
+            })
+            .collect();
+    }
+    for (a, t) in acc.iter_mut().zip(tel) {
+        let r = t.trust_ratio as f64;
+        a.sum += r;
+        a.count += 1;
+        a.min = a.min.min(r);
+        a.max = a.max.max(r);
+        a.last = r;
+        a.weight_norm_last = t.weight_norm as f64;
+        a.update_norm_last = t.update_norm as f64;
+    }
+}
+
+/// One epoch of the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number, 1-based.
+    pub epoch: usize,
+    /// Training loss: running mean over the epoch's samples, as Keras reports it.
+    pub loss: f64,
+    /// Training accuracy, running mean over the epoch.
+    pub accuracy: f64,
+    /// Validation loss at the epoch's end.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy at the epoch's end.
+    pub val_accuracy: Option<f64>,
+    /// Seconds spent in training steps (including batch assembly).
+    pub train_seconds: f64,
+    /// Seconds spent in validation.
+    pub val_seconds: f64,
+    /// Per-tensor trust-ratio statistics over the epoch's applied steps.
+    pub trust_ratios: Vec<TensorStats>,
+}
+
+/// Per-epoch records of a fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct History {
+    /// Completed epochs, in order.
+    pub epochs: Vec<EpochRecord>,
+}
+
+/// Position and running sums inside `fit`: with the optimizer state (saved by the caller via
+/// `Optimizer::state`) and the weights, enough to resume mid-epoch with identical results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct FitProgress {
+    /// Epochs completed (0-based index of the current epoch).
+    pub epoch: usize,
+    /// Steps completed in the current epoch.
+    pub step: usize,
+    /// Sum of per-sample training losses so far in this epoch.
+    pub loss_sum: f64,
+    /// Correct training predictions so far in this epoch.
+    pub correct: u64,
+    /// Training samples seen so far in this epoch.
+    pub seen: u64,
+    /// Completed epochs.
+    pub history: History,
+    /// Per-tensor telemetry sums so far in this epoch.
+    #[serde(default)]
+    pub telemetry: Vec<TelemetryAccum>,
+    /// Training seconds so far in this epoch.
+    #[serde(default)]
+    pub train_seconds: f64,
+}
+
+/// Settings of [`Model::fit`].
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    /// Training batch size (the last batch of an epoch may be smaller, as in Keras).
+    pub batch_size: usize,
+    /// Total epochs (including those already in `start`).
+    pub epochs: usize,
+    /// Shuffle seed: epoch `e` visits `lamb_data::epoch_permutation(seed, e, n)`.
+    pub seed: u64,
+    /// Batch size of validation (forward only).
+    pub val_batch_size: usize,
+    /// Where to start or resume (default: epoch 0, step 0).
+    pub start: FitProgress,
+    /// Checked before every step; when set, `fit` sends [`FitEvent::Stopped`] and returns the
+    /// history of completed epochs.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl FitOptions {
+    /// Options for a fresh fit with validation batches of 1000 and no stop flag.
+    pub fn new(batch_size: usize, epochs: usize, seed: u64) -> Self {
+        FitOptions {
+            batch_size,
+            epochs,
+            seed,
+            val_batch_size: 1000,
+            start: FitProgress::default(),
+            stop: None,
+        }
+    }
+}
+
+/// What `fit` reports while it runs.
+#[derive(Debug)]
+pub enum FitEvent<'a> {
+    /// A training step finished (epoch and step 1-based).
+    Step {
+        /// Epoch, 1-based.
+        epoch: usize,
+        /// Step within the epoch, 1-based.
+        step: usize,
+        /// Steps per epoch.
+        steps_per_epoch: usize,
+        /// The step's metrics.
+        metrics: &'a StepMetrics,
+        /// The optimizer's telemetry of this step.
+        telemetry: &'a [TensorTelemetry],
+        /// Running training loss and accuracy of the epoch so far.
+        running: (f64, f64),
+    },
+    /// An epoch ended, validation included: a good moment to checkpoint.
+    EpochEnd {
+        /// The epoch's record.
+        record: &'a EpochRecord,
+        /// Progress positioned at the start of the next epoch.
+        progress: &'a FitProgress,
+    },
+    /// The stop flag was seen between steps.
+    Stopped {
+        /// Progress to resume from.
+        progress: &'a FitProgress,
+    },
+}
+
+fn check_data(model: &Model, data: &Dataset, what: &str) -> Result<(), NnError> {
+    let [h, w, c] = model.input_shape;
+    if (data.height, data.width, data.channels) != (h, w, c) {
+        return Err(NnError::DataMismatch(format!(
+            "{what} images are {}x{}x{}, the model expects {h}x{w}x{c}",
+            data.height, data.width, data.channels
+        )));
+    }
+    if data.images.len() != data.len() * data.image_len() {
+        return Err(NnError::DataMismatch(format!(
+            "{what}: {} pixel bytes for {} images of {} bytes",
+            data.images.len(),
+            data.len(),
+            data.image_len()
+        )));
+    }
+    if let Some((i, &l)) = data
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= model.classes)
+    {
+        return Err(NnError::DataMismatch(format!(
+            "{what} label {l} at index {i} is not below the {} classes",
+            model.classes
+        )));
+    }
+    if data.is_empty() {
+        return Err(NnError::DataMismatch(format!("{what} data set is empty")));
+    }
+    Ok(())
+}
+
+fn positive(name: &'static str, v: usize) -> Result<(), NnError> {
+    if v == 0 {
+        return Err(NnError::InvalidArgument {
+            name,
+            value: "0".into(),
+            valid: "at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+impl Model {
+    /// One training step on the first `batch` samples already in the work buffers.
+    fn step_inner(
+        &mut self,
+        batch: usize,
+        opt: &mut dyn Optimizer,
+        epoch: usize,
+        step: usize,
+    ) -> Result<StepMetrics, NnError> {
+        self.forward(batch);
+        let (loss_sum, correct) = self.loss_and_grad(batch);
+        if !loss_sum.is_finite() {
+            return Err(NnError::NonFiniteLoss {
+                epoch,
+                step,
+                value: loss_sum / batch as f64,
+            });
+        }
+        self.backward(batch);
+        let mut views: Vec<ParamMut<'_>> = self
+            .layers
+            .iter_mut()
+            .flat_map(|l| l.params.iter_mut())
+            .map(|p| ParamMut::new(&p.name, &p.shape, &mut p.value, &p.grad))
+            .collect();
+        let outcome = opt.step(&mut views).map_err(|source| NnError::Optimizer {
+            epoch,
+            step,
+            source,
+        })?;
+        Ok(StepMetrics {
+            loss_sum,
+            correct,
+            count: batch,
+            applied: outcome == StepOutcome::Applied,
+        })
+    }
+
+    /// One training step on a batch already in f32 NHWC (`x` holds `y.len()` images): forward,
+    /// loss, backward, optimizer step.
+    pub fn train_step(
+        &mut self,
+        x: &[f32],
+        y: &[u8],
+        opt: &mut dyn Optimizer,
+    ) -> Result<StepMetrics, NnError> {
+        let batch = y.len();
+        positive("batch size", batch)?;
+        let in_len = self.in_len();
+        if x.len() != batch * in_len {
+            return Err(NnError::DataMismatch(format!(
+                "{} input values for {batch} labels of {in_len} values each",
+                x.len()
+            )));
+        }
+        if let Some(&l) = y.iter().find(|&&l| l as usize >= self.classes) {
+            return Err(NnError::DataMismatch(format!(
+                "label {l} is not below the {} classes",
+                self.classes
+            )));
+        }
+        self.ensure_backward(batch);
+        self.ws.x[..x.len()].copy_from_slice(x);
+        self.ws.y[..batch].copy_from_slice(y);
+        self.step_inner(batch, opt, 0, 0)
+    }
+
+    /// Trains for `opts.epochs` epochs (from `opts.start`), validating on `val` at each epoch's
+    /// end, reporting through `on_event`. Returns the history of all completed epochs.
+    pub fn fit(
+        &mut self,
+        train: &Dataset,
+        val: Option<&Dataset>,
+        opts: &FitOptions,
+        opt: &mut dyn Optimizer,
+        on_event: &mut dyn FnMut(&FitEvent<'_>) -> Result<(), NnError>,
+    ) -> Result<History, NnError> {
+        check_data(self, train, "training")?;
+        if let Some(v) = val {
+            check_data(self, v, "validation")?;
+        }
+        positive("batch_size", opts.batch_size)?;
+        positive("val_batch_size", opts.val_batch_size)?;
+        let n = train.len();
+        let bs = opts.batch_size;
+        let steps = n.div_ceil(bs);
+        let mut p = opts.start.clone();
+        if p.step > steps || (p.step > 0 && p.epoch >= opts.epochs) {
+            return Err(NnError::InvalidArgument {
+                name: "start",
+                value: format!("epoch {} step {}", p.epoch, p.step),
+                valid: format!(
+                    "a step of at most {steps} in an epoch below {}",
+                    opts.epochs
+                ),
+            });
+        }
+        let in_len = self.in_len();
+        self.ensure_backward(bs);
+        while p.epoch < opts.epochs {
+            let e = p.epoch;
+            let order = epoch_permutation(opts.seed, e as u64, n);
+            while p.step < steps {
+                if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                    on_event(&FitEvent::Stopped { progress: &p })?;
+                    return Ok(p.history);
+                }
+                let s = p.step;
+                let t = Instant::now();
+                let idx = &order[s * bs..((s + 1) * bs).min(n)];
+                let b = idx.len();
+                train.fill_batch(idx, &mut self.ws.x[..b * in_len], &mut self.ws.y[..b]);
+                let m = self.step_inner(b, opt, e + 1, s + 1)?;
+                p.train_seconds += t.elapsed().as_secs_f64();
+                p.loss_sum += m.loss_sum;
+                p.correct += m.correct as u64;
+                p.seen += b as u64;
+                if m.applied {
+                    accumulate(&mut p.telemetry, opt.telemetry());
+                }
+                p.step += 1;
+                let running = (p.loss_sum / p.seen as f64, p.correct as f64 / p.seen as f64);
+                on_event(&FitEvent::Step {
+                    epoch: e + 1,
+                    step: s + 1,
+                    steps_per_epoch: steps,
+                    metrics: &m,
+                    telemetry: opt.telemetry(),
+                    running,
+                })?;
+            }
+            let t = Instant::now();
+            let ev = match val {
+                Some(v) => Some(self.evaluate(v, opts.val_batch_size)?),
+                None => None,
+            };
+            let val_seconds = t.elapsed().as_secs_f64();
+            let record = EpochRecord {
+                epoch: e + 1,
+                loss: p.loss_sum / p.seen.max(1) as f64,
+                accuracy: p.correct as f64 / p.seen.max(1) as f64,
+                val_loss: ev.as_ref().map(|v| v.loss),
+                val_accuracy: ev.as_ref().map(|v| v.accuracy),
+                train_seconds: p.train_seconds,
+                val_seconds,
+                trust_ratios: p.telemetry.iter().map(TelemetryAccum::stats).collect(),
+            };
+            p.history.epochs.push(record.clone());
+            p = FitProgress {
+                epoch: e + 1,
+                history: p.history,
+                ..FitProgress::default()
+            };
+            on_event(&FitEvent::EpochEnd {
+                record: &record,
+                progress: &p,
+            })?;
+        }
+        Ok(p.history)
+    }
+
+    /// Runs the forward pass over `data` in batches of `batch_size`, calling `each` with the
+    /// logits of every batch and the batch's first index.
+    fn for_each_batch(
+        &mut self,
+        data: &Dataset,
+        batch_size: usize,
+        mut each: impl FnMut(&[f32], &[u8], usize),
+    ) -> Result<(), NnError> {
+        check_data(self, data, "evaluation")?;
+        positive("batch_size", batch_size)?;
+        let in_len = self.in_len();
+        let bs = batch_size.min(data.len());
+        self.ensure_forward(bs);
+        let all: Vec<usize> = (0..data.len()).collect();
+        let last = self.layers.len() - 1;
+        for (k, idx) in all.chunks(bs).enumerate() {
+            let b = idx.len();
+            data.fill_batch(idx, &mut self.ws.x[..b * in_len], &mut self.ws.y[..b]);
+            self.forward(b);
+            each(
+                &self.ws.out[last][..b * self.classes],
+                &self.ws.y[..b],
+                k * bs,
+            );
+        }
+        Ok(())
+    }
+
+    /// Mean loss and accuracy over `data`, forward only, in batches of `batch_size`.
+    pub fn evaluate(&mut self, data: &Dataset, batch_size: usize) -> Result<Evaluation, NnError> {
+        let c = self.classes;
+        let mut p = vec![0.0f32; c];
+        let (mut loss, mut correct) = (0.0f64, 0usize);
+        self.for_each_batch(data, batch_size, |logits, y, _| {
+            for (z, &l) in logits.chunks_exact(c).zip(y) {
+                let (lse, arg) = kernels::softmax_row(z, &mut p);
+                loss += lse - z[l as usize] as f64;
+                correct += (arg == l as usize) as usize;
+            }
+        })?;
+        let count = data.len();
+        Ok(Evaluation {
+            loss: loss / count as f64,
+            accuracy: correct as f64 / count as f64,
+            correct,
+            count,
+        })
+    }
+
+    /// Predicted class (first arg-max of the output) of every image of `data`.
+    pub fn predict_classes(
+        &mut self,
+        data: &Dataset,
+        batch_size: usize,
+    ) -> Result<Vec<u8>, NnError> {
+        let c = self.classes;
+        let mut p = vec![0.0f32; c];
+        let mut out = Vec::with_capacity(data.len());
+        self.for_each_batch(data, batch_size, |logits, _, _| {
+            for z in logits.chunks_exact(c) {
+                out.push(kernels::softmax_row(z, &mut p).1 as u8);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Class probabilities (softmax of the output), `data.len() * classes` values, row-major.
+    pub fn predict_proba(
+        &mut self,
+        data: &Dataset,
+        batch_size: usize,
+    ) -> Result<Vec<f32>, NnError> {
+        let c = self.classes;
+        let mut out = vec![0.0f32; data.len() * c];
+        self.for_each_batch(data, batch_size, |logits, _, first| {
+            for (k, z) in logits.chunks_exact(c).enumerate() {
+                kernels::softmax_row(z, &mut out[(first + k) * c..][..c]);
+            }
+        })?;
+        Ok(out)
+    }
+}
+
+/// Fraction of positions where `pred` equals `truth` (0 for empty input; lengths must match,
+/// extra elements of the longer slice are ignored).
+pub fn accuracy_score(pred: &[u8], truth: &[u8]) -> f64 {
+    let n = pred.len().min(truth.len());
+    if n == 0 {
+        return 0.0;
+    }
+    pred.iter().zip(truth).filter(|(a, b)| a == b).count() as f64 / n as f64
+}
+
+/// Confusion matrix `[truth][pred]` over `classes` classes; pairs with a label outside the
+/// range are ignored.
+pub fn confusion_matrix(pred: &[u8], truth: &[u8], classes: usize) -> Vec<Vec<u64>> {
+    let mut m = vec![vec![0u64; classes]; classes];
+    for (&p, &t) in pred.iter().zip(truth) {
+        if (p as usize) < classes && (t as usize) < classes {
+            m[t as usize][p as usize] += 1;
+        }
+    }
+    m
+}

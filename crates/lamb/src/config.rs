@@ -1,0 +1,557 @@
+//! Run settings: what a config file (TOML) or the command-line flags may say, how the two are
+//! merged (flags win), the per-optimizer defaults, validation, and the fully resolved
+//! [`RunConfig`] that every run records in its directory.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The optimizer of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// LAMB (tensorflow-addons semantics).
+    Lamb,
+    /// Adam (Keras).
+    Adam,
+    /// AdamW (decoupled weight decay, PyTorch defaults).
+    Adamw,
+    /// LARS (layer-wise adaptive rate scaling with momentum, timm defaults).
+    Lars,
+    /// Plain SGD with optional momentum.
+    Sgd,
+}
+
+impl OptimizerKind {
+    /// The name used in files and messages (`lamb`, `adam`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lamb => "lamb",
+            Self::Adam => "adam",
+            Self::Adamw => "adamw",
+            Self::Lars => "lars",
+            Self::Sgd => "sgd",
+        }
+    }
+
+    /// Whether the optimizer scales updates by a per-tensor trust ratio (worth plotting).
+    pub fn has_trust_ratio(self) -> bool {
+        matches!(self, Self::Lamb | Self::Lars)
+    }
+}
+
+impl fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Hidden-layer activation of the classic CNN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivationKind {
+    /// ReLU (the LAMB run of the classic experiment).
+    Relu,
+    /// SELU (the Adam run of the classic experiment).
+    Selu,
+}
+
+impl ActivationKind {
+    /// `relu` or `selu`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Relu => "relu",
+            Self::Selu => "selu",
+        }
+    }
+}
+
+impl fmt::Display for ActivationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Optimizer hyperparameters after the preset's defaults are applied. `None` means "does not
+/// apply to this optimizer".
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hyper {
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay (Adam family, LAMB).
+    pub beta1: Option<f64>,
+    /// Second-moment decay (Adam family, LAMB).
+    pub beta2: Option<f64>,
+    /// Denominator epsilon.
+    pub epsilon: Option<f64>,
+    /// Weight decay rate (decoupled for LAMB, AdamW, LARS; L2 for SGD).
+    pub weight_decay: f64,
+    /// Momentum (LARS, SGD).
+    pub momentum: Option<f64>,
+}
+
+/// Settings as a config file or the flags give them: every key optional. File keys are the
+/// flag names, with `-` or `_` (`batch-size` or `batch_size`); unknown keys are errors.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Data: a directory in the official CIFAR-10 binary layout, or an image archive
+    /// (train/<class>/*.jpg, test/<class>/*.jpg) [default: ../shared/data or $LAMB_DATA].
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Run directory to write [default: runs/<command>-<optimizer>-<UTC time>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Seed for initialisation and shuffling [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Number of epochs [default: 50].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Training batch size [default: 100].
+    #[arg(long)]
+    #[serde(alias = "batch_size")]
+    pub batch_size: Option<usize>,
+    /// Optimizer [default: lamb].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Reference implementation to follow: lamb tfa (default), nvlamb, pytorch-lamb,
+    /// torch-optimizer, timm, optax, deepspeed; adam keras (default) or pytorch; adamw
+    /// pytorch; lars timm (default) or optax; sgd pytorch.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Learning rate [default: the preset's; 1e-3 for lamb, adam and adamw].
+    #[arg(long)]
+    #[serde(alias = "learning-rate", alias = "learning_rate")]
+    pub lr: Option<f64>,
+    /// First-moment decay beta_1 (lamb, adam, adamw) [default: 0.9].
+    #[arg(long)]
+    #[serde(alias = "beta_1", alias = "beta-1")]
+    pub beta1: Option<f64>,
+    /// Second-moment decay beta_2 (lamb, adam, adamw) [default: 0.999].
+    #[arg(long)]
+    #[serde(alias = "beta_2", alias = "beta-2")]
+    pub beta2: Option<f64>,
+    /// Epsilon [default: the preset's; 1e-6 for lamb (tensorflow-addons), 1e-7 for adam (Keras)].
+    #[arg(long)]
+    pub epsilon: Option<f64>,
+    /// Weight decay rate [default: the preset's; 0 for lamb and adam, 0.01 for adamw].
+    #[arg(long)]
+    #[serde(
+        alias = "weight_decay",
+        alias = "weight_decay_rate",
+        alias = "weight-decay-rate"
+    )]
+    pub weight_decay: Option<f64>,
+    /// Momentum for lars and sgd [default: the preset's: 0.9 lars, 0 sgd].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Hidden-layer activation of the CNN [default: relu].
+    #[arg(long, value_enum)]
+    pub activation: Option<ActivationKind>,
+    /// Worker threads for the engine [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Developer option: train on N training images spread evenly over the split.
+    #[arg(long, hide = true, value_name = "N")]
+    #[serde(alias = "limit_train")]
+    pub limit_train: Option<usize>,
+    /// Developer option: validate on N test images spread evenly over the split.
+    #[arg(long, hide = true, value_name = "N")]
+    #[serde(alias = "limit_test")]
+    pub limit_test: Option<usize>,
+    /// Print only the final summary.
+    #[arg(long, short = 'q', action = clap::ArgAction::SetTrue)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[arg(default_value_t = false)]
+    pub quiet: bool,
+    /// Print one JSON object per epoch on stdout (for scripts); implies no progress bar.
+    #[arg(long, action = clap::ArgAction::SetTrue)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub json: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Settings {
+    /// Parses a TOML config file's text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).with_context(|| format!("invalid config file {origin}"))
+    }
+
+    /// Reads and parses a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// `self` with every key that `over` sets replaced by `over`'s value (flags over file).
+    pub fn overridden_by(&self, over: &Settings) -> Settings {
+        macro_rules! pick {
+            ($($f:ident),*) => { Settings { $($f: over.$f.clone().or_else(|| self.$f.clone()),)*
+                quiet: over.quiet || self.quiet, json: over.json || self.json } };
+        }
+        pick!(
+            data,
+            out,
+            seed,
+            epochs,
+            batch_size,
+            optimizer,
+            preset,
+            lr,
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+            momentum,
+            activation,
+            threads,
+            limit_train,
+            limit_test
+        )
+    }
+
+    /// Applies defaults and checks ranges; `command` names the default run directory.
+    pub fn resolve(&self, command: &str) -> Result<RunConfig> {
+        let optimizer = self.optimizer.unwrap_or(OptimizerKind::Lamb);
+        let given = crate::optim::Given {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            epsilon: self.epsilon,
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+        };
+        let mut first = RunConfig {
+            data: None,
+            out: PathBuf::new(),
+            seed: 0,
+            epochs: 1,
+            batch_size: 1,
+            optimizer,
+            preset: None,
+            hyper: Hyper {
+                lr: self.lr.unwrap_or(1.0),
+                beta1: self.beta1,
+                beta2: self.beta2,
+                epsilon: self.epsilon,
+                weight_decay: self.weight_decay.unwrap_or(0.0),
+                momentum: self.momentum,
+            },
+            activation: ActivationKind::Relu,
+            threads: None,
+            limit_train: None,
+            limit_test: None,
+            quiet: false,
+            json: false,
+        };
+        // Our own range checks first (messages use the flag names), then the library's.
+        first.validate()?;
+        first.hyper = crate::optim::effective(optimizer, self.preset.as_deref(), &given)?;
+        let hyper = first.hyper;
+        let out = match &self.out {
+            Some(o) => o.clone(),
+            None => PathBuf::from("runs").join(format!(
+                "{command}-{}-{}",
+                optimizer.as_str(),
+                utc_stamp()
+            )),
+        };
+        let cfg = RunConfig {
+            data: self.data.clone(),
+            out,
+            seed: self.seed.unwrap_or(42),
+            epochs: self.epochs.unwrap_or(50),
+            batch_size: self.batch_size.unwrap_or(100),
+            optimizer,
+            preset: self.preset.clone(),
+            hyper,
+            activation: self.activation.unwrap_or(ActivationKind::Relu),
+            threads: self.threads,
+            limit_train: self.limit_train,
+            limit_test: self.limit_test,
+            quiet: self.quiet,
+            json: self.json,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// A fully resolved run configuration (what `config.toml` in a run directory records).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    /// Data location as given (`None`: the default search).
+    pub data: Option<PathBuf>,
+    /// Run directory.
+    pub out: PathBuf,
+    /// Seed for initialisation and shuffling.
+    pub seed: u64,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Training batch size (also used for validation).
+    pub batch_size: usize,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// Optimizer variant preset, if any.
+    pub preset: Option<String>,
+    /// Optimizer hyperparameters.
+    pub hyper: Hyper,
+    /// Hidden activation.
+    pub activation: ActivationKind,
+    /// Engine threads (`None`: all cores).
+    pub threads: Option<usize>,
+    /// Use only N training images (spread evenly).
+    pub limit_train: Option<usize>,
+    /// Use only N test images (spread evenly).
+    pub limit_test: Option<usize>,
+    /// Quiet output.
+    pub quiet: bool,
+    /// JSON-lines output.
+    pub json: bool,
+}
+
+impl RunConfig {
+    /// Checks the ranges that do not depend on the optimizer library.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.epochs > 100_000 {
+            bail!("`epochs` = {}: must be between 1 and 100000", self.epochs);
+        }
+        if self.batch_size == 0 || self.batch_size > 1_000_000 {
+            bail!(
+                "`batch-size` = {}: must be between 1 and 1000000",
+                self.batch_size
+            );
+        }
+        if let Some(t) = self.threads {
+            if t == 0 || t > 1024 {
+                bail!("`threads` = {t}: must be between 1 and 1024");
+            }
+        }
+        for (k, v) in [
+            ("limit-train", self.limit_train),
+            ("limit-test", self.limit_test),
+        ] {
+            if v == Some(0) {
+                bail!("`{k}` = 0: must be at least 1");
+            }
+        }
+        let h = &self.hyper;
+        if !(h.lr.is_finite() && h.lr > 0.0) {
+            bail!("`lr` = {}: must be a finite number > 0", h.lr);
+        }
+        for (k, v) in [("beta1", h.beta1), ("beta2", h.beta2)] {
+            if let Some(b) = v {
+                if !(0.0..1.0).contains(&b) {
+                    bail!("`{k}` = {b}: must be in [0, 1)");
+                }
+            }
+        }
+        if let Some(e) = h.epsilon {
+            if !(e.is_finite() && e >= 0.0) {
+                bail!("`epsilon` = {e}: must be a finite number >= 0");
+            }
+        }
+        if !(h.weight_decay.is_finite() && h.weight_decay >= 0.0) {
+            bail!(
+                "`weight-decay` = {}: must be a finite number >= 0",
+                h.weight_decay
+            );
+        }
+        if let Some(m) = h.momentum {
+            if !(0.0..1.0).contains(&m) {
+                bail!("`momentum` = {m}: must be in [0, 1)");
+            }
+        }
+        if self.quiet && self.json {
+            bail!("`quiet` and `json` exclude each other: choose one");
+        }
+        Ok(())
+    }
+
+    /// The config as [`Settings`] with every applicable key set (reloadable as a config file).
+    pub fn to_settings(&self) -> Settings {
+        Settings {
+            data: self.data.clone(),
+            out: Some(self.out.clone()),
+            seed: Some(self.seed),
+            epochs: Some(self.epochs),
+            batch_size: Some(self.batch_size),
+            optimizer: Some(self.optimizer),
+            preset: self.preset.clone(),
+            lr: Some(self.hyper.lr),
+            beta1: self.hyper.beta1,
+            beta2: self.hyper.beta2,
+            epsilon: self.hyper.epsilon,
+            weight_decay: Some(self.hyper.weight_decay),
+            momentum: self.hyper.momentum,
+            activation: Some(self.activation),
+            threads: self.threads,
+            limit_train: self.limit_train,
+            limit_test: self.limit_test,
+            quiet: false,
+            json: false,
+        }
+    }
+
+    /// TOML text of [`RunConfig::to_settings`], with a header comment.
+    pub fn to_toml(&self) -> Result<String> {
+        let body = toml::to_string(&self.to_settings()).context("serialising the config")?;
+        Ok(format!(
+            "# Full configuration of this run (reload with `lamb train --config <this file>`).\n{body}"
+        ))
+    }
+
+    /// The settings that decide the numbers a run produces (everything but output location and
+    /// verbosity); two runs with equal keys train identically.
+    pub fn training_key(&self) -> String {
+        let mut s = self.to_settings();
+        s.out = None;
+        s.data = None;
+        s.epochs = None;
+        s.threads = None;
+        toml::to_string(&s).unwrap_or_default()
+    }
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC, for default run directory names.
+pub fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_accept_dash_and_underscore() {
+        let a =
+            Settings::from_toml("batch-size = 50\nweight_decay = 0.01\nlr = 0.002", "t").unwrap();
+        assert_eq!(a.batch_size, Some(50));
+        assert_eq!(a.weight_decay, Some(0.01));
+        assert_eq!(a.lr, Some(0.002));
+        let b = Settings::from_toml("batch_size = 7\nbeta_1 = 0.8", "t").unwrap();
+        assert_eq!(b.batch_size, Some(7));
+        assert_eq!(b.beta1, Some(0.8));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let e = Settings::from_toml("epochs = 3\nlearnin_rate = 0.1", "cfg.toml").unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("learnin_rate"), "{msg}");
+        assert!(msg.contains("cfg.toml"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error_naming_the_key() {
+        let e = Settings::from_toml("epochs = \"five\"", "cfg.toml").unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("epochs"), "{msg}");
+        let e = Settings::from_toml("optimizer = \"rmsprop\"", "cfg.toml").unwrap_err();
+        assert!(format!("{e:#}").contains("rmsprop"));
+    }
+
+    #[test]
+    fn flags_override_file_values() {
+        let file = Settings::from_toml("epochs = 3\nseed = 9\nlr = 0.5", "t").unwrap();
+        let flags = Settings {
+            epochs: Some(7),
+            ..Default::default()
+        };
+        let m = file.overridden_by(&flags);
+        assert_eq!(m.epochs, Some(7));
+        assert_eq!(m.seed, Some(9));
+        assert_eq!(m.lr, Some(0.5));
+    }
+
+    #[test]
+    fn defaults_follow_the_optimizer() {
+        let lamb = Settings::default().resolve("train").unwrap();
+        assert_eq!(lamb.optimizer, OptimizerKind::Lamb);
+        assert_eq!(lamb.hyper.epsilon, Some(1e-6));
+        assert_eq!((lamb.epochs, lamb.batch_size, lamb.seed), (50, 100, 42));
+        let adam = Settings {
+            optimizer: Some(OptimizerKind::Adam),
+            ..Default::default()
+        }
+        .resolve("train")
+        .unwrap();
+        assert_eq!(adam.hyper.epsilon, Some(1e-7));
+    }
+
+    #[test]
+    fn out_of_range_and_inapplicable_values_are_errors() {
+        for (toml, needle) in [
+            ("epochs = 0", "epochs"),
+            ("batch-size = 0", "batch-size"),
+            ("lr = -1.0", "lr"),
+            ("beta1 = 1.0", "beta1"),
+            ("beta2 = -0.1", "beta2"),
+            ("epsilon = -1e-9", "epsilon"),
+            ("weight-decay = -0.1", "weight-decay"),
+            ("preset = \"nonsense\"", "preset"),
+        ] {
+            let s = Settings::from_toml(toml, "t").unwrap();
+            let e = s.resolve("train").unwrap_err().to_string();
+            assert!(e.contains(needle), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn resolved_config_round_trips_through_toml() {
+        let cfg = Settings {
+            optimizer: Some(OptimizerKind::Adam),
+            activation: Some(ActivationKind::Selu),
+            limit_train: Some(100),
+            out: Some("x".into()),
+            ..Default::default()
+        }
+        .resolve("train")
+        .unwrap();
+        let text = cfg.to_toml().unwrap();
+        let back = Settings::from_toml(&text, "t")
+            .unwrap()
+            .resolve("train")
+            .unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

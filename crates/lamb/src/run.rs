@@ -1,0 +1,494 @@
+//! One training run and its directory: data loading (with the developer limits), the model and
+//! optimizer, the epoch loop with a checkpoint after every epoch and at a Ctrl-C stop, resume,
+//! and the files of a run (config, history, plots, weights, summary).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use lamb_data::{Dataset, Splits};
+use lamb_nn::{classic_cnn, Activation, FitEvent, FitOptions, FitProgress, History, Model};
+
+use crate::atomic::write_atomic;
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{ActivationKind, RunConfig};
+use crate::progress::{Mode, Progress};
+use crate::report::{write_history, write_run_plots, RunStats};
+
+/// Validation batch size (forward only; does not change results beyond summation order).
+pub const VAL_BATCH: usize = 1000;
+
+/// Training and test data of a run, and where they came from.
+pub struct RunData {
+    /// The resolved data path.
+    pub source: PathBuf,
+    /// Training images (after `--limit-train`).
+    pub train: Dataset,
+    /// Test images, the validation data (after `--limit-test`).
+    pub test: Dataset,
+}
+
+/// `n` indices spread evenly over `0..len` (`i * len / n`), in order: a subset that keeps the
+/// class balance of data stored class after class.
+pub fn spread(len: usize, n: usize) -> Vec<usize> {
+    (0..n.min(len))
+        .map(|i| i * len / n.min(len).max(1))
+        .collect()
+}
+
+/// Finds and loads the data (`explicit` or the default search), through the import cache for
+/// archives, keeping `limit_train` / `limit_test` images spread evenly over each split when
+/// given (see [`spread`]).
+pub fn load_data(
+    explicit: Option<&Path>,
+    limit_train: Option<usize>,
+    limit_test: Option<usize>,
+) -> Result<RunData> {
+    let source = lamb_data::locate_data(explicit).map_err(|e| match e {
+        lamb_data::DataError::NoData { searched } => {
+            anyhow::anyhow!("{}", lamb_data::no_data_help(&searched))
+        }
+        other => anyhow::Error::new(other),
+    })?;
+    let splits = match lamb_data::default_cache_dir() {
+        Some(cache) => lamb_data::load_cached(&source, &cache),
+        None => lamb_data::load(&source),
+    }
+    .with_context(|| format!("loading data from {}", source.display()))?;
+    let Splits { train, test } = splits;
+    let limit = |d: Dataset, n: Option<usize>| match n {
+        Some(n) if n < d.len() => d.subset(&spread(d.len(), n)),
+        _ => d,
+    };
+    Ok(RunData {
+        source,
+        train: limit(train, limit_train),
+        test: limit(test, limit_test),
+    })
+}
+
+/// The engine activation of a config activation.
+pub fn activation(a: ActivationKind) -> Activation {
+    match a {
+        ActivationKind::Relu => Activation::Relu,
+        ActivationKind::Selu => Activation::Selu,
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every epoch ran.
+    Completed,
+    /// Stopped by Ctrl-C at this position (epoch index 0-based, steps done in it).
+    Interrupted {
+        /// Completed epochs.
+        epoch: usize,
+        /// Steps done in the interrupted epoch.
+        step: usize,
+    },
+}
+
+/// The result of [`train`].
+pub struct RunResult {
+    /// How it ended.
+    pub end: RunEnd,
+    /// Completed epochs.
+    pub history: History,
+    /// The run directory.
+    pub dir: PathBuf,
+}
+
+/// Display name of a run (`LAMB + ReLU`).
+pub fn display_name(cfg: &RunConfig) -> String {
+    format!(
+        "{} + {}",
+        cfg.optimizer
+            .as_str()
+            .to_uppercase()
+            .replace("ADAMW", "AdamW")
+            .replace("ADAM", "Adam"),
+        match cfg.activation {
+            ActivationKind::Relu => "ReLU",
+            ActivationKind::Selu => "SELU",
+        }
+    )
+}
+
+/// Whether `dir` already holds a run (a config or a checkpoint).
+pub fn holds_run(dir: &Path) -> bool {
+    dir.join("config.toml").exists() || dir.join(checkpoint::FILE).exists()
+}
+
+/// Status line of `summary.md`.
+enum Status<'a> {
+    Running,
+    Completed,
+    Interrupted(usize, usize, usize),
+    Failed(&'a str),
+}
+
+struct SummaryInput<'a> {
+    cfg: &'a RunConfig,
+    name: &'a str,
+    data: &'a RunData,
+    model: &'a Model,
+    history: &'a History,
+    status: Status<'a>,
+    wall_seconds: f64,
+}
+
+fn summary_markdown(s: &SummaryInput<'_>) -> String {
+    let cfg = s.cfg;
+    let mut md = String::new();
+    let _ = writeln!(md, "# {} on CIFAR-10\n", s.name);
+    let dir = cfg.out.display();
+    let status = match s.status {
+        Status::Running => "RUNNING (or stopped abruptly): results below are partial".to_string(),
+        Status::Completed => "completed".to_string(),
+        Status::Interrupted(e, st, steps) => format!(
+            "INTERRUPTED at epoch {}, step {st}/{steps}: results below are partial. Resume with \
+             `lamb train --resume {dir}`",
+            e + 1
+        ),
+        Status::Failed(msg) => format!(
+            "FAILED: {msg}. Results below are partial; the last good checkpoint is kept in \
+             {dir}/checkpoint"
+        ),
+    };
+    let _ = writeln!(md, "**Status:** {status}\n");
+    let h = &cfg.hyper;
+    let opt_line = format!(
+        "{}{}: lr {}, beta_1 {}, beta_2 {}, epsilon {}, weight decay {}, momentum {}",
+        cfg.optimizer,
+        cfg.preset
+            .as_deref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default(),
+        h.lr,
+        h.beta1.map(|v| v.to_string()).unwrap_or("-".into()),
+        h.beta2.map(|v| v.to_string()).unwrap_or("-".into()),
+        h.epsilon.map(|v| v.to_string()).unwrap_or("-".into()),
+        h.weight_decay,
+        h.momentum.map(|v| v.to_string()).unwrap_or("-".into())
+    );
+    let _ = writeln!(md, "## Setup\n");
+    let _ = writeln!(md, "- optimizer: {opt_line}");
+    let _ = writeln!(md, "- hidden activation: {}", cfg.activation);
+    let _ = writeln!(
+        md,
+        "- epochs: {}, batch size: {}, seed: {}",
+        cfg.epochs, cfg.batch_size, cfg.seed
+    );
+    let _ = writeln!(
+        md,
+        "- data: {} ({} training images, {} test images used as validation data{})",
+        s.data.source.display(),
+        s.data.train.len(),
+        s.data.test.len(),
+        if cfg.limit_train.is_some() || cfg.limit_test.is_some() {
+            "; limited with --limit-train/--limit-test"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(md, "- threads: {}", rayon::current_num_threads());
+    let _ = writeln!(md, "- full configuration: `config.toml`\n");
+    let _ = writeln!(md, "## Results (validation = CIFAR-10 test set)\n");
+    match RunStats::from_history(s.history) {
+        Some(st) => {
+            let _ = writeln!(md, "| | value |\n|---|---|");
+            let _ = writeln!(md, "| epochs completed | {} |", st.epochs);
+            let _ = writeln!(md, "| final val accuracy | {:.4} |", st.final_val_accuracy);
+            let _ = writeln!(
+                md,
+                "| best val accuracy (epoch) | {:.4} ({}) |",
+                st.best_val_accuracy.0, st.best_val_accuracy.1
+            );
+            let _ = writeln!(
+                md,
+                "| mean val accuracy, last 5 epochs | {:.4} |",
+                st.last5_val_accuracy
+            );
+            let _ = writeln!(md, "| final val loss | {:.4} |", st.final_val_loss);
+            let _ = writeln!(
+                md,
+                "| min val loss (epoch) | {:.4} ({}) |",
+                st.min_val_loss.0, st.min_val_loss.1
+            );
+            let _ = writeln!(
+                md,
+                "| final train accuracy | {:.4} |",
+                st.final_train_accuracy
+            );
+            let _ = writeln!(md, "| final train loss | {:.4} |", st.final_train_loss);
+            let _ = writeln!(
+                md,
+                "| median seconds per epoch | {:.2} |",
+                st.median_epoch_seconds
+            );
+            let _ = writeln!(
+                md,
+                "| wall-clock seconds (this process) | {:.1} |",
+                s.wall_seconds
+            );
+        }
+        None => {
+            let _ = writeln!(md, "No epoch completed.");
+        }
+    }
+    let _ = writeln!(md, "\n## Files\n");
+    let _ = writeln!(
+        md,
+        "- `history.csv`, `history.json`: per-epoch metrics (JSON adds per-tensor trust ratios)"
+    );
+    let _ = writeln!(md, "- `plots/accuracy.{{png,svg}}`, `plots/loss.{{png,svg}}`: train (dashed) and test (solid) curves");
+    if cfg.optimizer.has_trust_ratio() {
+        let _ = writeln!(
+            md,
+            "- `plots/trust_ratio.{{png,svg}}`: mean trust ratio per tensor and epoch"
+        );
+    }
+    if matches!(s.status, Status::Completed) {
+        let _ = writeln!(
+            md,
+            "- `weights.safetensors`: the trained weights (Keras names and layouts)"
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- `checkpoint/checkpoint.safetensors`: everything needed to resume"
+    );
+    let _ = writeln!(
+        md,
+        "\n## Model\n\n```\n{}\n```",
+        s.model.summary().trim_end()
+    );
+    md
+}
+
+fn write_summary(s: &SummaryInput<'_>) -> Result<()> {
+    write_atomic(
+        &s.cfg.out.join("summary.md"),
+        summary_markdown(s).as_bytes(),
+    )
+}
+
+/// Trains one run into `cfg.out`. With `resume`, continues from the directory's checkpoint
+/// (the config must be the one the directory recorded, except `epochs`). Stops between steps
+/// when `stop` becomes true, writing a checkpoint of that point.
+pub fn train(
+    cfg: &RunConfig,
+    data: &RunData,
+    resume: bool,
+    tag: &str,
+    stop: Arc<AtomicBool>,
+) -> Result<RunResult> {
+    let started = Instant::now();
+    let dir = cfg.out.clone();
+    let name = display_name(cfg);
+    let key = cfg.training_key();
+    let mode = Mode::from_flags(cfg.quiet, cfg.json);
+    let mut out = Progress::new(mode, tag, cfg.epochs);
+    if !resume && holds_run(&dir) {
+        bail!(
+            "{} already holds a run; continue it with `lamb train --resume {}` or choose another --out",
+            dir.display(),
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating run directory {}", dir.display()))?;
+    let mut model = classic_cnn(activation(cfg.activation), cfg.seed)?;
+    let mut opt = crate::optim::build(cfg.optimizer, cfg.preset.as_deref(), &cfg.hyper)?;
+    let ck_path = dir.join(checkpoint::FILE);
+    let mut progress = FitProgress::default();
+    if resume {
+        let ck = Checkpoint::load(&ck_path)?;
+        ck.restore(&ck_path, &mut model, opt.as_mut(), &key)?;
+        progress = ck.progress;
+        out.info(&format!(
+            "Resuming {} from {} (epoch {}, step {})",
+            name,
+            ck_path.display(),
+            progress.epoch + 1,
+            progress.step
+        ));
+    }
+    let mut recorded = cfg.clone();
+    recorded.data = Some(data.source.clone());
+    write_atomic(&dir.join("config.toml"), recorded.to_toml()?.as_bytes())?;
+    let steps = data.train.len().div_ceil(cfg.batch_size);
+    let summary = |status: Status<'_>, model: &Model, history: &History| {
+        write_summary(&SummaryInput {
+            cfg,
+            name: &name,
+            data,
+            model,
+            history,
+            status,
+            wall_seconds: started.elapsed().as_secs_f64(),
+        })
+    };
+    summary(Status::Running, &model, &progress.history)?;
+    if !resume {
+        out.info(&format!(
+            "{}: {} epochs, batch {}, seed {}; {} training images, {} test images (validation) from {}; run directory {}",
+            name,
+            cfg.epochs,
+            cfg.batch_size,
+            cfg.seed,
+            data.train.len(),
+            data.test.len(),
+            data.source.display(),
+            dir.display()
+        ));
+    }
+    while progress.epoch < cfg.epochs {
+        let mut opts = FitOptions::new(cfg.batch_size, progress.epoch + 1, cfg.seed);
+        opts.val_batch_size = VAL_BATCH;
+        opts.start = progress.clone();
+        opts.stop = Some(stop.clone());
+        let mut next: Option<FitProgress> = None;
+        let mut stopped = false;
+        let result = model.fit(
+            &data.train,
+            Some(&data.test),
+            &opts,
+            opt.as_mut(),
+            &mut |ev| {
+                match ev {
+                    FitEvent::Step {
+                        epoch,
+                        step,
+                        steps_per_epoch,
+                        running,
+                        ..
+                    } => out.step(*epoch, *step, *steps_per_epoch, *running),
+                    FitEvent::EpochEnd { record, progress } => {
+                        out.epoch_end(record, steps);
+                        next = Some((*progress).clone());
+                    }
+                    FitEvent::Stopped { progress } => {
+                        next = Some((*progress).clone());
+                        stopped = true;
+                    }
+                }
+                Ok(())
+            },
+        );
+        out.clear_bar();
+        if let Err(e) = result {
+            let msg = e.to_string();
+            let _ = write_history(&dir, &progress.history);
+            let _ = write_run_plots(
+                &dir,
+                &name,
+                &progress.history,
+                cfg.optimizer.has_trust_ratio(),
+            );
+            let _ = summary(Status::Failed(&msg), &model, &progress.history);
+            return Err(anyhow::Error::new(e).context(format!(
+                "training {} failed; the last good checkpoint (epoch {}, step {}) is kept in {}",
+                name,
+                progress.epoch + usize::from(progress.step > 0),
+                progress.step,
+                ck_path.display()
+            )));
+        }
+        let p = next.context("the engine returned without reporting an epoch end or a stop")?;
+        Checkpoint::capture(&model, opt.as_ref(), &p, &key).save(&ck_path)?;
+        write_history(&dir, &p.history)?;
+        progress = p;
+        if stopped {
+            write_run_plots(
+                &dir,
+                &name,
+                &progress.history,
+                cfg.optimizer.has_trust_ratio(),
+            )?;
+            summary(
+                Status::Interrupted(progress.epoch, progress.step, steps),
+                &model,
+                &progress.history,
+            )?;
+            out.warn(&format!(
+                "Stopped at epoch {}, step {}/{}; checkpoint written to {}.\nResume with: lamb train --resume {}",
+                progress.epoch + 1,
+                progress.step,
+                steps,
+                ck_path.display(),
+                dir.display()
+            ));
+            return Ok(RunResult {
+                end: RunEnd::Interrupted {
+                    epoch: progress.epoch,
+                    step: progress.step,
+                },
+                history: progress.history,
+                dir,
+            });
+        }
+    }
+    model.save_safetensors(&dir.join("weights.safetensors"))?;
+    write_history(&dir, &progress.history)?;
+    write_run_plots(
+        &dir,
+        &name,
+        &progress.history,
+        cfg.optimizer.has_trust_ratio(),
+    )?;
+    summary(Status::Completed, &model, &progress.history)?;
+    Ok(RunResult {
+        end: RunEnd::Completed,
+        history: progress.history,
+        dir,
+    })
+}
+
+/// A one-paragraph final summary of a completed run (printed in every mode).
+pub fn final_summary(name: &str, r: &RunResult) -> String {
+    match RunStats::from_history(&r.history) {
+        Some(s) => format!(
+            "{name}: {} epochs, final val_accuracy {:.4} (best {:.4} at epoch {}, last-5 mean {:.4}), \
+             final val_loss {:.4} (min {:.4} at epoch {}), median {:.1}s/epoch. Results in {}",
+            s.epochs,
+            s.final_val_accuracy,
+            s.best_val_accuracy.0,
+            s.best_val_accuracy.1,
+            s.last5_val_accuracy,
+            s.final_val_loss,
+            s.min_val_loss.0,
+            s.min_val_loss.1,
+            s.median_epoch_seconds,
+            r.dir.display()
+        ),
+        None => format!("{name}: no epoch completed. Run directory {}", r.dir.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_subset_is_even_and_in_range() {
+        assert_eq!(spread(10, 5), vec![0, 2, 4, 6, 8]);
+        assert_eq!(spread(3, 5), vec![0, 1, 2]);
+        let s = spread(60_000, 1000);
+        assert_eq!(s.len(), 1000);
+        assert!(s.windows(2).all(|w| w[1] - w[0] == 60));
+    }
+
+    #[test]
+    fn display_names() {
+        let mut c = crate::config::Settings::default().resolve("t").unwrap();
+        assert_eq!(display_name(&c), "LAMB + ReLU");
+        c.optimizer = crate::config::OptimizerKind::Adam;
+        c.activation = ActivationKind::Selu;
+        assert_eq!(display_name(&c), "Adam + SELU");
+    }
+}

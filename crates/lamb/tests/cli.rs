@@ -1,0 +1,435 @@
+//! End-to-end tests of the `lamb` binary on a small, class-balanced subset of the shared
+//! CIFAR-10 archive (`../shared/data`): run directories, resume (straight vs stopped and
+//! resumed, Ctrl-C mid-epoch, SIGKILL), hostile inputs, `compare` and `evaluate`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lamb");
+
+/// The shared archive, or `None` (skip) when it is missing outside CI.
+fn data() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cifar10-jpeg.tar.gz");
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI: the shared data is missing at {}", p.display());
+    }
+    eprintln!("skipping: CIFAR-10 archive expected at {}", p.display());
+    None
+}
+
+/// A decode cache shared by the tests of this run (the archive is decoded once).
+fn cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("lamb-test-cache")
+}
+
+fn lamb(cwd: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(cwd)
+        .env("LAMB_CACHE", cache())
+        .env_remove("LAMB_DATA");
+    c
+}
+
+/// Small runs: 1000 training images in batches of 10 (100 steps per epoch), 200 test images.
+fn small(c: &mut Command, data: &Path, out: &Path) {
+    c.arg("--data").arg(data).arg("--out").arg(out).args([
+        "--limit-train",
+        "1000",
+        "--limit-test",
+        "200",
+        "--batch-size",
+        "10",
+        "--threads",
+        "2",
+    ]);
+}
+
+fn run(c: &mut Command) -> Output {
+    let o = c.output().expect("running lamb");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "lamb panicked:\n{err}");
+    o
+}
+
+fn ok(c: &mut Command) -> Output {
+    let o = run(c);
+    assert!(
+        o.status.success(),
+        "lamb failed ({:?}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn fail(c: &mut Command) -> String {
+    let o = run(c);
+    assert!(
+        !o.status.success(),
+        "lamb should have failed:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// history.csv without the timing columns.
+fn metrics(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("history.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').take(5).collect::<Vec<_>>().join(","))
+        .collect()
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Spawns `lamb train` with stdout lines delivered on a channel.
+fn spawn(c: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a line starting with `prefix`; returns the time it took.
+fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str) -> Duration {
+    let t = Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(300))
+            .expect("no output from lamb");
+        if line.starts_with(prefix) {
+            return t.elapsed();
+        }
+    }
+}
+
+#[test]
+fn train_writes_a_complete_run_directory_and_evaluate_agrees() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut c = lamb(tmp.path());
+    c.arg("train").arg("--epochs").arg("2").arg("--json");
+    small(&mut c, &data, &out);
+    let o = ok(&mut c);
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0]["event"], "epoch");
+    assert_eq!(lines[1]["epoch"], 2);
+    assert_eq!(lines[2]["event"], "summary");
+    for f in [
+        "config.toml",
+        "history.csv",
+        "history.json",
+        "summary.md",
+        "weights.safetensors",
+        "checkpoint/checkpoint.safetensors",
+        "plots/accuracy.png",
+        "plots/accuracy.svg",
+        "plots/loss.png",
+        "plots/loss.svg",
+        "plots/trust_ratio.png",
+        "plots/trust_ratio.svg",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    assert_eq!(&read(&out.join("plots/accuracy.png"))[..4], b"\x89PNG");
+    assert!(String::from_utf8(read(&out.join("plots/loss.svg")))
+        .unwrap()
+        .contains("<svg"));
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        config.contains("seed = 42") && config.contains("optimizer = \"lamb\""),
+        "{config}"
+    );
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("**Status:** completed"), "{summary}");
+    assert!(summary.contains("Total params: 42,442"), "{summary}");
+    let m = metrics(&out);
+    assert_eq!(m.len(), 3);
+    let last_val_acc: f64 = m[2].split(',').nth(4).unwrap().parse().unwrap();
+    assert_eq!(lines[1]["val_accuracy"].as_f64().unwrap(), last_val_acc);
+    // A second train into the same directory is refused.
+    let mut again = lamb(tmp.path());
+    again.arg("train").arg("--epochs").arg("1");
+    small(&mut again, &data, &out);
+    assert!(fail(&mut again).contains("already holds a run"));
+    // evaluate on the same 200 test images gives the last epoch's validation accuracy.
+    let o = ok(lamb(tmp.path())
+        .arg("evaluate")
+        .arg("--weights")
+        .arg(out.join("weights.safetensors"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--limit-test", "200", "--json"]));
+    let ev: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ev["images"], 200);
+    assert_eq!(ev["accuracy"].as_f64().unwrap(), last_val_acc);
+    assert_eq!(ev["activation"], "relu");
+}
+
+#[test]
+fn stop_and_resume_is_bit_identical_to_a_straight_run() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("resumed"));
+    let mut c = lamb(tmp.path());
+    c.args(["train", "--epochs", "4"]);
+    small(&mut c, &data, &a);
+    ok(&mut c);
+    let mut c = lamb(tmp.path());
+    c.args(["train", "--epochs", "2", "--quiet"]);
+    small(&mut c, &data, &b);
+    ok(&mut c);
+    assert_eq!(metrics(&b).len(), 3);
+    ok(lamb(tmp.path())
+        .args(["train", "--epochs", "4", "--resume"])
+        .arg(&b));
+    assert_eq!(metrics(&a), metrics(&b));
+    assert_eq!(
+        read(&a.join("weights.safetensors")),
+        read(&b.join("weights.safetensors"))
+    );
+    // Changing a setting that decides the numbers is refused on resume.
+    let e = fail(
+        lamb(tmp.path())
+            .args(["train", "--epochs", "5", "--lr", "0.1", "--resume"])
+            .arg(&b),
+    );
+    assert!(e.contains("--lr cannot change"), "{e}");
+}
+
+#[test]
+fn ctrl_c_mid_epoch_checkpoints_and_resume_matches_a_straight_run() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("interrupted"));
+    let mut c = lamb(tmp.path());
+    c.args(["train", "--epochs", "3"]);
+    small(&mut c, &data, &a);
+    ok(&mut c);
+    let mut c = lamb(tmp.path());
+    c.args(["train", "--epochs", "3"]);
+    small(&mut c, &data, &b);
+    let (mut child, rx) = spawn(&mut c);
+    let first = wait_line(&rx, "Epoch 1/3");
+    let _ = first;
+    // Epoch 2 has just started; stop it after about a third of an epoch's training.
+    let per_epoch = std::fs::read_to_string(b.join("history.csv"))
+        .map(|t| {
+            t.lines()
+                .nth(1)
+                .and_then(|l| l.split(',').nth(5))
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(1.0)
+        })
+        .unwrap_or(1.0);
+    std::thread::sleep(Duration::from_secs_f64((per_epoch / 3.0).clamp(0.05, 5.0)));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("Resume with: lamb train --resume"), "{err}");
+    let summary = std::fs::read_to_string(b.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("INTERRUPTED at epoch 2, step "),
+        "{summary}"
+    );
+    assert!(
+        !summary.contains("step 0/"),
+        "the stop should land inside epoch 2: {summary}"
+    );
+    assert!(
+        !b.join("weights.safetensors").exists(),
+        "no final weights for an interrupted run"
+    );
+    ok(lamb(tmp.path())
+        .args(["train", "--quiet", "--resume"])
+        .arg(&b));
+    assert_eq!(metrics(&a), metrics(&b));
+    assert_eq!(
+        read(&a.join("weights.safetensors")),
+        read(&b.join("weights.safetensors"))
+    );
+}
+
+#[test]
+fn sigkill_mid_epoch_loses_at_most_that_epoch() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    let mut c = lamb(tmp.path());
+    c.args(["train", "--epochs", "3", "--seed", "7"]);
+    small(&mut c, &data, &a);
+    ok(&mut c);
+    let mut c = lamb(tmp.path());
+    c.args(["train", "--epochs", "3", "--seed", "7"]);
+    small(&mut c, &data, &b);
+    let (mut child, rx) = spawn(&mut c);
+    wait_line(&rx, "Epoch 1/3");
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let summary = std::fs::read_to_string(b.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("RUNNING"),
+        "a killed run must not look complete: {summary}"
+    );
+    assert!(!b.join("weights.safetensors").exists());
+    // The checkpoint of epoch 1 (or later) is intact; no temporary file is presented as one.
+    let done = metrics(&b).len() - 1;
+    assert!(
+        done >= 1,
+        "epoch 1 was reported, so its checkpoint must exist"
+    );
+    ok(lamb(tmp.path())
+        .args(["train", "--quiet", "--resume"])
+        .arg(&b));
+    assert_eq!(metrics(&a), metrics(&b));
+    assert_eq!(
+        read(&a.join("weights.safetensors")),
+        read(&b.join("weights.safetensors"))
+    );
+}
+
+#[test]
+fn hostile_inputs_fail_cleanly() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // Config files: unknown key, wrong type.
+    std::fs::write(t.join("bad.toml"), "epochs = 2\nlearning_rat = 0.1\n").unwrap();
+    let e = fail(lamb(t).args(["train", "--config", "bad.toml"]));
+    assert!(e.contains("learning_rat") && e.contains("bad.toml"), "{e}");
+    std::fs::write(t.join("type.toml"), "epochs = \"two\"\n").unwrap();
+    let e = fail(lamb(t).args(["train", "--config", "type.toml"]));
+    assert!(e.contains("epochs"), "{e}");
+    // Out-of-range hyperparameters.
+    let e = fail(lamb(t).args(["train", "--beta1", "1.5"]));
+    assert!(e.contains("beta1"), "{e}");
+    let e = fail(lamb(t).args(["train", "--epochs", "0"]));
+    assert!(e.contains("epochs"), "{e}");
+    // Missing data.
+    let e = fail(lamb(t).args(["train", "--data", "/nonexistent/cifar"]));
+    assert!(e.contains("/nonexistent/cifar"), "{e}");
+    // A diverging run (lr 1e6): stops naming epoch and step, keeps the last good checkpoint.
+    let div = t.join("diverge");
+    let mut c = lamb(t);
+    c.args(["train", "--epochs", "2", "--lr", "1e6"]);
+    small(&mut c, &data, &div);
+    let e = fail(&mut c);
+    assert!(
+        e.contains("epoch") && e.contains("step") && e.contains("non-finite"),
+        "{e}"
+    );
+    let summary = std::fs::read_to_string(div.join("summary.md")).unwrap();
+    assert!(summary.contains("FAILED"), "{summary}");
+    assert!(!div.join("weights.safetensors").exists());
+    // Corrupt and truncated checkpoints are refused on resume.
+    let good = t.join("good");
+    let mut c = lamb(t);
+    c.args(["train", "--epochs", "1", "--quiet"]);
+    small(&mut c, &data, &good);
+    ok(&mut c);
+    let ck = good.join("checkpoint/checkpoint.safetensors");
+    let bytes = read(&ck);
+    std::fs::write(&ck, &bytes[..bytes.len() / 2]).unwrap();
+    let e = fail(
+        lamb(t)
+            .args(["train", "--epochs", "2", "--resume"])
+            .arg(&good),
+    );
+    assert!(e.contains("corrupt or truncated"), "{e}");
+    let mut flipped = bytes.clone();
+    let n = flipped.len();
+    flipped[n - 3] ^= 1;
+    std::fs::write(&ck, &flipped).unwrap();
+    let e = fail(
+        lamb(t)
+            .args(["train", "--epochs", "2", "--resume"])
+            .arg(&good),
+    );
+    assert!(e.contains("checksum"), "{e}");
+    // Another optimizer's checkpoint in this run directory.
+    let adam = t.join("adam");
+    let mut c = lamb(t);
+    c.args(["train", "--epochs", "1", "--quiet", "--optimizer", "adam"]);
+    small(&mut c, &data, &adam);
+    ok(&mut c);
+    std::fs::copy(adam.join("checkpoint/checkpoint.safetensors"), &ck).unwrap();
+    let e = fail(
+        lamb(t)
+            .args(["train", "--epochs", "2", "--resume"])
+            .arg(&good),
+    );
+    assert!(e.contains("does not match"), "{e}");
+    // Not a run directory.
+    let e = fail(lamb(t).args(["train", "--resume"]).arg(t));
+    assert!(e.contains("not a run directory"), "{e}");
+}
+
+#[test]
+fn compare_writes_both_runs_and_a_report() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cmp");
+    let mut c = lamb(tmp.path());
+    c.args(["compare", "--epochs", "2", "--quiet"]);
+    small(&mut c, &data, &out);
+    let o = ok(&mut c);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("Conclusion:"), "{stdout}");
+    for f in [
+        "report.md",
+        "compare_accuracy.png",
+        "compare_accuracy.svg",
+        "compare_loss.png",
+        "compare_loss.svg",
+        "lamb/weights.safetensors",
+        "adam/weights.safetensors",
+        "lamb/plots/trust_ratio.png",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    assert!(!out.join("adam/plots/trust_ratio.png").exists());
+    let adam_cfg = std::fs::read_to_string(out.join("adam/config.toml")).unwrap();
+    let adam_cfg: toml::Table = toml::from_str(&adam_cfg).unwrap();
+    assert_eq!(adam_cfg["activation"].as_str(), Some("selu"));
+    assert_eq!(adam_cfg["epsilon"].as_float(), Some(1e-7));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("| final val accuracy |") && report.contains("## Conclusion"),
+        "{report}"
+    );
+    assert!(report.contains("orientation only"), "{report}");
+}
