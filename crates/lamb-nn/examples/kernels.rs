@@ -106,7 +106,13 @@ fn main() {
     });
     let mut dout1 = vec![0.0f32; b * 900 * 32];
     time("pool1 backward", 20, || {
-        kernels::maxpool_backward(&p1, &pool1, &arg1, &mut dout1)
+        kernels::maxpool_backward(
+            &p1,
+            &pool1,
+            &arg1,
+            Some((Activation::Relu, &out1)),
+            &mut dout1,
+        )
     });
     let mut dw1 = vec![0.0f32; 27 * 32];
     let mut db1 = vec![0.0f32; 32];
@@ -122,6 +128,7 @@ fn main() {
             &mut dw1,
             &mut db1,
             None,
+            true,
         )
     });
     let mut cols2 = vec![0.0f32; b * 169 * 288];
@@ -173,6 +180,7 @@ fn main() {
             &mut dw2,
             &mut db2,
             Some((&mut dx2, &mut dcols2)),
+            true,
         )
     });
     time("conv2 dW gemm (rayon, K=batch*169)", 20, || {

@@ -494,21 +494,66 @@ fn maxpool_one(g: &PoolGeom, img: &[f32], o: &mut [f32], a: &mut [u32]) {
 }
 }
 
-/// Backward of max pooling: `dx` (overwritten) gets each output gradient at its argmax.
-pub fn maxpool_backward(g: &PoolGeom, dy: &[f32], arg: &[u32], dx: &mut [f32]) {
+/// Backward of max pooling: `dx` (overwritten) gets each output gradient at its argmax. With
+/// `below = Some((act, y))`, where `y` is the pooled input (the output of the layer below,
+/// activated by `act`), the gradient is also multiplied by `act`'s derivative at `y` (what
+/// [`act_backward`] would do next, fused).
+pub fn maxpool_backward(
+    g: &PoolGeom,
+    dy: &[f32],
+    arg: &[u32],
+    below: Option<(Activation, &[f32])>,
+    dx: &mut [f32],
+) {
     let per_in = g.h * g.w * g.c;
     let per_out = g.ho * g.wo * g.c;
-    dx.par_chunks_mut(per_in)
-        .zip(dy.par_chunks(per_out))
-        .zip(arg.par_chunks(per_out))
-        .for_each(|((dx, dy), arg)| maxpool_back_one(dy, arg, dx));
+    match below {
+        None => dx
+            .par_chunks_mut(per_in)
+            .zip(dy.par_chunks(per_out))
+            .zip(arg.par_chunks(per_out))
+            .for_each(|((dx, dy), arg)| maxpool_back_one(dy, arg, None, Activation::Linear, dx)),
+        Some((act, y)) => dx
+            .par_chunks_mut(per_in)
+            .zip(dy.par_chunks(per_out))
+            .zip(arg.par_chunks(per_out))
+            .zip(y.par_chunks(per_in))
+            .for_each(|(((dx, dy), arg), y)| maxpool_back_one(dy, arg, Some(y), act, dx)),
+    }
 }
 
 simd_fn! {
-fn maxpool_back_one(dy: &[f32], arg: &[u32], dx: &mut [f32]) {
+fn maxpool_back_one(dy: &[f32], arg: &[u32], y: Option<&[f32]>, act: Activation, dx: &mut [f32]) {
     dx.fill(0.0);
-    for (d, &i) in dy.iter().zip(arg) {
-        dx[i as usize] += d;
+    match y {
+        None => {
+            for (d, &i) in dy.iter().zip(arg) {
+                dx[i as usize] += d;
+            }
+        }
+        Some(y) => {
+            for (d, &i) in dy.iter().zip(arg) {
+                let yv = y[i as usize];
+                let deriv = match act {
+                    Activation::Relu => {
+                        if yv > 0.0 {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    }
+                    Activation::Selu => {
+                        if yv > 0.0 {
+                            SELU_SCALE
+                        } else {
+                            yv + SELU_SCALE * SELU_ALPHA
+                        }
+                    }
+                    Activation::Linear | Activation::Softmax => 1.0,
+                };
+                dx[i as usize] += d * deriv;
+            }
+        }
     }
 }
 }
@@ -611,7 +656,7 @@ pub fn conv_forward(
 /// the pre-activation gradient, using the output `y`; `cols` comes from the forward pass.
 /// Writes `dw` (`cols^T * dy`, one GEMM: gemm splits only m and n across threads, never the
 /// reduction), `db` (fixed-chunk column sums) and, when given, `dx` through `dcols`
-/// (`dy * w^T`, then col2im).
+/// (`dy * w^T`, then col2im). `act_done`: `dy` already holds the pre-activation gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     g: &ConvGeom,
@@ -624,10 +669,13 @@ pub fn conv_backward(
     dw: &mut [f32],
     db: &mut [f32],
     dx: Option<(&mut [f32], &mut [f32])>,
+    act_done: bool,
 ) {
     let (kkc, f) = (g.kkc(), filters);
     let m = y.len() / f;
-    act_backward(dy, y, act);
+    if !act_done {
+        act_backward(dy, y, act);
+    }
     bias_grad(dy, db);
     matmul(
         kkc,

@@ -699,8 +699,15 @@ impl Model {
         self.ensure_backward(batch);
         let ws = &mut self.ws;
         let in0 = self.input_shape.iter().product::<usize>();
+        // Set when a pooling layer already multiplied its input gradient by the activation
+        // derivative of the convolution below it (fused; same arithmetic, one pass less).
+        let mut act_done = false;
         for i in (0..self.layers.len()).rev() {
             let t = Instant::now();
+            let below_act = match self.layers.get(i.wrapping_sub(1)).map(|l| &l.kind) {
+                Some(Kind::Conv { act, .. }) => Some(*act),
+                _ => None,
+            };
             let l = &mut self.layers[i];
             let (dprev, drest) = ws.dout.split_at_mut(i);
             let dy = &mut drest[0][..batch * self.out_lens[i]];
@@ -734,6 +741,7 @@ impl Model {
                         &mut kp[0].grad,
                         &mut bp[0].grad,
                         dx,
+                        std::mem::take(&mut act_done),
                     );
                 }
                 Kind::Pool { g } => {
@@ -742,8 +750,10 @@ impl Model {
                             &g,
                             dy,
                             &ws.arg[i][..batch * self.out_lens[i]],
+                            below_act.map(|a| (a, input)),
                             dx,
                         );
+                        act_done = below_act.is_some();
                     }
                 }
                 Kind::Flatten => {

@@ -344,18 +344,22 @@ pub fn conclusion(a: &Side<'_>, b: &Side<'_>, classic: bool) -> Vec<String> {
     for s in [a, b] {
         let st = &s.stats;
         if overfits(st) {
+            let rise = 100.0 * st.val_loss_rise() / st.min_val_loss.0;
             out.push(format!(
                 "{}'s validation loss reached its minimum {:.4} at epoch {} and then rose to \
-                 {:.4} at epoch {} (+{:.1}%) while its training accuracy reached {:.2}%: it \
-                 overfits after epoch {}.",
+                 {:.4} at epoch {} (+{:.1}%) while its training accuracy reached {:.2}%: {}.",
                 s.name,
                 st.min_val_loss.0,
                 st.min_val_loss.1,
                 st.final_val_loss,
                 st.epochs,
-                100.0 * st.val_loss_rise() / st.min_val_loss.0,
+                rise,
                 pts(st.final_train_accuracy),
-                st.min_val_loss.1
+                if rise >= 10.0 {
+                    format!("it overfits after epoch {}", st.min_val_loss.1)
+                } else {
+                    "a mild rise".to_string()
+                }
             ));
         } else {
             out.push(format!(
