@@ -10,7 +10,7 @@ use lamb_nn::{
     split_even, EpochRecord, Evaluation, FitEvent, FitOptions, FitProgress, GradientAccumulator,
     History, Model, NnError, StepMetrics, TelemetryAccum, TensorStats,
 };
-use lamb_optim::{Optimizer, StepOutcome, TensorTelemetry};
+use lamb_optim::{Optimizer, StepOutcome};
 
 use crate::{Communicator, DistError};
 
@@ -69,34 +69,6 @@ pub fn local_gradients(
     }
     acc.write_into(model)?;
     Ok(m)
-}
-
-fn accumulate_telemetry(acc: &mut Vec<TelemetryAccum>, tel: &[TensorTelemetry]) {
-    if acc.len() != tel.len() || acc.iter().zip(tel).any(|(a, t)| a.name != t.name) {
-        *acc = tel
-            .iter()
-            .map(|t| TelemetryAccum {
-                name: t.name.clone(),
-                sum: 0.0,
-                count: 0,
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-                last: f64::NAN,
-                weight_norm_last: f64::NAN,
-                update_norm_last: f64::NAN,
-            })
-            .collect();
-    }
-    for (a, t) in acc.iter_mut().zip(tel) {
-        let r = t.trust_ratio as f64;
-        a.sum += r;
-        a.count += 1;
-        a.min = a.min.min(r);
-        a.max = a.max.max(r);
-        a.last = r;
-        a.weight_norm_last = t.weight_norm as f64;
-        a.update_norm_last = t.update_norm as f64;
-    }
 }
 
 fn stats(a: &TelemetryAccum) -> TensorStats {
@@ -379,7 +351,7 @@ pub fn fit(
             p.correct += m.correct as u64;
             p.seen += b as u64;
             if m.applied {
-                accumulate_telemetry(&mut p.telemetry, opt.telemetry());
+                TelemetryAccum::accumulate(&mut p.telemetry, opt.telemetry());
             }
             p.step += 1;
             let running = (p.loss_sum / p.seen as f64, p.correct as f64 / p.seen as f64);

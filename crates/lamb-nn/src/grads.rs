@@ -68,30 +68,7 @@ impl Model {
     /// this batch. No parameter changes. The returned `loss_sum` may be non-finite (the caller
     /// decides; gradients are then meaningless); `applied` is false.
     pub fn compute_gradients(&mut self, x: &[f32], y: &[u8]) -> Result<StepMetrics, NnError> {
-        let batch = y.len();
-        if batch == 0 {
-            return Err(NnError::InvalidArgument {
-                name: "batch size",
-                value: "0".into(),
-                valid: "at least 1".into(),
-            });
-        }
-        let in_len = self.in_len();
-        if x.len() != batch * in_len {
-            return Err(NnError::DataMismatch(format!(
-                "{} input values for {batch} labels of {in_len} values each",
-                x.len()
-            )));
-        }
-        if let Some(&l) = y.iter().find(|&&l| l as usize >= self.classes) {
-            return Err(NnError::DataMismatch(format!(
-                "label {l} is not below the {} classes",
-                self.classes
-            )));
-        }
-        self.ensure_backward(batch);
-        self.ws.x[..x.len()].copy_from_slice(x);
-        self.ws.y[..batch].copy_from_slice(y);
+        let batch = self.load_batch(x, y)?;
         Ok(self.gradients_of_loaded(batch))
     }
 

@@ -96,31 +96,35 @@ impl TelemetryAccum {
     }
 }
 
-fn accumulate(acc: &mut Vec<TelemetryAccum>, tel: &[TensorTelemetry]) {
-    if acc.len() != tel.len() || acc.iter().zip(tel).any(|(a, t)| a.name != t.name) {
-        *acc = tel
-            .iter()
-            .map(|t| TelemetryAccum {
-                name: t.name.clone(),
-                sum: 0.0,
-                count: 0,
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-                last: f64::NAN,
-                weight_norm_last: f64::NAN,
-                update_norm_last: f64::NAN,
-            })
-            .collect();
-    }
-    for (a, t) in acc.iter_mut().zip(tel) {
-        let r = t.trust_ratio as f64;
-        a.sum += r;
-        a.count += 1;
-        a.min = a.min.min(r);
-        a.max = a.max.max(r);
-        a.last = r;
-        a.weight_norm_last = t.weight_norm as f64;
-        a.update_norm_last = t.update_norm as f64;
+impl TelemetryAccum {
+    /// Adds one step's telemetry to per-tensor accumulators, (re)starting them when the tensor
+    /// set differs from the one they hold.
+    pub fn accumulate(acc: &mut Vec<TelemetryAccum>, tel: &[TensorTelemetry]) {
+        if acc.len() != tel.len() || acc.iter().zip(tel).any(|(a, t)| a.name != t.name) {
+            *acc = tel
+                .iter()
+                .map(|t| TelemetryAccum {
+                    name: t.name.clone(),
+                    sum: 0.0,
+                    count: 0,
+                    min: f64::INFINITY,
+                    max: f64::NEG_INFINITY,
+                    last: f64::NAN,
+                    weight_norm_last: f64::NAN,
+                    update_norm_last: f64::NAN,
+                })
+                .collect();
+        }
+        for (a, t) in acc.iter_mut().zip(tel) {
+            let r = t.trust_ratio as f64;
+            a.sum += r;
+            a.count += 1;
+            a.min = a.min.min(r);
+            a.max = a.max.max(r);
+            a.last = r;
+            a.weight_norm_last = t.weight_norm as f64;
+            a.update_norm_last = t.update_norm as f64;
+        }
     }
 }
 
@@ -322,14 +326,10 @@ impl Model {
         })
     }
 
-    /// One training step on a batch already in f32 NHWC (`x` holds `y.len()` images): forward,
-    /// loss, backward, optimizer step.
-    pub fn train_step(
-        &mut self,
-        x: &[f32],
-        y: &[u8],
-        opt: &mut dyn Optimizer,
-    ) -> Result<StepMetrics, NnError> {
+    /// Checks a caller-supplied batch (`x` holds `y.len()` images in f32 NHWC, labels below the
+    /// class count) and copies it into the work buffers, sized for a backward pass. Returns the
+    /// batch size.
+    pub(crate) fn load_batch(&mut self, x: &[f32], y: &[u8]) -> Result<usize, NnError> {
         let batch = y.len();
         positive("batch size", batch)?;
         let in_len = self.in_len();
@@ -348,6 +348,18 @@ impl Model {
         self.ensure_backward(batch);
         self.ws.x[..x.len()].copy_from_slice(x);
         self.ws.y[..batch].copy_from_slice(y);
+        Ok(batch)
+    }
+
+    /// One training step on a batch already in f32 NHWC (`x` holds `y.len()` images): forward,
+    /// loss, backward, optimizer step.
+    pub fn train_step(
+        &mut self,
+        x: &[f32],
+        y: &[u8],
+        opt: &mut dyn Optimizer,
+    ) -> Result<StepMetrics, NnError> {
+        let batch = self.load_batch(x, y)?;
         self.step_inner(batch, opt, 0, 0)
     }
 
@@ -402,7 +414,7 @@ impl Model {
                 p.correct += m.correct as u64;
                 p.seen += b as u64;
                 if m.applied {
-                    accumulate(&mut p.telemetry, opt.telemetry());
+                    TelemetryAccum::accumulate(&mut p.telemetry, opt.telemetry());
                 }
                 p.step += 1;
                 let running = (p.loss_sum / p.seen as f64, p.correct as f64 / p.seen as f64);
