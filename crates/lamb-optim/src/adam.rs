@@ -307,6 +307,51 @@ impl Adam {
                 },
             };
         }
+        if cfg.non_finite != NonFinitePolicy::Unchecked {
+            self.check_pass(params, t, &coef, keras)?;
+        }
+        self.reg
+            .tensors
+            .par_iter_mut()
+            .zip(params.par_iter_mut())
+            .for_each(|(ts, p)| {
+                let plan = ts.plan;
+                let (mb, vb) = ts.bufs.split_at_mut(1);
+                p.value
+                    .par_chunks_mut(CHUNK)
+                    .zip(p.grad.par_chunks(CHUNK))
+                    .zip(mb[0].par_chunks_mut(CHUNK))
+                    .zip(vb[0].par_chunks_mut(CHUNK))
+                    .zip(ts.partials.par_iter_mut())
+                    .for_each(|((((w, g), m), v), part)| {
+                        *part = if keras {
+                            write_keras(&coef, plan, g, m, v, w)
+                        } else {
+                            write_torch(&coef, plan, g, m, v, w)
+                        }
+                    });
+                ts.buf_max[0] = bits_value(combine(&ts.partials).gbits);
+            });
+        for tel in self.reg.telemetry.iter_mut() {
+            tel.weight_norm = 0.0;
+            tel.update_norm = 0.0;
+            tel.trust_ratio = 1.0;
+            tel.learning_rate = lr;
+        }
+        Ok(())
+    }
+
+    /// Read pass proving the step safe before anything is written: every gradient finite and
+    /// every new moment and weight bounded (exactly, element by element, where the cheap bound
+    /// does not suffice).
+    fn check_pass(
+        &mut self,
+        params: &[ParamMut<'_>],
+        t: u64,
+        coef: &Coef,
+        keras: bool,
+    ) -> Result<(), OptimError> {
+        let coef = *coef;
         self.reg
             .tensors
             .par_iter_mut()
@@ -351,34 +396,6 @@ impl Adam {
                     }
                 }
             }
-        }
-        self.reg
-            .tensors
-            .par_iter_mut()
-            .zip(params.par_iter_mut())
-            .for_each(|(ts, p)| {
-                let plan = ts.plan;
-                let (mb, vb) = ts.bufs.split_at_mut(1);
-                p.value
-                    .par_chunks_mut(CHUNK)
-                    .zip(p.grad.par_chunks(CHUNK))
-                    .zip(mb[0].par_chunks_mut(CHUNK))
-                    .zip(vb[0].par_chunks_mut(CHUNK))
-                    .zip(ts.partials.par_iter_mut())
-                    .for_each(|((((w, g), m), v), part)| {
-                        *part = if keras {
-                            write_keras(&coef, plan, g, m, v, w)
-                        } else {
-                            write_torch(&coef, plan, g, m, v, w)
-                        }
-                    });
-                ts.buf_max[0] = bits_value(combine(&ts.partials).gbits);
-            });
-        for tel in self.reg.telemetry.iter_mut() {
-            tel.weight_norm = 0.0;
-            tel.update_norm = 0.0;
-            tel.trust_ratio = 1.0;
-            tel.learning_rate = lr;
         }
         debug_assert!(self.reg.tensors.iter().all(|t| bits_finite(t.total.gbits)));
         Ok(())

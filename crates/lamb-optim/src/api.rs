@@ -62,6 +62,12 @@ pub enum NonFinitePolicy {
     Error,
     /// Skip the whole step (every tensor), count it in [`Optimizer::skipped_steps`].
     SkipStep,
+    /// No check before writing, as PyTorch's optimizers: a non-finite gradient propagates
+    /// into the weights and moments. Saves the read pass that proves a step safe before any
+    /// tensor changes (LAMB: each tensor's norms and update then run back to back, while the
+    /// tensor is still in cache). For callers that check the loss or gradients themselves.
+    /// Honoured by LAMB, Adam and AdamW; LARS and SGD check as with `Error`.
+    Unchecked,
 }
 
 /// Serialisable optimizer state: everything needed to resume bit-identically.

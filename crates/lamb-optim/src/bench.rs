@@ -2,7 +2,7 @@
 //! set, next to a STREAM triad measured in the same run. Used by the `bench_step` example and
 //! the `lamb bench` command. This is a benchmark, not a test: it asserts nothing.
 
-use crate::{build, OptimizerKind, OptimizerSpec, ParamMut};
+use crate::{build, NonFinitePolicy, OptimizerKind, OptimizerSpec, ParamMut};
 use rayon::prelude::*;
 use std::fmt;
 use std::time::Instant;
@@ -89,6 +89,27 @@ pub fn default_optimizers() -> Vec<(String, OptimizerSpec)> {
             OptimizerSpec::new(OptimizerKind::Adam).with_preset("pytorch"),
         ),
         ("adamw".into(), OptimizerSpec::new(OptimizerKind::Adamw)),
+        (
+            "lamb (tfa, unchecked)".into(),
+            OptimizerSpec {
+                non_finite: Some(NonFinitePolicy::Unchecked),
+                ..decay(OptimizerKind::Lamb, Some("tfa"), 0.01)
+            },
+        ),
+        (
+            "adam (keras, unchecked)".into(),
+            OptimizerSpec {
+                non_finite: Some(NonFinitePolicy::Unchecked),
+                ..OptimizerSpec::new(OptimizerKind::Adam)
+            },
+        ),
+        (
+            "adamw (unchecked)".into(),
+            OptimizerSpec {
+                non_finite: Some(NonFinitePolicy::Unchecked),
+                ..OptimizerSpec::new(OptimizerKind::Adamw)
+            },
+        ),
         (
             "lars (timm)".into(),
             OptimizerSpec {

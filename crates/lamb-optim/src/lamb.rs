@@ -351,6 +351,58 @@ multiversion! {
     fn write_chunk_mv(c: &Coef, wd: f32, k: f32, g: &[f32], m: &mut [f32], v: &mut [f32], w: &mut [f32]) = write_chunk;
 }
 
+type Slot = crate::slots::TensorSlot<Plan>;
+
+/// Read pass over one tensor: its norms and maxima into `ts.total`; nothing written.
+fn read_tensor(coef: &Coef, ts: &mut Slot, g: &[f32], w: &[f32]) {
+    let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
+    let wd = ts.plan.wd;
+    ts.partials
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(c, part)| {
+            let r = c * CHUNK..((c + 1) * CHUNK).min(g.len());
+            *part = read_chunk_mv(coef, wd, &g[r.clone()], &m[r.clone()], &v[r.clone()], &w[r]);
+        });
+    ts.total = combine(&ts.partials);
+}
+
+/// Trust ratio and step coefficient of one tensor from its norms.
+fn set_ratio(cfg: &LambConfig, ts: &mut Slot, step_size: f64) {
+    let mut wn = ts.total.sums[0].sqrt();
+    if let Some((lo, hi)) = cfg.weight_norm_clamp {
+        wn = wn.clamp(lo as f64, hi as f64);
+    }
+    let un = ts.total.sums[1].sqrt();
+    let mut r = 1.0f64;
+    if ts.adapt && wn > 0.0 && un > 0.0 {
+        r = wn / un;
+        if let Some((lo, hi)) = cfg.trust_ratio_clamp {
+            r = r.clamp(lo as f64, hi as f64);
+        }
+    }
+    if ts.adapt && cfg.trust_clip {
+        r = r.min(1.0);
+    }
+    let ratio = r as f32;
+    ts.plan.ratio = ratio;
+    ts.plan.k = (step_size * ratio as f64) as f32;
+    ts.plan.wn = wn as f32;
+    ts.plan.un = un as f32;
+}
+
+/// Write pass over one tensor: new moments and weights.
+fn write_tensor(coef: &Coef, ts: &mut Slot, p: &mut ParamMut<'_>) {
+    let plan = ts.plan;
+    let (mb, vb) = ts.bufs.split_at_mut(1);
+    p.value
+        .par_chunks_mut(CHUNK)
+        .zip(p.grad.par_chunks(CHUNK))
+        .zip(mb[0].par_chunks_mut(CHUNK))
+        .zip(vb[0].par_chunks_mut(CHUNK))
+        .for_each(|(((w, g), m), v)| write_chunk_mv(coef, plan.wd, plan.k, g, m, v, w));
+}
+
 /// The LAMB optimizer. See the module documentation for the formula and [`LambPreset`] for
 /// the reference implementations it reproduces.
 #[derive(Debug, Clone)]
@@ -440,8 +492,10 @@ impl Lamb {
         let mut gscale = 1.0f32;
         if let Some(max_norm) = self.cfg.max_grad_norm {
             gradient_norms(&mut self.reg, params);
-            if let Some(e) = first_bad_gradient(&self.reg, params, t) {
-                return Err(e);
+            if self.cfg.non_finite != NonFinitePolicy::Unchecked {
+                if let Some(e) = first_bad_gradient(&self.reg, params, t) {
+                    return Err(e);
+                }
             }
             gscale = (1.0 / clip_divisor(global_norm(&self.reg), max_norm)) as f32;
         }
@@ -450,35 +504,6 @@ impl Lamb {
         for ts in &mut self.reg.tensors {
             ts.plan.wd = if ts.decay { wd_rate } else { 0.0 };
         }
-        // Read pass: norms and maxima, nothing written.
-        self.reg
-            .tensors
-            .par_iter_mut()
-            .zip(params.par_iter())
-            .for_each(|(ts, p)| {
-                let (g, w) = (p.grad, &*p.value);
-                let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
-                let wd = ts.plan.wd;
-                ts.partials
-                    .par_iter_mut()
-                    .enumerate()
-                    .for_each(|(c, part)| {
-                        let r = c * CHUNK..((c + 1) * CHUNK).min(g.len());
-                        *part = read_chunk_mv(
-                            &coef,
-                            wd,
-                            &g[r.clone()],
-                            &m[r.clone()],
-                            &v[r.clone()],
-                            &w[r],
-                        );
-                    });
-                ts.total = combine(&ts.partials);
-            });
-        if let Some(e) = first_bad_gradient(&self.reg, params, t) {
-            return Err(e);
-        }
-        // Trust ratios and step coefficients.
         let step_size = match self.cfg.bias_correction {
             BiasCorrection::StepSize => {
                 let b1 = bias_correction(self.cfg.beta_1, t, self.cfg.f64_scalars);
@@ -487,66 +512,60 @@ impl Lamb {
             }
             _ => scalar(lr, self.cfg.f64_scalars),
         };
-        for (ts, p) in self.reg.tensors.iter_mut().zip(params.iter()) {
-            let mut wn = ts.total.sums[0].sqrt();
-            if let Some((lo, hi)) = self.cfg.weight_norm_clamp {
-                wn = wn.clamp(lo as f64, hi as f64);
+        let cfg = &self.cfg;
+        if cfg.non_finite == NonFinitePolicy::Unchecked {
+            // Each tensor's norms, then its update, back to back: the second pass reads what the
+            // first left in cache. No tensor waits for the others' norms.
+            self.reg
+                .tensors
+                .par_iter_mut()
+                .zip(params.par_iter_mut())
+                .for_each(|(ts, p)| {
+                    read_tensor(&coef, ts, p.grad, p.value);
+                    set_ratio(cfg, ts, step_size);
+                    write_tensor(&coef, ts, p);
+                });
+        } else {
+            // Read pass: norms and maxima of every tensor, nothing written.
+            self.reg
+                .tensors
+                .par_iter_mut()
+                .zip(params.par_iter())
+                .for_each(|(ts, p)| read_tensor(&coef, ts, p.grad, p.value));
+            if let Some(e) = first_bad_gradient(&self.reg, params, t) {
+                return Err(e);
             }
-            let un = ts.total.sums[1].sqrt();
-            let mut r = 1.0f64;
-            if ts.adapt && wn > 0.0 && un > 0.0 {
-                r = wn / un;
-                if let Some((lo, hi)) = self.cfg.trust_ratio_clamp {
-                    r = r.clamp(lo as f64, hi as f64);
-                }
-            }
-            if ts.adapt && self.cfg.trust_clip {
-                r = r.min(1.0);
-            }
-            let ratio = r as f32;
-            let k = (step_size * ratio as f64) as f32;
-            ts.plan.ratio = ratio;
-            ts.plan.k = k;
-            ts.plan.wn = wn as f32;
-            ts.plan.un = un as f32;
-            let bounded = crate::reduce::bits_finite(ts.total.xbits)
-                && un.is_finite()
-                && safe(k as f64 * un * 1.001);
-            if !bounded {
-                let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
-                let w = &*p.value;
-                for i in 0..ts.len {
-                    let (m2, v2, u) = elem(&coef, ts.plan.wd, p.grad[i], m[i], v[i], w[i]);
-                    let nw = w[i] - k * u;
-                    if !(m2.is_finite() && v2.is_finite() && u.is_finite() && nw.is_finite()) {
-                        return Err(OptimError::NonFinite {
-                            what: "update",
-                            name: ts.name.clone(),
-                            step: t,
-                            index: i,
-                            value: if u.is_finite() { nw } else { u },
-                        });
+            for (ts, p) in self.reg.tensors.iter_mut().zip(params.iter()) {
+                set_ratio(cfg, ts, step_size);
+                let (k, un) = (ts.plan.k, ts.plan.un as f64);
+                let bounded = crate::reduce::bits_finite(ts.total.xbits)
+                    && un.is_finite()
+                    && safe(k as f64 * un * 1.001);
+                if !bounded {
+                    let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
+                    let w = &*p.value;
+                    for i in 0..ts.len {
+                        let (m2, v2, u) = elem(&coef, ts.plan.wd, p.grad[i], m[i], v[i], w[i]);
+                        let nw = w[i] - k * u;
+                        if !(m2.is_finite() && v2.is_finite() && u.is_finite() && nw.is_finite()) {
+                            return Err(OptimError::NonFinite {
+                                what: "update",
+                                name: ts.name.clone(),
+                                step: t,
+                                index: i,
+                                value: if u.is_finite() { nw } else { u },
+                            });
+                        }
                     }
                 }
             }
+            // Write pass.
+            self.reg
+                .tensors
+                .par_iter_mut()
+                .zip(params.par_iter_mut())
+                .for_each(|(ts, p)| write_tensor(&coef, ts, p));
         }
-        // Write pass.
-        self.reg
-            .tensors
-            .par_iter_mut()
-            .zip(params.par_iter_mut())
-            .for_each(|(ts, p)| {
-                let plan = ts.plan;
-                let (mb, vb) = ts.bufs.split_at_mut(1);
-                p.value
-                    .par_chunks_mut(CHUNK)
-                    .zip(p.grad.par_chunks(CHUNK))
-                    .zip(mb[0].par_chunks_mut(CHUNK))
-                    .zip(vb[0].par_chunks_mut(CHUNK))
-                    .for_each(|(((w, g), m), v)| {
-                        write_chunk_mv(&coef, plan.wd, plan.k, g, m, v, w)
-                    });
-            });
         for (tel, ts) in self.reg.telemetry.iter_mut().zip(&self.reg.tensors) {
             tel.weight_norm = ts.plan.wn;
             tel.update_norm = ts.plan.un;

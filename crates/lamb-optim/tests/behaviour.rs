@@ -569,3 +569,32 @@ fn zero_learning_rate_changes_nothing() {
         assert_eq!(m.bits(), before, "{spec:?}");
     }
 }
+
+#[test]
+fn unchecked_policy_gives_bit_identical_steps_and_propagates_non_finite_values() {
+    for spec in all_specs()
+        .into_iter()
+        .filter(|s| matches!(s.kind, Some(OptimizerKind::Lamb | OptimizerKind::Adam | OptimizerKind::Adamw)))
+    {
+        let mut checked = build(&spec).unwrap();
+        let mut fast = build(&OptimizerSpec {
+            non_finite: Some(NonFinitePolicy::Unchecked),
+            ..spec.clone()
+        })
+        .unwrap();
+        let (mut a, mut b) = (Model::new(), Model::new());
+        for t in 1..=4 {
+            let g = Model::grads(t);
+            a.step(checked.as_mut(), &g).unwrap();
+            b.step(fast.as_mut(), &g).unwrap();
+            assert_eq!(a.bits(), b.bits(), "{spec:?} step {t}");
+            assert_eq!(checked.telemetry(), fast.telemetry(), "{spec:?} step {t}");
+        }
+        assert_eq!(checked.state(), fast.state(), "{spec:?}");
+        // A NaN gradient is not caught: it reaches the weights (PyTorch's behaviour).
+        let mut g = Model::grads(5);
+        g[0][0] = f32::NAN;
+        assert_eq!(b.step(fast.as_mut(), &g).unwrap(), StepOutcome::Applied);
+        assert!(b.weights[0][0].is_nan(), "{spec:?}");
+    }
+}
