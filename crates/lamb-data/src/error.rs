@@ -9,15 +9,15 @@ pub const RECORD_LEN: usize = 1 + 3 * 32 * 32;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// An operating-system error on a file or directory.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done ("reading", "creating", "renaming", ...).
         action: &'static str,
         /// The file or directory concerned.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (in the message; not a separate `source()`, so that error
+        /// chains name it once).
+        cause: std::io::Error,
     },
 
     /// A path given to the loader does not exist.
@@ -90,6 +90,23 @@ pub enum DataError {
         path: PathBuf,
         /// How many names were found.
         found: usize,
+    },
+
+    /// A training batch file is empty while another holds records: the official layout (and
+    /// `lamb data import`) shares the training images evenly over the five files, so an empty
+    /// one was truncated or not copied completely.
+    #[error(
+        "{path}: empty (0 records) while {other} holds {records}; the five training batches share \
+         the images evenly, so this file was truncated or not copied completely (restore it, or \
+         import the data again)"
+    )]
+    EmptyBatch {
+        /// The empty file.
+        path: PathBuf,
+        /// A training batch file that holds records.
+        other: PathBuf,
+        /// How many records it holds.
+        records: usize,
     },
 
     /// One split of a dataset holds no images.
@@ -259,7 +276,7 @@ impl DataError {
         DataError::Io {
             action,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -51,6 +51,15 @@ pub fn detect(path: &Path) -> Result<Layout, DataError> {
         if path.join("train").is_dir() || path.join("test").is_dir() {
             return Ok(Layout::ImageFolder(path.to_path_buf()));
         }
+        // A directory holding exactly one archive (as ../shared/data does): that archive.
+        let archives: Vec<PathBuf> = fs::read_dir(path)
+            .map_err(|e| DataError::io("listing", path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && looks_like_archive(p))
+            .collect();
+        if let [only] = archives.as_slice() {
+            return Ok(Layout::Archive(only.clone()));
+        }
     } else if looks_like_archive(path) {
         return Ok(Layout::Archive(path.to_path_buf()));
     } else if let (Some(name), Some(parent)) = (path.file_name(), path.parent()) {

@@ -130,6 +130,9 @@ fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
     fs::read(path).map_err(|e| DataError::io("reading", path, e))
 }
 
+/// One batch file parsed: NHWC pixels and labels.
+type Parsed = Result<(Vec<u8>, Vec<u8>), DataError>;
+
 /// Builds train and test datasets from the official files' bytes. `files` holds, in order,
 /// the five training batches then the test batch, each with the path naming it in errors;
 /// `meta` the optional `batches.meta.txt`. `origin` names the whole dataset.
@@ -142,7 +145,6 @@ pub(crate) fn assemble(
         Some((p, bytes)) => parse_meta(&bytes, &p)?,
         None => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
     };
-    type Parsed = Result<(Vec<u8>, Vec<u8>), DataError>;
     let parsed: Vec<Parsed> = files
         .par_iter()
         .map(|(path, bytes)| {
@@ -152,9 +154,10 @@ pub(crate) fn assemble(
             Ok((images, labels))
         })
         .collect();
+    let last = parsed.len().saturating_sub(1);
+    check_even_shares(files, &parsed[..last])?;
     let mut train = empty_dataset(&class_names);
     let mut test = empty_dataset(&class_names);
-    let last = parsed.len().saturating_sub(1);
     for (k, part) in parsed.into_iter().enumerate() {
         let (images, labels) = part?;
         let ds = if k == last { &mut test } else { &mut train };
@@ -174,6 +177,30 @@ pub(crate) fn assemble(
         }
     }
     Ok(Splits { train, test })
+}
+
+/// Refuses an empty training batch beside one of 2 or more records: the writers share the
+/// images over the files evenly (shares differ by at most one), so that file lost its content.
+fn check_even_shares(files: &[(PathBuf, Vec<u8>)], train: &[Parsed]) -> Result<(), DataError> {
+    let counts: Vec<Option<usize>> = train
+        .iter()
+        .map(|r| r.as_ref().ok().map(|(_, labels)| labels.len()))
+        .collect();
+    let fullest = counts
+        .iter()
+        .enumerate()
+        .filter_map(|(k, c)| c.map(|c| (k, c)))
+        .max_by_key(|&(_, c)| c);
+    if let Some((full, records)) = fullest.filter(|&(_, c)| c >= 2) {
+        if let Some(empty) = counts.iter().position(|c| *c == Some(0)) {
+            return Err(DataError::EmptyBatch {
+                path: files[empty].0.clone(),
+                other: files[full].0.clone(),
+                records,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn empty_dataset(class_names: &[String]) -> Dataset {
@@ -199,7 +226,15 @@ pub fn read_official(path: &Path) -> Result<Splits, DataError> {
     let dir = official_dir(path).unwrap_or_else(|| path.to_path_buf());
     let names: Vec<&str> = TRAIN_FILES.iter().copied().chain([TEST_FILE]).collect();
     for name in &names {
-        if !dir.join(name).is_file() {
+        let p = dir.join(name);
+        if p.exists() && !p.is_file() {
+            return Err(DataError::io(
+                "reading",
+                p,
+                std::io::Error::other("not a regular file (a directory?); expected a batch file"),
+            ));
+        }
+        if !p.is_file() {
             return Err(DataError::MissingFile {
                 dir: dir.clone(),
                 name: name.to_string(),

@@ -41,6 +41,13 @@ pub trait Communicator {
     fn reset_stats(&mut self);
     /// Short description (`single process`, `MPI (Open MPI 4.1.4), 2 ranks`).
     fn describe(&self) -> String;
+    /// Ends every rank at once with exit status `code` after an error that only this rank
+    /// saw (the others would otherwise wait in their next collective forever). MPI: never
+    /// returns (`MPI_Abort`). The default, for communicators whose ranks cannot wait on a
+    /// failed peer (one process), does nothing and returns.
+    fn abort(&mut self, code: i32) {
+        let _ = code;
+    }
 }
 
 /// Checks that `root` names a rank.

@@ -160,4 +160,7 @@ impl Communicator for MpiCommunicator {
             if self.size == 1 { "" } else { "s" }
         )
     }
+    fn abort(&mut self, code: i32) {
+        self.world.abort(code)
+    }
 }

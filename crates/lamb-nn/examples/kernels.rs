@@ -1,11 +1,19 @@
 //! Times the engine's kernels one by one on the seed CNN's shapes at batch 100:
-//! `cargo run --release -p lamb-nn --example kernels`.
+//! `cargo run --release -p lamb-nn --example kernels` (set `KERNELS_FILTER=text` to time only
+//! the kernels whose name contains it).
 
 use lamb_nn::kernels::{self, ConvGeom, Mat, PoolGeom};
 use lamb_nn::Activation;
 use std::time::Instant;
 
+/// Times `f` (after a warm-up) unless the environment variable `KERNELS_FILTER` is set and
+/// `name` does not contain it.
 fn time(name: &str, reps: usize, mut f: impl FnMut()) {
+    if let Ok(filter) = std::env::var("KERNELS_FILTER") {
+        if !name.contains(&filter) {
+            return;
+        }
+    }
     f();
     let mut v: Vec<f64> = (0..reps)
         .map(|_| {
@@ -100,17 +108,17 @@ fn main() {
         wo: 15,
     };
     let mut pool1 = vec![0.0f32; b * 225 * 32];
-    let mut arg1 = vec![0u32; b * 225 * 32];
     time("pool1 forward", 20, || {
-        kernels::maxpool_forward(&p1, &out1, &mut pool1, &mut arg1)
+        kernels::maxpool_forward(&p1, &out1, &mut pool1)
     });
     let mut dout1 = vec![0.0f32; b * 900 * 32];
     time("pool1 backward", 20, || {
         kernels::maxpool_backward(
             &p1,
+            &out1,
             &pool1,
-            &arg1,
-            Some((Activation::Relu, &out1)),
+            &pool1,
+            Some(Activation::Relu),
             &mut dout1,
         )
     });
@@ -122,9 +130,10 @@ fn main() {
             32,
             Activation::Relu,
             &w1,
+            &x,
             &out1,
             &mut dout1,
-            &cols1,
+            &mut cols1,
             &mut dw1,
             &mut db1,
             None,
@@ -174,9 +183,10 @@ fn main() {
             64,
             Activation::Relu,
             &w2,
+            &pool1,
             &out2,
             &mut dout2,
-            &cols2,
+            &mut cols2,
             &mut dw2,
             &mut db2,
             Some((&mut dx2, &mut dcols2)),
@@ -207,5 +217,121 @@ fn main() {
     });
     time("conv2 col2im", 20, || {
         kernels::col2im(&g2, &dcols2, &mut dx2)
+    });
+    let ck = kernels::CONV_CHUNK * 169;
+    let mut pw = vec![0.0f32; 288 * 64];
+    time("conv2 chunk dW = cols^T dy (288x64, k=chunk)", 50, || {
+        kernels::matmul_st(
+            288,
+            64,
+            ck,
+            &mut pw,
+            Mat::rows_t(&cols2[..ck * 288], 288),
+            Mat::rows(&dout2[..ck * 64], 64),
+            false,
+        )
+    });
+    time("conv2 chunk dW^T = dy^T cols (64x288, k=chunk)", 50, || {
+        kernels::matmul_st(
+            64,
+            288,
+            ck,
+            &mut pw,
+            Mat::rows_t(&dout2[..ck * 64], 64),
+            Mat::rows(&cols2[..ck * 288], 288),
+            false,
+        )
+    });
+    time("conv2 chunk dcols = dy w^T (chunk x 288, k=64)", 50, || {
+        kernels::matmul_st(
+            ck,
+            288,
+            64,
+            &mut dcols2[..ck * 288],
+            Mat::rows(&dout2[..ck * 64], 64),
+            Mat::rows_t(&w2, 64),
+            false,
+        )
+    });
+    time("conv2 chunk fwd gemm (chunk x 64, k=288)", 50, || {
+        kernels::matmul_st(
+            ck,
+            64,
+            288,
+            &mut out2[..ck * 64],
+            Mat::rows(&cols2[..ck * 288], 288),
+            Mat::rows(&w2, 64),
+            false,
+        )
+    });
+    let n = kernels::CONV_CHUNK;
+    time("conv2 backward, one chunk of images", 200, || {
+        kernels::conv_backward(
+            &g2,
+            64,
+            Activation::Relu,
+            &w2,
+            &pool1[..n * 225 * 32],
+            &out2[..ck * 64],
+            &mut dout2[..ck * 64],
+            &mut cols2[..ck * 288],
+            &mut dw2,
+            &mut db2,
+            Some((&mut dx2[..n * 225 * 32], &mut dcols2[..ck * 288])),
+            true,
+        )
+    });
+    time("conv2 forward, one chunk of images", 200, || {
+        kernels::conv_forward(
+            &g2,
+            64,
+            Activation::Relu,
+            &w2,
+            &b2,
+            &pool1[..n * 225 * 32],
+            &mut cols2[..ck * 288],
+            &mut out2[..ck * 64],
+        )
+    });
+    time("conv1 forward, one chunk of images", 200, || {
+        kernels::conv_forward(
+            &g1,
+            32,
+            Activation::Relu,
+            &w1,
+            &b1,
+            &x[..n * 3072],
+            &mut cols1,
+            &mut out1[..n * 900 * 32],
+        )
+    });
+    time("conv1 backward (no dx), one chunk of images", 200, || {
+        kernels::conv_backward(
+            &g1,
+            32,
+            Activation::Relu,
+            &w1,
+            &x[..n * 3072],
+            &out1[..n * 900 * 32],
+            &mut dout1[..n * 900 * 32],
+            &mut cols1,
+            &mut dw1,
+            &mut db1,
+            None,
+            true,
+        )
+    });
+    time("pool1 forward, one chunk of images", 200, || {
+        kernels::maxpool_forward(&p1, &out1[..n * 900 * 32], &mut pool1[..n * 225 * 32])
+    });
+    time("pool1 backward, one chunk of images", 200, || {
+        kernels::maxpool_backward(
+            &p1,
+            &out1[..n * 900 * 32],
+            &pool1[..n * 225 * 32],
+            &pool1[..n * 225 * 32],
+            Some(Activation::Relu),
+            &mut dout1[..n * 900 * 32],
+        )
     });
 }

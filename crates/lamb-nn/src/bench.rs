@@ -63,6 +63,35 @@ pub struct BenchResult {
     pub other_train_seconds: f64,
     /// Rayon threads used.
     pub threads: usize,
+    /// CPU seconds (user + system, all threads) the process spent per epoch, training plus
+    /// validation (median), where the platform reports it (Linux `/proc/self/stat`). On a
+    /// shared machine this is steadier than wall time.
+    pub cpu_seconds: Option<f64>,
+    /// The 1-minute load average when this batch size's measurement started (Linux), to judge
+    /// whether other processes competed for the cores.
+    pub load_average: Option<f64>,
+}
+
+/// CPU seconds (user + system) used by this process so far, from `/proc/self/stat` (assumes
+/// the usual 100 clock ticks per second); `None` where unavailable.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The 1-minute load average from `/proc/loadavg`; `None` where unavailable.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn synthetic(n: usize, seed: u64) -> Dataset {
@@ -106,6 +135,8 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, NnError> {
             source,
         })?;
         let (mut tr, mut va, mut ep) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cpu = Vec::new();
+        let load = load_average();
         let mut layer_sum: Vec<(String, f64, f64)> = Vec::new();
         for e in 0..cfg.epochs {
             let mut opts = FitOptions::new(bs, e + 1, cfg.seed);
@@ -113,8 +144,12 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, NnError> {
             opts.start.epoch = e;
             model.reset_timers();
             let t = Instant::now();
+            let cpu0 = process_cpu_seconds();
             let hist = model.fit(&train, Some(&val), &opts, &mut opt, &mut |_| Ok(()))?;
             let wall = t.elapsed().as_secs_f64();
+            if let (Some(a), Some(b)) = (cpu0, process_cpu_seconds()) {
+                cpu.push(b - a);
+            }
             let rec = hist
                 .epochs
                 .last()
@@ -151,6 +186,8 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, NnError> {
             other_train_seconds: (train_seconds - layer_total).max(0.0),
             layers: layer_sum,
             threads: rayon::current_num_threads(),
+            cpu_seconds: (!cpu.is_empty()).then(|| median(&mut cpu)),
+            load_average: load,
         });
     }
     Ok(results)
@@ -159,7 +196,8 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, NnError> {
 /// Human-readable report of [`run`]'s results.
 pub fn format_report(cfg: &BenchConfig, results: &[BenchResult]) -> String {
     let mut s = format!(
-        "seed CNN ({:?}), synthetic random images: {} training + {} validation per epoch (batch {} for validation), LAMB, median of {} epochs\n",
+        "seed CNN ({:?}), synthetic random images: {} training + {} validation per epoch (batch {} for validation), LAMB, median of {} epochs\n\
+         (per layer: training steps only; the convolution and pooling layers run chunk by chunk together, their wall time shared out by CPU time)\n",
         cfg.hidden, cfg.train_images, cfg.val_images, cfg.val_batch_size, cfg.epochs
     );
     for r in results {
@@ -167,6 +205,13 @@ pub fn format_report(cfg: &BenchConfig, results: &[BenchResult]) -> String {
             "batch {:>5}: {:.2} s/epoch = {:.2} train + {:.2} validation; {:.0} training images/s; {} threads\n",
             r.batch_size, r.epoch_seconds, r.train_seconds, r.val_seconds, r.train_images_per_second, r.threads
         );
+        if let Some(c) = r.cpu_seconds {
+            s += &format!("    CPU time {c:.2} s/epoch (all threads)");
+            if let Some(l) = r.load_average {
+                s += &format!("; load average {l:.2} at start");
+            }
+            s += "\n";
+        }
         for (name, f, b) in &r.layers {
             s += &format!("    {name:<32} forward {f:>6.3} s  backward {b:>6.3} s\n");
         }

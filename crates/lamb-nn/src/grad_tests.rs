@@ -276,3 +276,18 @@ fn conv_same_stride1_into_pool_and_conv() {
         .unwrap();
     check(m, 2, 15);
 }
+
+#[test]
+fn direct_convolution_kernels_with_input_gradient() {
+    // 16 filters and small windows: the direct (no im2col) kernels on AVX-512 CPUs, the
+    // second convolution with an input gradient.
+    let m = Sequential::new([6, 6, 2])
+        .conv2d(16, 3, 1, Padding::Valid, Activation::Relu)
+        .max_pool2d(2)
+        .conv2d(16, 1, 1, Padding::Valid, Activation::Selu)
+        .flatten()
+        .dense(3, Activation::Softmax)
+        .build(6)
+        .unwrap();
+    check(m, 2, 16);
+}

@@ -312,6 +312,43 @@ impl Model {
     }
 }
 
+/// Leaves in the model's gradient buffers this process's weighted share of the gradient of the
+/// mean loss over a global batch of `global_count` samples: `sum_k (b_k / global_count) *
+/// grad_k` over `parts` micro-batches of `indices` (this process's shard of the batch; empty
+/// parts are skipped). Returns the local metrics. With one part covering the whole global
+/// batch the engine's gradients are left untouched (no accumulator arithmetic).
+pub fn local_gradients(
+    model: &mut Model,
+    data: &Dataset,
+    indices: &[usize],
+    global_count: usize,
+    parts: usize,
+    acc: &mut GradientAccumulator,
+) -> Result<StepMetrics, NnError> {
+    if parts == 1 && indices.len() == global_count && global_count > 0 {
+        return model.compute_gradients_on(data, indices);
+    }
+    acc.zero();
+    let mut m = StepMetrics {
+        loss_sum: 0.0,
+        correct: 0,
+        count: 0,
+        applied: false,
+    };
+    for part in split_even(indices, parts) {
+        if part.is_empty() {
+            continue;
+        }
+        let pm = model.compute_gradients_on(data, part)?;
+        acc.add_scaled(model, part.len() as f32 / global_count as f32)?;
+        m.loss_sum += pm.loss_sum;
+        m.correct += pm.correct;
+        m.count += pm.count;
+    }
+    acc.write_into(model)?;
+    Ok(m)
+}
+
 /// Splits `items` into `parts` contiguous slices whose lengths differ by at most one (part `k`
 /// is `items[k*n/parts..(k+1)*n/parts]`); some are empty when `parts > len`.
 pub fn split_even<T>(items: &[T], parts: usize) -> Vec<&[T]> {

@@ -17,6 +17,6 @@ mod tests;
 mod train;
 
 pub use error::NnError;
-pub use grads::{split_even, GradientAccumulator};
+pub use grads::{local_gradients, split_even, GradientAccumulator};
 pub use model::{classic_cnn, Activation, Model, Padding, Sequential};
 pub use train::*;

@@ -8,6 +8,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
 use crate::kernels::{self, ConvGeom, Mat, PoolGeom};
 use crate::NnError;
 
@@ -418,16 +422,51 @@ impl Layer {
     }
 }
 
+/// One scratch buffer per rayon thread, each behind its own (uncontended) lock: a chunk of
+/// images uses its thread's buffer while it runs, so the buffer stays in that core's cache.
+/// Scratch contents never reach a result, so which buffer a chunk gets does not matter.
+#[derive(Debug, Default)]
+pub(crate) struct ScratchPool(Vec<Mutex<Vec<f32>>>);
+
+impl Clone for ScratchPool {
+    /// A clone starts with empty buffers (they are only scratch).
+    fn clone(&self) -> Self {
+        ScratchPool::default()
+    }
+}
+
+impl ScratchPool {
+    /// Runs `f` with the calling thread's buffer, grown to at least `len` values.
+    fn with<R>(&self, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        let i = rayon::current_thread_index().unwrap_or(0) % self.0.len().max(1);
+        let mut buf = match self.0.get(i) {
+            Some(m) => m.lock().unwrap_or_else(|e| e.into_inner()),
+            None => return f(&mut vec![0.0; len]),
+        };
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    }
+
+    /// Makes sure there is one buffer per thread of the current rayon pool.
+    fn ensure_threads(&mut self) {
+        let n = rayon::current_num_threads().max(1);
+        if self.0.len() < n {
+            self.0.resize_with(n, Default::default);
+        }
+    }
+}
+
 /// Buffers reused across steps; they only grow (to the largest batch seen).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Workspace {
     pub x: Vec<f32>,
     pub y: Vec<u8>,
     pub out: Vec<Vec<f32>>,
-    pub cols: Vec<Vec<f32>>,
-    pub arg: Vec<Vec<u32>>,
     pub dout: Vec<Vec<f32>>,
-    pub dcols: Vec<f32>,
+    /// Per-thread im2col and `dcols` blocks of the image segment (one chunk of images each).
+    pub scratch: ScratchPool,
     /// When `Some`, backward also computes the gradient with respect to the input (tests).
     pub input_grad: Option<Vec<f32>>,
     pub fwd_cap: usize,
@@ -441,8 +480,6 @@ impl Workspace {
     fn new(layers: usize) -> Self {
         Workspace {
             out: vec![Vec::new(); layers],
-            cols: vec![Vec::new(); layers],
-            arg: vec![Vec::new(); layers],
             dout: vec![Vec::new(); layers],
             fwd_secs: vec![0.0; layers],
             bwd_secs: vec![0.0; layers],
@@ -466,6 +503,25 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
         v.resize(n, T::default());
     }
+}
+
+/// Length of a convolution's im2col block for one chunk of images (none for the direct
+/// kernels), and of its `dcols` block when the input gradient is needed; the largest of the
+/// segment's layers.
+fn scratch_lens(layers: &[Layer], input_grad: bool) -> (usize, usize) {
+    let (mut cols, mut dcols) = (0, 0);
+    for (i, l) in layers.iter().enumerate() {
+        if let Kind::Conv { g, filters, .. } = l.kind {
+            let n = kernels::CONV_CHUNK * g.positions() * g.kkc();
+            if !kernels::conv_direct(&g, filters) {
+                cols = cols.max(n);
+            }
+            if i > 0 || input_grad {
+                dcols = dcols.max(n);
+            }
+        }
+    }
+    (cols, dcols)
 }
 
 fn thousands(n: usize) -> String {
@@ -606,13 +662,8 @@ impl Model {
         let in_len = self.in_len();
         grow(&mut self.ws.x, batch * in_len);
         grow(&mut self.ws.y, batch);
-        for (i, l) in self.layers.iter().enumerate() {
-            grow(&mut self.ws.out[i], batch * self.out_lens[i]);
-            match l.kind {
-                Kind::Conv { g, .. } => grow(&mut self.ws.cols[i], batch * g.positions() * g.kkc()),
-                Kind::Pool { .. } => grow(&mut self.ws.arg[i], batch * self.out_lens[i]),
-                _ => {}
-            }
+        for (out, len) in self.ws.out.iter_mut().zip(&self.out_lens) {
+            grow(out, batch * len);
         }
         self.ws.fwd_cap = batch;
     }
@@ -622,13 +673,8 @@ impl Model {
         if batch <= self.ws.bwd_cap {
             return;
         }
-        for (i, l) in self.layers.iter().enumerate() {
-            grow(&mut self.ws.dout[i], batch * self.out_lens[i]);
-            if let Kind::Conv { g, .. } = l.kind {
-                if i > 0 || self.ws.input_grad.is_some() {
-                    grow(&mut self.ws.dcols, batch * g.positions() * g.kkc());
-                }
-            }
+        for (dout, len) in self.ws.dout.iter_mut().zip(&self.out_lens) {
+            grow(dout, batch * len);
         }
         if let Some(g) = self.ws.input_grad.as_mut() {
             grow(g, batch * self.input_shape.iter().product::<usize>());
@@ -636,13 +682,32 @@ impl Model {
         self.ws.bwd_cap = batch;
     }
 
+    /// Number of leading Conv2D/MaxPooling2D layers: the image segment, run chunk by chunk.
+    fn image_segment(&self) -> usize {
+        self.layers
+            .iter()
+            .take_while(|l| matches!(l.kind, Kind::Conv { .. } | Kind::Pool { .. }))
+            .count()
+    }
+
     /// Forward pass on the first `batch` samples of `ws.x`; layer outputs land in `ws.out`
-    /// (the last holds logits).
+    /// (the last holds logits). The leading convolution and pooling layers run as one parallel
+    /// loop over chunks of [`kernels::CONV_CHUNK`] images, each chunk going through all of
+    /// them while its activations are in cache; the layers after run one at a time.
     pub(crate) fn forward(&mut self, batch: usize) {
         self.ensure_forward(batch);
-        let ws = &mut self.ws;
-        let in0 = self.input_shape.iter().product::<usize>();
-        for (i, l) in self.layers.iter().enumerate() {
+        let seg = self.image_segment();
+        let in0 = self.in_len();
+        let Model {
+            layers,
+            ws,
+            out_lens,
+            ..
+        } = self;
+        if seg > 0 {
+            forward_segment(&layers[..seg], out_lens, ws, in0, batch);
+        }
+        for (i, l) in layers.iter().enumerate().skip(seg) {
             let t = Instant::now();
             let (prev, rest) = ws.out.split_at_mut(i);
             let input: &[f32] = if i == 0 {
@@ -650,31 +715,8 @@ impl Model {
             } else {
                 &prev[i - 1][..batch * l.in_len]
             };
-            let out = &mut rest[0][..batch * self.out_lens[i]];
+            let out = &mut rest[0][..batch * out_lens[i]];
             match l.kind {
-                Kind::Conv {
-                    g, filters, act, ..
-                } => {
-                    let cols = &mut ws.cols[i][..batch * g.positions() * g.kkc()];
-                    kernels::conv_forward(
-                        &g,
-                        filters,
-                        act,
-                        &l.params[0].value,
-                        &l.params[1].value,
-                        input,
-                        cols,
-                        out,
-                    );
-                }
-                Kind::Pool { g } => {
-                    kernels::maxpool_forward(
-                        &g,
-                        input,
-                        out,
-                        &mut ws.arg[i][..batch * self.out_lens[i]],
-                    );
-                }
                 Kind::Flatten => out.copy_from_slice(input),
                 Kind::Dense { inp, units, act } => {
                     kernels::matmul(
@@ -688,74 +730,44 @@ impl Model {
                     );
                     kernels::bias_act(out, &l.params[1].value, act, 64);
                 }
+                // Only the leading layers take images: they are the segment, done above.
+                Kind::Conv { .. } | Kind::Pool { .. } => {}
             }
             ws.fwd_secs[i] += t.elapsed().as_secs_f64();
         }
     }
 
     /// Backward pass after [`Model::forward`] on `batch` samples, starting from the gradient
-    /// with respect to the logits in `ws.dout[last]`; fills every parameter's gradient.
+    /// with respect to the logits in `ws.dout[last]`; fills every parameter's gradient. The
+    /// image segment runs chunk by chunk as in the forward pass; each chunk's weight and bias
+    /// gradients are summed in chunk order, so no bit depends on the thread count.
     pub(crate) fn backward(&mut self, batch: usize) {
         self.ensure_backward(batch);
-        let ws = &mut self.ws;
-        let in0 = self.input_shape.iter().product::<usize>();
-        // Set when a pooling layer already multiplied its input gradient by the activation
-        // derivative of the convolution below it (fused; same arithmetic, one pass less).
-        let mut act_done = false;
-        for i in (0..self.layers.len()).rev() {
+        let seg = self.image_segment();
+        let in0 = self.in_len();
+        let Model {
+            layers,
+            ws,
+            out_lens,
+            ..
+        } = self;
+        for i in (seg..layers.len()).rev() {
             let t = Instant::now();
-            let below_act = match self.layers.get(i.wrapping_sub(1)).map(|l| &l.kind) {
-                Some(Kind::Conv { act, .. }) => Some(*act),
-                _ => None,
-            };
-            let l = &mut self.layers[i];
+            let l = &mut layers[i];
             let (dprev, drest) = ws.dout.split_at_mut(i);
-            let dy = &mut drest[0][..batch * self.out_lens[i]];
+            let dy = &mut drest[0][..batch * out_lens[i]];
             let input: &[f32] = if i == 0 {
                 &ws.x[..batch * in0]
             } else {
                 &ws.out[i - 1][..batch * l.in_len]
             };
-            let y = &ws.out[i][..batch * self.out_lens[i]];
+            let y = &ws.out[i][..batch * out_lens[i]];
             let dx: Option<&mut [f32]> = if i == 0 {
                 ws.input_grad.as_mut().map(|g| &mut g[..batch * in0])
             } else {
                 Some(&mut dprev[i - 1][..batch * l.in_len])
             };
             match l.kind {
-                Kind::Conv {
-                    g, filters, act, ..
-                } => {
-                    let m = batch * g.positions();
-                    let kkc = g.kkc();
-                    let (kp, bp) = l.params.split_at_mut(1);
-                    let dx = dx.map(|dx| (dx, &mut ws.dcols[..m * kkc]));
-                    kernels::conv_backward(
-                        &g,
-                        filters,
-                        act,
-                        &kp[0].value,
-                        y,
-                        dy,
-                        &ws.cols[i][..m * kkc],
-                        &mut kp[0].grad,
-                        &mut bp[0].grad,
-                        dx,
-                        std::mem::take(&mut act_done),
-                    );
-                }
-                Kind::Pool { g } => {
-                    if let Some(dx) = dx {
-                        kernels::maxpool_backward(
-                            &g,
-                            dy,
-                            &ws.arg[i][..batch * self.out_lens[i]],
-                            below_act.map(|a| (a, input)),
-                            dx,
-                        );
-                        act_done = below_act.is_some();
-                    }
-                }
                 Kind::Flatten => {
                     if let Some(dx) = dx {
                         dx.copy_from_slice(dy);
@@ -786,8 +798,13 @@ impl Model {
                         );
                     }
                 }
+                // Only the leading layers take images: they are the segment, done below.
+                Kind::Conv { .. } | Kind::Pool { .. } => {}
             }
             ws.bwd_secs[i] += t.elapsed().as_secs_f64();
+        }
+        if seg > 0 {
+            backward_segment(&mut layers[..seg], out_lens, ws, in0, batch);
         }
     }
 
@@ -819,4 +836,228 @@ impl Model {
             .map(|((n, f), b)| (n, *f, *b))
             .collect()
     }
+}
+
+/// Adds a segment's wall time to per-layer timers in proportion to the CPU time each layer
+/// took inside the chunks (the layers of a chunk interleave, so only this split is meaningful).
+fn share_time(timers: &mut [f64], wall: f64, per_chunk: &[Vec<f64>]) {
+    let mut cpu = vec![0.0f64; timers.len()];
+    for t in per_chunk {
+        for (c, v) in cpu.iter_mut().zip(t) {
+            *c += v;
+        }
+    }
+    let total: f64 = cpu.iter().sum();
+    if total > 0.0 {
+        for (t, c) in timers.iter_mut().zip(&cpu) {
+            *t += wall * c / total;
+        }
+    }
+}
+
+/// One chunk's slices of a per-layer batch buffer (`per_image` values per image), one entry
+/// per chunk; an empty slice for every chunk when `per_image` is 0.
+fn split_chunks(buf: &mut [f32], per_image: usize, batch: usize) -> Vec<&mut [f32]> {
+    let chunks = batch.div_ceil(kernels::CONV_CHUNK);
+    if per_image == 0 {
+        return (0..chunks).map(|_| <&mut [f32]>::default()).collect();
+    }
+    buf[..batch * per_image]
+        .chunks_mut(kernels::CONV_CHUNK * per_image)
+        .collect()
+}
+
+/// Forward of the image segment `layers` (the model's first layers) over chunks of images.
+fn forward_segment(
+    layers: &[Layer],
+    out_lens: &[usize],
+    ws: &mut Workspace,
+    in0: usize,
+    batch: usize,
+) {
+    let t0 = Instant::now();
+    let seg = layers.len();
+    let chunks = batch.div_ceil(kernels::CONV_CHUNK);
+    let mut outs: Vec<Vec<&mut [f32]>> = (0..chunks).map(|_| Vec::new()).collect();
+    for (out, len) in ws.out.iter_mut().zip(out_lens).take(seg) {
+        for (c, s) in split_chunks(out, *len, batch).into_iter().enumerate() {
+            outs[c].push(s);
+        }
+    }
+    let xs: Vec<&[f32]> = ws.x[..batch * in0]
+        .chunks(kernels::CONV_CHUNK * in0)
+        .collect();
+    let (cols_len, _) = scratch_lens(layers, false);
+    ws.scratch.ensure_threads();
+    let scratch = &ws.scratch;
+    let secs: Vec<Vec<f64>> = outs
+        .par_iter_mut()
+        .zip(xs.par_iter())
+        .map(|(outs, x)| {
+            scratch.with(cols_len, |cols| {
+                let mut secs = vec![0.0f64; seg];
+                for (i, l) in layers.iter().enumerate() {
+                    let t = Instant::now();
+                    let (prev, cur) = outs.split_at_mut(i);
+                    let input: &[f32] = if i == 0 { x } else { &*prev[i - 1] };
+                    let out = &mut *cur[0];
+                    match l.kind {
+                        Kind::Conv {
+                            g, filters, act, ..
+                        } => kernels::conv_forward_chunk(
+                            &g,
+                            filters,
+                            act,
+                            &l.params[0].value,
+                            &l.params[1].value,
+                            input,
+                            cols,
+                            out,
+                        ),
+                        Kind::Pool { g } => kernels::maxpool_forward_chunk(&g, input, out),
+                        // `Model::image_segment` holds only convolutions and poolings.
+                        Kind::Flatten | Kind::Dense { .. } => {}
+                    }
+                    secs[i] += t.elapsed().as_secs_f64();
+                }
+                secs
+            })
+        })
+        .collect();
+    share_time(&mut ws.fwd_secs[..seg], t0.elapsed().as_secs_f64(), &secs);
+}
+
+/// Backward of the image segment `layers` over the same chunks as [`forward_segment`], from
+/// the gradient in `ws.dout[layers.len() - 1]`.
+fn backward_segment(
+    layers: &mut [Layer],
+    out_lens: &[usize],
+    ws: &mut Workspace,
+    in0: usize,
+    batch: usize,
+) {
+    let t0 = Instant::now();
+    let seg = layers.len();
+    let chunks = batch.div_ceil(kernels::CONV_CHUNK);
+    // Per-chunk partial weight and bias gradients of each convolution, in chunk order.
+    let mut parts: Vec<Vec<f32>> = layers
+        .iter()
+        .map(|l| match l.kind {
+            Kind::Conv { g, filters, .. } => vec![0.0f32; chunks * (g.kkc() * filters + filters)],
+            _ => Vec::new(),
+        })
+        .collect();
+    let mut part_slices: Vec<Vec<&mut [f32]>> = (0..chunks).map(|_| Vec::new()).collect();
+    let mut douts: Vec<Vec<&mut [f32]>> = (0..chunks).map(|_| Vec::new()).collect();
+    let mut ys: Vec<Vec<&[f32]>> = (0..chunks).map(|_| Vec::new()).collect();
+    for ((i, l), (dout, part)) in layers
+        .iter()
+        .enumerate()
+        .zip(ws.dout.iter_mut().zip(parts.iter_mut()))
+    {
+        let per_part = match l.kind {
+            Kind::Conv { g, filters, .. } => g.kkc() * filters + filters,
+            _ => 0,
+        };
+        let len = out_lens[i];
+        for (c, s) in split_chunks(dout, len, batch).into_iter().enumerate() {
+            douts[c].push(s);
+        }
+        for (yc, s) in ys
+            .iter_mut()
+            .zip(ws.out[i][..batch * len].chunks(kernels::CONV_CHUNK * len.max(1)))
+        {
+            yc.push(s);
+        }
+        if per_part == 0 {
+            for p in part_slices.iter_mut() {
+                p.push(<&mut [f32]>::default());
+            }
+        } else {
+            for (c, s) in part.chunks_mut(per_part).enumerate() {
+                part_slices[c].push(s);
+            }
+        }
+    }
+    let xs: Vec<&[f32]> = ws.x[..batch * in0]
+        .chunks(kernels::CONV_CHUNK * in0)
+        .collect();
+    let (cols_len, dcols_len) = scratch_lens(layers, ws.input_grad.is_some());
+    let mut in_grads: Vec<Option<&mut [f32]>> = match ws.input_grad.as_mut() {
+        Some(g) => g[..batch * in0]
+            .chunks_mut(kernels::CONV_CHUNK * in0)
+            .map(Some)
+            .collect(),
+        None => (0..chunks).map(|_| None).collect(),
+    };
+    ws.scratch.ensure_threads();
+    let scratch = &ws.scratch;
+    let layers_ro: &[Layer] = layers;
+    let secs: Vec<Vec<f64>> = douts
+        .par_iter_mut()
+        .zip(part_slices.par_iter_mut())
+        .zip(in_grads.par_iter_mut())
+        .enumerate()
+        .map(|(c, ((douts, parts), in_grad))| {
+            scratch.with(cols_len + dcols_len, |buf| {
+                let (cols, dcols) = buf.split_at_mut(cols_len);
+                let mut secs = vec![0.0f64; seg];
+                // Set when a pooling layer already multiplied its input gradient by the
+                // activation derivative of the convolution below it (fused).
+                let mut act_done = false;
+                for i in (0..seg).rev() {
+                    let t = Instant::now();
+                    let l = &layers_ro[i];
+                    let (dlow, dcur) = douts.split_at_mut(i);
+                    let dy = &mut *dcur[0];
+                    let dx: Option<&mut [f32]> = if i == 0 {
+                        in_grad.as_deref_mut()
+                    } else {
+                        Some(&mut *dlow[i - 1])
+                    };
+                    let input: &[f32] = if i == 0 { xs[c] } else { ys[c][i - 1] };
+                    let y = ys[c][i];
+                    match l.kind {
+                        Kind::Conv {
+                            g, filters, act, ..
+                        } => kernels::conv_backward_chunk(
+                            &g,
+                            filters,
+                            act,
+                            &l.params[0].value,
+                            input,
+                            y,
+                            dy,
+                            &mut *cols,
+                            &mut *parts[i],
+                            dx.map(|dx| (dx, &mut *dcols)),
+                            std::mem::take(&mut act_done),
+                        ),
+                        Kind::Pool { g } => {
+                            let below = match layers_ro.get(i.wrapping_sub(1)).map(|l| &l.kind) {
+                                Some(Kind::Conv { act, .. }) => Some(*act),
+                                _ => None,
+                            };
+                            if let Some(dx) = dx {
+                                kernels::maxpool_backward_chunk(&g, input, y, dy, below, dx);
+                                act_done = below.is_some();
+                            }
+                        }
+                        // `Model::image_segment` holds only convolutions and poolings.
+                        Kind::Flatten | Kind::Dense { .. } => {}
+                    }
+                    secs[i] += t.elapsed().as_secs_f64();
+                }
+                secs
+            })
+        })
+        .collect();
+    drop(part_slices);
+    for (l, part) in layers.iter_mut().zip(&parts) {
+        if let Kind::Conv { .. } = l.kind {
+            let (kp, bp) = l.params.split_at_mut(1);
+            kernels::sum_partials(part, &mut kp[0].grad, &mut bp[0].grad);
+        }
+    }
+    share_time(&mut ws.bwd_secs[..seg], t0.elapsed().as_secs_f64(), &secs);
 }

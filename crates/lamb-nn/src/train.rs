@@ -10,7 +10,7 @@ use lamb_optim::{Optimizer, ParamMut, StepOutcome, TensorTelemetry};
 use serde::{Deserialize, Serialize};
 
 use crate::kernels;
-use crate::{Model, NnError};
+use crate::{local_gradients, GradientAccumulator, Model, NnError};
 
 /// Loss and accuracy over a dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +244,64 @@ pub enum FitEvent<'a> {
     },
 }
 
+/// What the training loop needs from the processes a fit is spread over (data parallelism):
+/// this process's place among them and element-wise sums across them. Every process must make
+/// the same calls in the same order with buffers of the same length. [`OneProcess`] is the
+/// single-process case; `lamb-dist` supplies one over its communicators (MPI).
+pub trait Reducer {
+    /// The error of a failed reduction; engine errors convert into it.
+    type Error: From<NnError>;
+    /// This process's rank, `0..size()`.
+    fn rank(&self) -> usize;
+    /// Number of processes.
+    fn size(&self) -> usize;
+    /// Replaces `buf` on every process by the element-wise sum over all processes.
+    fn sum_f64(&mut self, buf: &mut [f64]) -> Result<(), Self::Error>;
+    /// Replaces `buf` on every process by the element-wise sum over all processes.
+    fn sum_f32(&mut self, buf: &mut [f32]) -> Result<(), Self::Error>;
+    /// The error for processes that disagree on what must be identical (data sizes, counts).
+    fn out_of_sync(&self, message: String) -> Self::Error {
+        NnError::DataMismatch(format!("processes out of sync: {message}")).into()
+    }
+}
+
+/// The [`Reducer`] of one process: rank 0 of 1, every sum is the identity.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OneProcess;
+
+impl Reducer for OneProcess {
+    type Error = NnError;
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn sum_f64(&mut self, _buf: &mut [f64]) -> Result<(), NnError> {
+        Ok(())
+    }
+    fn sum_f32(&mut self, _buf: &mut [f32]) -> Result<(), NnError> {
+        Ok(())
+    }
+}
+
+/// The slice of `global` (one global batch's indices) that `rank` of `size` computes:
+/// contiguous, sizes differing by at most one, empty when the batch has fewer samples than
+/// processes.
+pub fn shard(global: &[usize], rank: usize, size: usize) -> &[usize] {
+    let n = global.len();
+    let size = size.max(1);
+    let rank = rank.min(size - 1);
+    &global[rank * n / size..(rank + 1) * n / size]
+}
+
+/// This process's contiguous share of `data` (`None` when it has none).
+fn data_shard(data: &Dataset, rank: usize, size: usize) -> Option<Dataset> {
+    let all: Vec<usize> = (0..data.len()).collect();
+    let mine = shard(&all, rank, size);
+    (!mine.is_empty()).then(|| data.subset(mine))
+}
+
 fn check_data(model: &Model, data: &Dataset, what: &str) -> Result<(), NnError> {
     let [h, w, c] = model.input_shape;
     if (data.height, data.width, data.channels) != (h, w, c) {
@@ -364,7 +422,8 @@ impl Model {
     }
 
     /// Trains for `opts.epochs` epochs (from `opts.start`), validating on `val` at each epoch's
-    /// end, reporting through `on_event`. Returns the history of all completed epochs.
+    /// end, reporting through `on_event`. Returns the history of all completed epochs. The
+    /// single-process case of [`Model::fit_spread`].
     pub fn fit(
         &mut self,
         train: &Dataset,
@@ -373,12 +432,42 @@ impl Model {
         opt: &mut dyn Optimizer,
         on_event: &mut dyn FnMut(&FitEvent<'_>) -> Result<(), NnError>,
     ) -> Result<History, NnError> {
+        self.fit_spread(train, val, opts, &mut OneProcess, 1, opt, on_event)
+    }
+
+    /// [`Model::fit`] spread over the processes of `reduce`, each process's share of every
+    /// batch computed in `micro_batches` parts (gradient accumulation): same shuffle
+    /// (`epoch_permutation(opts.seed, epoch, n)`), same global batches, events, history and
+    /// resume semantics. Every process must call it with the same data and options and an
+    /// identical model and optimizer.
+    ///
+    /// Each step: the global batch of `b` samples is split into contiguous per-process shards
+    /// (sizes differ by at most one), each process leaves `sum_k (b_k / b) * grad_k` over its
+    /// micro-batches in the gradient buffers, the gradients are summed across processes, and
+    /// every process applies the same optimizer step, so weights stay identical and
+    /// per-tensor norms (LAMB's trust ratios) are global. Loss, accuracy and the stop flag are
+    /// summed too: events report global metrics on every process, and a stop seen by any
+    /// process stops all of them at the same step. Validation is sharded and summed. With one
+    /// process and one micro-batch no reduction arithmetic happens.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fit_spread<E: From<NnError>>(
+        &mut self,
+        train: &Dataset,
+        val: Option<&Dataset>,
+        opts: &FitOptions,
+        reduce: &mut dyn Reducer<Error = E>,
+        micro_batches: usize,
+        opt: &mut dyn Optimizer,
+        on_event: &mut dyn FnMut(&FitEvent<'_>) -> Result<(), NnError>,
+    ) -> Result<History, E> {
         check_data(self, train, "training")?;
         if let Some(v) = val {
             check_data(self, v, "validation")?;
         }
         positive("batch_size", opts.batch_size)?;
         positive("val_batch_size", opts.val_batch_size)?;
+        positive("accumulate", micro_batches)?;
+        let (rank, size) = (reduce.rank(), reduce.size());
         let n = train.len();
         let bs = opts.batch_size;
         let steps = n.div_ceil(bs);
@@ -391,24 +480,90 @@ impl Model {
                     "a step of at most {steps} in an epoch below {}",
                     opts.epochs
                 ),
-            });
+            }
+            .into());
         }
-        let in_len = self.in_len();
-        self.ensure_backward(bs);
+        let val_len = val.map_or(0, |v| v.len());
+        let mut val_shard = None;
+        let mut acc = None;
+        if size > 1 {
+            // Every process must see the same data: compare sizes (cheap) before the first
+            // collective that would otherwise hang or mix up shards.
+            let mut sizes = [n as f64, val_len as f64];
+            reduce.sum_f64(&mut sizes)?;
+            if sizes != [(n * size) as f64, (val_len * size) as f64] {
+                return Err(reduce.out_of_sync(format!(
+                    "ranks have different data sets (rank {rank}: {n} training, {val_len} validation images)"
+                )));
+            }
+            val_shard = val.and_then(|v| data_shard(v, rank, size));
+        }
+        if size > 1 || micro_batches > 1 {
+            acc = Some(GradientAccumulator::new(self));
+        }
+        let stopped = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
         while p.epoch < opts.epochs {
             let e = p.epoch;
             let order = epoch_permutation(opts.seed, e as u64, n);
             while p.step < steps {
-                if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                if size == 1 && stopped() {
                     on_event(&FitEvent::Stopped { progress: &p })?;
                     return Ok(p.history);
                 }
                 let s = p.step;
                 let t = Instant::now();
-                let idx = &order[s * bs..((s + 1) * bs).min(n)];
-                let b = idx.len();
-                train.fill_batch(idx, &mut self.ws.x[..b * in_len], &mut self.ws.y[..b]);
-                let m = self.step_inner(b, opt, e + 1, s + 1)?;
+                let global = &order[s * bs..((s + 1) * bs).min(n)];
+                let b = global.len();
+                let mine = shard(global, rank, size);
+                let mut m = match acc.as_mut() {
+                    None => self.compute_gradients_on(train, mine)?,
+                    Some(acc) => local_gradients(self, train, mine, b, micro_batches, acc)?,
+                };
+                if size > 1 {
+                    // Metrics and the stop flag first (small), so that every process agrees
+                    // on stopping or failing before the large sum.
+                    let mut sums = [
+                        m.loss_sum,
+                        m.correct as f64,
+                        m.count as f64,
+                        f64::from(u8::from(stopped())),
+                    ];
+                    reduce.sum_f64(&mut sums)?;
+                    m = StepMetrics {
+                        loss_sum: sums[0],
+                        correct: sums[1] as usize,
+                        count: sums[2] as usize,
+                        applied: false,
+                    };
+                    if sums[3] > 0.0 {
+                        on_event(&FitEvent::Stopped { progress: &p })?;
+                        return Ok(p.history);
+                    }
+                    if m.count != b {
+                        return Err(reduce.out_of_sync(format!(
+                            "epoch {} step {}: ranks computed {} samples of a global batch of {b}",
+                            e + 1,
+                            s + 1,
+                            m.count
+                        )));
+                    }
+                }
+                if !m.loss_sum.is_finite() {
+                    return Err(NnError::NonFiniteLoss {
+                        epoch: e + 1,
+                        step: s + 1,
+                        value: m.loss_sum / b as f64,
+                    }
+                    .into());
+                }
+                if let (true, Some(acc)) = (size > 1, acc.as_mut()) {
+                    // The model holds this process's weighted share; sum the shares.
+                    self.flat_gradients_into(acc.as_mut_slice())?;
+                    reduce.sum_f32(acc.as_mut_slice())?;
+                    acc.write_into(self)?;
+                }
+                let outcome = self.apply_gradients(opt, e + 1, s + 1)?;
+                m.applied = outcome == StepOutcome::Applied;
                 p.train_seconds += t.elapsed().as_secs_f64();
                 p.loss_sum += m.loss_sum;
                 p.correct += m.correct as u64;
@@ -429,7 +584,13 @@ impl Model {
             }
             let t = Instant::now();
             let ev = match val {
-                Some(v) => Some(self.evaluate(v, opts.val_batch_size)?),
+                Some(v) if size == 1 => Some(self.evaluate(v, opts.val_batch_size)?),
+                Some(v) => Some(self.evaluate_shard(
+                    val_shard.as_ref(),
+                    v.len(),
+                    opts.val_batch_size,
+                    reduce,
+                )?),
                 None => None,
             };
             let val_seconds = t.elapsed().as_secs_f64();
@@ -455,6 +616,62 @@ impl Model {
             })?;
         }
         Ok(p.history)
+    }
+
+    /// Loss and accuracy over `data` spread over the processes of `reduce`: each evaluates its
+    /// contiguous share (forward only, batches of `batch_size`) and the sums are reduced, so
+    /// every process gets the same result. Every process must call it with the same data.
+    pub fn evaluate_spread<E: From<NnError>>(
+        &mut self,
+        data: &Dataset,
+        batch_size: usize,
+        reduce: &mut dyn Reducer<Error = E>,
+    ) -> Result<Evaluation, E> {
+        if reduce.size() == 1 {
+            return Ok(self.evaluate(data, batch_size)?);
+        }
+        let local = data_shard(data, reduce.rank(), reduce.size());
+        self.evaluate_shard(local.as_ref(), data.len(), batch_size, reduce)
+    }
+
+    /// Evaluates this process's share `local` of a data set of `total` samples and sums the
+    /// results over the processes.
+    fn evaluate_shard<E: From<NnError>>(
+        &mut self,
+        local: Option<&Dataset>,
+        total: usize,
+        batch_size: usize,
+        reduce: &mut dyn Reducer<Error = E>,
+    ) -> Result<Evaluation, E> {
+        let mut sums = [0.0f64; 3];
+        let mut err = None;
+        if let Some(d) = local {
+            match self.evaluate(d, batch_size) {
+                Ok(e) => sums = [e.loss * e.count as f64, e.correct as f64, e.count as f64],
+                // Keep the collective calls in step: report after the sum.
+                Err(e) => {
+                    sums = [f64::NAN, 0.0, 0.0];
+                    err = Some(e);
+                }
+            }
+        }
+        reduce.sum_f64(&mut sums)?;
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        if sums[2] as usize != total {
+            return Err(reduce.out_of_sync(format!(
+                "evaluation covered {} samples over {} ranks, the data set has {total}",
+                sums[2],
+                reduce.size()
+            )));
+        }
+        Ok(Evaluation {
+            loss: sums[0] / total as f64,
+            accuracy: sums[1] / total as f64,
+            correct: sums[1] as usize,
+            count: total,
+        })
     }
 
     /// Runs the forward pass over `data` in batches of `batch_size`, calling `each` with the
@@ -560,4 +777,134 @@ pub fn confusion_matrix(pred: &[u8], truth: &[u8], classes: usize) -> Vec<Vec<u6
         }
     }
     m
+}
+
+#[cfg(test)]
+mod loop_tests {
+    use super::*;
+    use crate::{Activation, Padding, Sequential};
+    use lamb_optim::{Lamb, LambConfig};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn data(n: usize, seed: u64) -> Dataset {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut images = vec![0u8; n * 8 * 8 * 3];
+        rng.fill(&mut images[..]);
+        let labels = images.chunks(192).map(|im| im[0] % 4).collect();
+        Dataset {
+            images,
+            labels,
+            height: 8,
+            width: 8,
+            channels: 3,
+            class_names: (0..4).map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn model() -> Model {
+        Sequential::new([8, 8, 3])
+            .conv2d(4, 3, 1, Padding::Same, Activation::Relu)
+            .max_pool2d(2)
+            .flatten()
+            .dense(4, Activation::Softmax)
+            .build(5)
+            .unwrap()
+    }
+
+    fn lamb() -> Lamb {
+        Lamb::new(LambConfig {
+            learning_rate: 1e-2,
+            ..LambConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn bits(m: &Model) -> Vec<u32> {
+        m.flat_params().iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// `fit` (the single-process case of `fit_spread`) is, bit for bit, a loop of plain
+    /// training steps (forward, loss, backward, optimizer step) over the shuffled batches.
+    #[test]
+    fn fit_is_a_loop_of_plain_training_steps() {
+        let train = data(70, 1);
+        let (bs, epochs, seed) = (16, 2, 9);
+        let mut fitted = model();
+        let mut opt = lamb();
+        let mut losses = Vec::new();
+        fitted
+            .fit(
+                &train,
+                None,
+                &FitOptions::new(bs, epochs, seed),
+                &mut opt,
+                &mut |ev| {
+                    if let FitEvent::Step { metrics, .. } = ev {
+                        losses.push(metrics.loss_sum.to_bits());
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+        let mut stepped = model();
+        let mut opt2 = lamb();
+        let mut losses2 = Vec::new();
+        let in_len = train.image_len();
+        for e in 0..epochs {
+            for idx in epoch_permutation(seed, e as u64, train.len()).chunks(bs) {
+                let mut x = vec![0.0f32; idx.len() * in_len];
+                let mut y = vec![0u8; idx.len()];
+                train.fill_batch(idx, &mut x, &mut y);
+                let m = stepped.train_step(&x, &y, &mut opt2).unwrap();
+                losses2.push(m.loss_sum.to_bits());
+            }
+        }
+        assert_eq!(losses.len(), 10);
+        assert_eq!(losses, losses2);
+        assert_eq!(bits(&fitted), bits(&stepped));
+        assert_ne!(bits(&fitted), bits(&model()), "training changed nothing");
+    }
+
+    /// One process with micro-batches: the gradient of the mean over the batch, as one batch
+    /// (up to float summation order).
+    #[test]
+    fn fit_spread_with_micro_batches_matches_one_batch() {
+        let train = data(64, 2);
+        let opts = FitOptions::new(32, 2, 3);
+        let run = |parts: usize| {
+            let mut m = model();
+            let mut opt = lamb();
+            m.fit_spread(
+                &train,
+                None,
+                &opts,
+                &mut OneProcess,
+                parts,
+                &mut opt,
+                &mut |_| Ok(()),
+            )
+            .unwrap();
+            m.flat_params()
+        };
+        let (one, three) = (run(1), run(3));
+        let d = one
+            .iter()
+            .zip(&three)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d <= 1e-5, "max |w diff| {d}");
+        let e = model()
+            .fit_spread(
+                &train,
+                None,
+                &opts,
+                &mut OneProcess,
+                0,
+                &mut lamb(),
+                &mut |_| Ok(()),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("accumulate"), "{e}");
+    }
 }

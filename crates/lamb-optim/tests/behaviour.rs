@@ -572,10 +572,12 @@ fn zero_learning_rate_changes_nothing() {
 
 #[test]
 fn unchecked_policy_gives_bit_identical_steps_and_propagates_non_finite_values() {
-    for spec in all_specs()
-        .into_iter()
-        .filter(|s| matches!(s.kind, Some(OptimizerKind::Lamb | OptimizerKind::Adam | OptimizerKind::Adamw)))
-    {
+    for spec in all_specs().into_iter().filter(|s| {
+        matches!(
+            s.kind,
+            Some(OptimizerKind::Lamb | OptimizerKind::Adam | OptimizerKind::Adamw)
+        )
+    }) {
         let mut checked = build(&spec).unwrap();
         let mut fast = build(&OptimizerSpec {
             non_finite: Some(NonFinitePolicy::Unchecked),

@@ -48,6 +48,81 @@ impl fmt::Display for OptimizerKind {
     }
 }
 
+/// Shape of the learning rate over training (the peak is `lr`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// `lr` throughout (after any warmup): the classic experiment.
+    #[default]
+    Constant,
+    /// Linear warmup, then polynomial decay to 0 at the last step (the LAMB paper's recipe).
+    Poly,
+    /// Linear warmup, then half-cosine decay to 0 at the last step.
+    Cosine,
+}
+
+impl ScheduleKind {
+    /// `constant`, `poly` or `cosine`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Constant => "constant",
+            Self::Poly => "poly",
+            Self::Cosine => "cosine",
+        }
+    }
+}
+
+/// The learning-rate schedule of a run, in epochs (converted to steps once the training-set
+/// size is known).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScheduleConfig {
+    /// Decay shape after warmup.
+    pub kind: ScheduleKind,
+    /// Linear warmup length in epochs (fractions allowed; 0: none).
+    pub warmup_epochs: f64,
+    /// Exponent of the polynomial decay (1: linear).
+    pub power: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Constant,
+            warmup_epochs: 0.0,
+            power: 1.0,
+        }
+    }
+}
+
+impl ScheduleConfig {
+    /// Whether the rate depends on the total number of epochs (then `epochs` is part of what
+    /// decides the numbers, and cannot change on resume).
+    pub fn depends_on_length(&self) -> bool {
+        self.kind != ScheduleKind::Constant
+    }
+
+    /// The library schedule for `steps_per_epoch` steps per epoch and `epochs` epochs.
+    pub fn in_steps(&self, steps_per_epoch: usize, epochs: usize) -> lamb_optim::Schedule {
+        let warmup_steps = (self.warmup_epochs * steps_per_epoch as f64).round() as u64;
+        let total_steps = ((steps_per_epoch * epochs) as u64).max(warmup_steps + 1);
+        match self.kind {
+            ScheduleKind::Constant if warmup_steps == 0 => lamb_optim::Schedule::Constant,
+            ScheduleKind::Constant => lamb_optim::Schedule::LinearWarmup { warmup_steps },
+            ScheduleKind::Poly => lamb_optim::Schedule::PolynomialDecay {
+                warmup_steps,
+                total_steps,
+                power: self.power,
+                end_learning_rate: 0.0,
+            },
+            ScheduleKind::Cosine => lamb_optim::Schedule::Cosine {
+                warmup_steps,
+                total_steps,
+                min_learning_rate: 0.0,
+            },
+        }
+    }
+}
+
 /// Hidden-layer activation of the classic CNN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -148,12 +223,33 @@ pub struct Settings {
     /// Momentum for lars and sgd [default: the preset's: 0.9 lars, 0 sgd].
     #[arg(long)]
     pub momentum: Option<f64>,
+    /// Learning-rate schedule: constant, poly (warmup + polynomial decay to 0, the LAMB
+    /// paper's recipe) or cosine [default: constant].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Linear warmup in epochs, fractions allowed [default: 0].
+    #[arg(long, value_name = "EPOCHS")]
+    #[serde(alias = "warmup_epochs")]
+    pub warmup_epochs: Option<f64>,
+    /// Exponent of the poly schedule's decay [default: 1, linear].
+    #[arg(long)]
+    #[serde(alias = "decay_power")]
+    pub decay_power: Option<f64>,
     /// Hidden-layer activation of the CNN [default: relu].
     #[arg(long, value_enum)]
     pub activation: Option<ActivationKind>,
-    /// Worker threads for the engine [default: all cores].
+    /// Worker threads for the engine [default: all cores]; with --workers, threads per rank.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Data-parallel ranks: N > 1 starts N processes under `mpirun` (build with
+    /// `--features mpi`); rank 0 writes the run directory [default: 1, or the world size when
+    /// started by `mpirun`].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Micro-batches per rank and step (gradient accumulation; the global batch is unchanged,
+    /// shards need not divide evenly) [default: 1].
+    #[arg(long, value_name = "K")]
+    pub accumulate: Option<usize>,
     /// Developer option: train on N training images spread evenly over the split.
     #[arg(long, hide = true, value_name = "N")]
     #[serde(alias = "limit_train")]
@@ -210,8 +306,13 @@ impl Settings {
             epsilon,
             weight_decay,
             momentum,
+            schedule,
+            warmup_epochs,
+            decay_power,
             activation,
             threads,
+            workers,
+            accumulate,
             limit_train,
             limit_test
         )
@@ -244,8 +345,11 @@ impl Settings {
                 weight_decay: self.weight_decay.unwrap_or(0.0),
                 momentum: self.momentum,
             },
+            schedule: ScheduleConfig::default(),
             activation: ActivationKind::Relu,
             threads: None,
+            workers: 1,
+            accumulate: 1,
             limit_train: None,
             limit_test: None,
             quiet: false,
@@ -272,8 +376,15 @@ impl Settings {
             optimizer,
             preset: self.preset.clone(),
             hyper,
+            schedule: ScheduleConfig {
+                kind: self.schedule.unwrap_or_default(),
+                warmup_epochs: self.warmup_epochs.unwrap_or(0.0),
+                power: self.decay_power.unwrap_or(1.0),
+            },
             activation: self.activation.unwrap_or(ActivationKind::Relu),
             threads: self.threads,
+            workers: self.workers.unwrap_or(1),
+            accumulate: self.accumulate.unwrap_or(1),
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             quiet: self.quiet,
@@ -303,10 +414,16 @@ pub struct RunConfig {
     pub preset: Option<String>,
     /// Optimizer hyperparameters.
     pub hyper: Hyper,
+    /// Learning-rate schedule.
+    pub schedule: ScheduleConfig,
     /// Hidden activation.
     pub activation: ActivationKind,
-    /// Engine threads (`None`: all cores).
+    /// Engine threads (`None`: all cores); per rank with several workers.
     pub threads: Option<usize>,
+    /// Data-parallel ranks (1: one process).
+    pub workers: usize,
+    /// Micro-batches per rank and step (gradient accumulation; 1: none).
+    pub accumulate: usize,
     /// Use only N training images (spread evenly).
     pub limit_train: Option<usize>,
     /// Use only N test images (spread evenly).
@@ -333,6 +450,28 @@ impl RunConfig {
             if t == 0 || t > 1024 {
                 bail!("`threads` = {t}: must be between 1 and 1024");
             }
+        }
+        if self.workers == 0 || self.workers > 1024 {
+            bail!("`workers` = {}: must be between 1 and 1024", self.workers);
+        }
+        if self.accumulate == 0 || self.accumulate > 100_000 {
+            bail!(
+                "`accumulate` = {}: must be between 1 and 100000",
+                self.accumulate
+            );
+        }
+        // Shards and micro-batches need not divide the batch evenly (sizes differ by at most
+        // one image and each is weighted by its size), but each needs at least one image.
+        if self.workers * self.accumulate > self.batch_size {
+            bail!(
+                "`batch-size` = {} is smaller than `workers` x `accumulate` = {} x {} = {}: each \
+                 rank's micro-batch needs at least one image; raise --batch-size or lower \
+                 --workers/--accumulate (the batch need not divide evenly)",
+                self.batch_size,
+                self.workers,
+                self.accumulate,
+                self.workers * self.accumulate
+            );
         }
         for (k, v) in [
             ("limit-train", self.limit_train),
@@ -369,6 +508,31 @@ impl RunConfig {
                 bail!("`momentum` = {m}: must be in [0, 1)");
             }
         }
+        let sc = &self.schedule;
+        if !(sc.warmup_epochs.is_finite() && sc.warmup_epochs >= 0.0) {
+            bail!(
+                "`warmup-epochs` = {}: must be a finite number >= 0",
+                sc.warmup_epochs
+            );
+        }
+        if sc.depends_on_length() && sc.warmup_epochs >= self.epochs as f64 {
+            bail!(
+                "`warmup-epochs` = {}: must be less than `epochs` ({}) with the {} schedule",
+                sc.warmup_epochs,
+                self.epochs,
+                sc.kind.as_str()
+            );
+        }
+        if !(sc.power.is_finite() && sc.power > 0.0 && sc.power <= 100.0) {
+            bail!("`decay-power` = {}: must be in (0, 100]", sc.power);
+        }
+        if sc.kind != ScheduleKind::Poly && sc.power != 1.0 {
+            bail!(
+                "`decay-power` = {}: applies only to `--schedule poly` (the schedule is {})",
+                sc.power,
+                sc.kind.as_str()
+            );
+        }
         if self.quiet && self.json {
             bail!("`quiet` and `json` exclude each other: choose one");
         }
@@ -391,8 +555,13 @@ impl RunConfig {
             epsilon: self.hyper.epsilon,
             weight_decay: Some(self.hyper.weight_decay),
             momentum: self.hyper.momentum,
+            schedule: Some(self.schedule.kind),
+            warmup_epochs: Some(self.schedule.warmup_epochs),
+            decay_power: (self.schedule.kind == ScheduleKind::Poly).then_some(self.schedule.power),
             activation: Some(self.activation),
             threads: self.threads,
+            workers: Some(self.workers),
+            accumulate: Some(self.accumulate),
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             quiet: false,
@@ -414,8 +583,16 @@ impl RunConfig {
         let mut s = self.to_settings();
         s.out = None;
         s.data = None;
-        s.epochs = None;
+        if !self.schedule.depends_on_length() {
+            s.epochs = None;
+        }
+        if self.schedule == ScheduleConfig::default() {
+            // Keys of runs without a schedule stay as they were before schedules existed.
+            (s.schedule, s.warmup_epochs) = (None, None);
+        }
         s.threads = None;
+        s.workers = None;
+        s.accumulate = None;
         toml::to_string(&s).unwrap_or_default()
     }
 }
@@ -546,6 +723,113 @@ mod tests {
             .resolve("train")
             .unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn workers_and_accumulate_are_checked_recorded_and_not_in_the_key() {
+        for (toml, needle) in [
+            ("workers = 0", "workers"),
+            ("workers = 5000", "workers"),
+            ("accumulate = 0", "accumulate"),
+            ("batch-size = 10\nworkers = 4\naccumulate = 3", "4 x 3 = 12"),
+        ] {
+            let s = Settings::from_toml(toml, "t").unwrap();
+            let e = s.resolve("train").unwrap_err().to_string();
+            assert!(e.contains(needle), "{toml}: {e}");
+        }
+        let one = Settings::default().resolve("train").unwrap();
+        assert_eq!((one.workers, one.accumulate), (1, 1));
+        let s = Settings::from_toml("batch-size = 10\nworkers = 3\naccumulate = 3", "t").unwrap();
+        let par = s.resolve("train").unwrap();
+        assert_eq!((par.workers, par.accumulate), (3, 3));
+        let text = par.to_toml().unwrap();
+        assert!(text.contains("workers = 3") && text.contains("accumulate = 3"));
+        let mut seq = par.clone();
+        (seq.workers, seq.accumulate) = (1, 1);
+        assert_eq!(seq.training_key(), par.training_key());
+    }
+
+    #[test]
+    fn schedules_turn_epochs_into_steps() {
+        let poly = ScheduleConfig {
+            kind: ScheduleKind::Poly,
+            warmup_epochs: 1.5,
+            power: 2.0,
+        };
+        assert_eq!(
+            poly.in_steps(10, 6),
+            lamb_optim::Schedule::PolynomialDecay {
+                warmup_steps: 15,
+                total_steps: 60,
+                power: 2.0,
+                end_learning_rate: 0.0,
+            }
+        );
+        let warm = ScheduleConfig {
+            warmup_epochs: 0.5,
+            ..Default::default()
+        };
+        assert_eq!(
+            warm.in_steps(10, 6),
+            lamb_optim::Schedule::LinearWarmup { warmup_steps: 5 }
+        );
+        assert_eq!(
+            ScheduleConfig::default().in_steps(10, 6),
+            lamb_optim::Schedule::Constant
+        );
+    }
+
+    #[test]
+    fn schedule_flags_are_checked_and_decaying_ones_key_the_epochs() {
+        let base = || Settings {
+            schedule: Some(ScheduleKind::Poly),
+            epochs: Some(4),
+            ..Default::default()
+        };
+        let cfg = base().resolve("train").unwrap();
+        assert_eq!(cfg.schedule.power, 1.0);
+        let mut longer = cfg.clone();
+        longer.epochs = 5;
+        assert_ne!(cfg.training_key(), longer.training_key());
+        let constant = Settings::default().resolve("train").unwrap();
+        let mut c5 = constant.clone();
+        c5.epochs = 5;
+        assert_eq!(constant.training_key(), c5.training_key());
+        assert!(!constant.training_key().contains("schedule"));
+        for (s, key) in [
+            (
+                Settings {
+                    warmup_epochs: Some(4.0),
+                    ..base()
+                },
+                "warmup-epochs",
+            ),
+            (
+                Settings {
+                    warmup_epochs: Some(f64::NAN),
+                    ..base()
+                },
+                "warmup-epochs",
+            ),
+            (
+                Settings {
+                    decay_power: Some(0.0),
+                    ..base()
+                },
+                "decay-power",
+            ),
+            (
+                Settings {
+                    schedule: Some(ScheduleKind::Cosine),
+                    decay_power: Some(2.0),
+                    ..base()
+                },
+                "decay-power",
+            ),
+        ] {
+            let e = s.resolve("train").unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@ mod plots;
 mod progress;
 mod report;
 mod run;
+mod sweep;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -19,9 +21,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use lamb_dist::Communicator;
 
 use crate::compare::{CompareFile, CompareSettings};
-use crate::config::{ActivationKind, Settings};
+use crate::config::{ActivationKind, RunConfig, Settings};
 use crate::run::RunEnd;
 
 /// Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
@@ -42,7 +45,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train one run (the classic CNN) and write its run directory.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Test accuracy and loss of saved weights (ours or Keras-trained safetensors).
     Evaluate(EvaluateArgs),
     /// The classic pair: LAMB + ReLU vs Adam + SELU, with a report.
@@ -52,6 +55,8 @@ enum Command {
     Data(DataCommand),
     /// Speed of the engine (seconds per epoch, per-layer times) on synthetic data.
     Bench(BenchArgs),
+    /// The batch-size study: optimizers x batch sizes x learning rates, with a table and plots.
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Args, Debug)]
@@ -194,6 +199,10 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
         .context("installing the Ctrl-C handler")?;
         signal_hook::flag::register(sig, stop.clone()).context("installing the Ctrl-C handler")?;
     }
+    // `lamb train --workers N` (and `kill -USR1 <mpirun>`) stops the ranks gracefully with
+    // SIGUSR1, which mpirun forwards to every rank.
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, stop.clone())
+        .context("installing the SIGUSR1 handler")?;
     Ok(stop)
 }
 
@@ -220,19 +229,34 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
         ("weight-decay", flags.weight_decay.is_some()),
         ("momentum", flags.momentum.is_some()),
         ("activation", flags.activation.is_some()),
+        ("schedule", flags.schedule.is_some()),
+        ("warmup-epochs", flags.warmup_epochs.is_some()),
+        ("decay-power", flags.decay_power.is_some()),
         ("limit-train", flags.limit_train.is_some()),
         ("limit-test", flags.limit_test.is_some()),
     ];
     if let Some((k, _)) = fixed.iter().find(|(_, set)| *set) {
         bail!(
-            "--{k} cannot change when resuming (the run continues with {}); only --epochs, --data, --threads, --quiet and --json may be given",
+            "--{k} cannot change when resuming (the run continues with {}); only --epochs, --data, --threads, --workers, --accumulate, --quiet and --json may be given",
             path.display()
+        );
+    }
+    let decays = recorded
+        .schedule
+        .is_some_and(|k| k != crate::config::ScheduleKind::Constant);
+    if decays && flags.epochs.is_some_and(|e| Some(e) != recorded.epochs) {
+        bail!(
+            "--epochs cannot change when resuming {}: its learning rate decays to 0 at the last epoch ({} epochs), so a new length would change the schedule",
+            path.display(),
+            recorded.epochs.map_or("?".to_string(), |e| e.to_string())
         );
     }
     let mut s = recorded.overridden_by(&Settings {
         epochs: flags.epochs,
         data: flags.data.clone(),
         threads: flags.threads,
+        workers: flags.workers,
+        accumulate: flags.accumulate,
         quiet: flags.quiet,
         json: flags.json,
         ..Default::default()
@@ -241,20 +265,99 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
     Ok(s)
 }
 
+/// `lamb train --workers N` outside `mpirun`: runs this same command as N ranks under `mpirun`
+/// (without `--workers`) and waits for them. Ctrl-C stops the ranks gracefully (SIGUSR1 through
+/// mpirun: they checkpoint); a second Ctrl-C ends them at once.
+fn launch_workers(a: &TrainArgs, cfg: &RunConfig) -> Result<ExitCode> {
+    let n = cfg.workers;
+    if !lamb_dist::MPI_ENABLED {
+        bail!(
+            "--workers {n} needs MPI, which this build of lamb lacks: rebuild it with \
+             `cargo build --release -p lamb --features mpi` (needs Open MPI and libclang, e.g. \
+             apt-get install libopenmpi-dev openmpi-bin libclang-dev), or train in one process \
+             with --workers 1"
+        );
+    }
+    if a.resume.is_none() && run::holds_run(&cfg.out) {
+        bail!(
+            "{} already holds a run; continue it with `lamb train --resume {}` or choose another --out",
+            cfg.out.display(),
+            cfg.out.display()
+        );
+    }
+    let all: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut args = lamb_dist::strip_option(&all, "--workers");
+    if a.resume.is_none() && a.settings.out.is_none() {
+        // The default directory name holds the time: give every rank the same one.
+        args.push("--out".into());
+        args.push(cfg.out.clone().into_os_string());
+    }
+    let mut launch = lamb_dist::Launch::new(n);
+    launch.threads_per_worker = cfg.threads;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing the Ctrl-C handler")?;
+    }
+    let status = launch.run_current_exe(&args, Some(&stop))?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
+}
+
 fn cmd_train(a: &TrainArgs) -> Result<ExitCode> {
     let settings = match (&a.resume, &a.config) {
         (Some(dir), _) => resume_settings(dir, &a.settings)?,
         (None, Some(file)) => Settings::from_file(file)?.overridden_by(&a.settings),
         (None, None) => a.settings.clone(),
     };
-    let cfg = settings.resolve("train")?;
+    let mut cfg = settings.resolve("train")?;
+    let launched = lamb_dist::launched_by_mpirun();
+    if cfg.workers > 1 && !launched {
+        return launch_workers(a, &cfg);
+    }
+    let mut comm = lamb_dist::communicator_from_env(false)?;
+    if launched {
+        if let Some(w) = a.settings.workers.filter(|&w| w != comm.size()) {
+            bail!(
+                "--workers {w} differs from the {} rank(s) the MPI launcher started: start \
+                 `mpirun -np {w} lamb train ...` or leave --workers out",
+                comm.size()
+            );
+        }
+        cfg.workers = comm.size();
+        cfg.validate()?;
+    }
+    let result = train_ranks(a, &cfg, comm.as_mut());
+    match result {
+        Err(e) if comm.size() > 1 && run::is_start_failure(&e) && comm.rank() > 0 => {
+            // Rank 0 prints why.
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) if comm.size() > 1 && !run::is_start_failure(&e) => {
+            // Only this rank failed: the others would wait for it forever.
+            eprintln!("error (rank {} of {}): {e:#}", comm.rank(), comm.size());
+            comm.abort(1);
+            Err(e)
+        }
+        other => other,
+    }
+}
+
+/// `lamb train` on this rank of `comm` (the only one in a single process).
+fn train_ranks(a: &TrainArgs, cfg: &RunConfig, comm: &mut dyn Communicator) -> Result<ExitCode> {
     set_threads(cfg.threads)?;
     let stop = stop_flag()?;
     let data = run::load_data(cfg.data.as_deref(), cfg.limit_train, cfg.limit_test)?;
-    let r = run::train(&cfg, &data, a.resume.is_some(), "", stop)?;
+    let r = run::train_with(cfg, &data, a.resume.is_some(), "", stop, comm)?;
+    if comm.rank() > 0 {
+        return Ok(match r.end {
+            RunEnd::Completed => ExitCode::SUCCESS,
+            RunEnd::Interrupted { .. } => ExitCode::from(EXIT_INTERRUPTED),
+        });
+    }
     match r.end {
         RunEnd::Completed => {
-            let name = run::display_name(&cfg);
+            let name = run::display_name(cfg);
             if cfg.json {
                 let s = report::RunStats::from_history(&r.history);
                 println!(
@@ -429,6 +532,12 @@ fn cmd_bench(a: &BenchArgs) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`lamb sweep --dry-run | head`) as Unix tools do, instead of
+    // panicking in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Train(a) => cmd_train(a),
@@ -436,6 +545,13 @@ fn main() -> ExitCode {
         Command::Compare(a) => cmd_compare(a),
         Command::Data(c) => cmd_data(c),
         Command::Bench(a) => cmd_bench(a),
+        Command::Sweep(a) => sweep::run(a).map(|done| {
+            if done {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_INTERRUPTED)
+            }
+        }),
     };
     match result {
         Ok(code) => code,

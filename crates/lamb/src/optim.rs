@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Result};
 use lamb_optim::{NonFinitePolicy, Optimizer, OptimizerSpec};
 
-use crate::config::{Hyper, OptimizerKind};
+use crate::config::{Hyper, OptimizerKind, RunConfig};
 
 /// Hyperparameters as the user gave them (`None`: the preset's default).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -119,8 +119,26 @@ pub fn effective(kind: OptimizerKind, preset: Option<&str>, g: &Given) -> Result
     })
 }
 
-/// Builds the optimizer of a resolved configuration.
+/// Builds the optimizer of a run with `train_len` training images (which, with the batch size
+/// and epochs, turns the schedule's epochs into steps).
+pub fn build_for_run(cfg: &RunConfig, train_len: usize) -> Result<Box<dyn Optimizer>> {
+    let steps_per_epoch = train_len.div_ceil(cfg.batch_size).max(1);
+    let schedule = cfg.schedule.in_steps(steps_per_epoch, cfg.epochs);
+    build_scheduled(cfg.optimizer, cfg.preset.as_deref(), &cfg.hyper, schedule)
+}
+
+/// Builds the optimizer of a resolved configuration (constant learning rate).
+#[cfg(test)]
 pub fn build(kind: OptimizerKind, preset: Option<&str>, h: &Hyper) -> Result<Box<dyn Optimizer>> {
+    build_scheduled(kind, preset, h, lamb_optim::Schedule::Constant)
+}
+
+fn build_scheduled(
+    kind: OptimizerKind,
+    preset: Option<&str>,
+    h: &Hyper,
+    schedule: lamb_optim::Schedule,
+) -> Result<Box<dyn Optimizer>> {
     let g = Given {
         lr: Some(h.lr),
         beta1: h.beta1,
@@ -129,7 +147,9 @@ pub fn build(kind: OptimizerKind, preset: Option<&str>, h: &Hyper) -> Result<Box
         weight_decay: Some(h.weight_decay),
         momentum: h.momentum,
     };
-    lamb_optim::build(&spec(kind, preset, &g)?).map_err(|e| anyhow!("{e}"))
+    let mut s = spec(kind, preset, &g)?;
+    s.schedule = Some(schedule);
+    lamb_optim::build(&s).map_err(|e| anyhow!("{e}"))
 }
 
 #[cfg(test)]

@@ -47,6 +47,8 @@ pub struct Chart {
     pub log_y: bool,
     /// Legend in the upper right corner (falling curves) instead of the lower right.
     pub legend_top: bool,
+    /// Logarithmic x axis (batch sizes); ticks are labelled with the values themselves.
+    pub log_x: bool,
 }
 
 const SIZE: (u32, u32) = (900, 600);
@@ -107,8 +109,18 @@ pub fn write_chart(stem: &Path, chart: &Chart) -> Result<(PathBuf, PathBuf)> {
 fn plotted_points(chart: &Chart, s: &Series) -> Vec<(f64, f64)> {
     s.points
         .iter()
-        .filter(|(x, y)| x.is_finite() && y.is_finite() && (!chart.log_y || *y > 0.0))
-        .map(|&(x, y)| (x, if chart.log_y { y.log10() } else { y }))
+        .filter(|(x, y)| {
+            x.is_finite()
+                && y.is_finite()
+                && (!chart.log_y || *y > 0.0)
+                && (!chart.log_x || *x > 0.0)
+        })
+        .map(|&(x, y)| {
+            (
+                if chart.log_x { x.log10() } else { x },
+                if chart.log_y { y.log10() } else { y },
+            )
+        })
         .collect()
 }
 
@@ -168,6 +180,14 @@ where
     root.fill(&WHITE).map_err(err)?;
     let (x0, x1, y0, y1) = bounds(chart);
     let log = chart.log_y;
+    let log_x = chart.log_x;
+    let x_fmt = move |v: &f64| {
+        if log_x {
+            y_tick(10f64.powf(*v))
+        } else {
+            x_tick(v)
+        }
+    };
     let y_fmt = move |v: &f64| y_tick(if log { 10f64.powf(*v) } else { *v });
     let mut ctx = ChartBuilder::on(root)
         .caption(&chart.title, ("sans-serif", 24).into_font())
@@ -183,9 +203,13 @@ where
         chart.y_label.clone()
     };
     ctx.configure_mesh()
-        .x_desc(&chart.x_label)
+        .x_desc(if log_x {
+            format!("{} (log scale)", chart.x_label)
+        } else {
+            chart.x_label.clone()
+        })
         .y_desc(y_desc)
-        .x_label_formatter(&x_tick)
+        .x_label_formatter(&x_fmt)
         .y_label_formatter(&y_fmt)
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 17))
@@ -199,6 +223,12 @@ where
             filled: false,
             stroke_width: 2,
         };
+        // Markers make single points (one epoch, one batch size) visible.
+        ctx.draw_series(
+            pts.iter()
+                .map(|&p| Circle::new(p, 3, palette(s.color).filled())),
+        )
+        .map_err(err)?;
         let anno = match s.dash {
             Dash::Solid => ctx.draw_series(LineSeries::new(pts, st)).map_err(err)?,
             Dash::Dashed => ctx
@@ -265,6 +295,7 @@ mod tests {
             ],
             log_y,
             legend_top: false,
+            log_x: false,
         }
     }
 

@@ -150,6 +150,7 @@ pub fn write_run_plots(
     };
     let pair = |what: &str, train: Vec<(f64, f64)>, test: Vec<(f64, f64)>| Chart {
         legend_top: what == "loss",
+        log_x: false,
         title: format!("{name}: {what}"),
         x_label: "epoch".into(),
         y_label: what.into(),
@@ -229,6 +230,7 @@ pub fn trust_ratio_chart(name: &str, history: &History) -> Option<Chart> {
         series,
         log_y: true,
         legend_top: false,
+        log_x: false,
     })
 }
 
@@ -544,6 +546,7 @@ pub fn write_compare_plots(dir: &Path, a: &Side<'_>, b: &Side<'_>) -> Result<()>
             series: series(&|r| Some(r.accuracy), &|r| r.val_accuracy, "accuracy"),
             log_y: false,
             legend_top: false,
+            log_x: false,
         },
     )?;
     write_chart(
@@ -555,6 +558,7 @@ pub fn write_compare_plots(dir: &Path, a: &Side<'_>, b: &Side<'_>) -> Result<()>
             series: series(&|r| Some(r.loss), &|r| r.val_loss, "loss"),
             log_y: false,
             legend_top: true,
+            log_x: false,
         },
     )?;
     Ok(())

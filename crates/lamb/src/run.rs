@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use lamb_data::{Dataset, Splits};
+use lamb_dist::{Communicator, Parallel, SingleProcess};
 use lamb_nn::{classic_cnn, Activation, FitEvent, FitOptions, FitProgress, History, Model};
+use lamb_optim::Optimizer;
 
 use crate::atomic::write_atomic;
 use crate::checkpoint::{self, Checkpoint};
@@ -138,6 +140,8 @@ struct SummaryInput<'a> {
     model: &'a Model,
     history: &'a History,
     status: Status<'a>,
+    /// Ranks x threads and accumulation, in words.
+    parallel: &'a str,
     wall_seconds: f64,
 }
 
@@ -153,6 +157,9 @@ fn summary_markdown(s: &SummaryInput<'_>) -> String {
             "INTERRUPTED at epoch {}, step {st}/{steps}: results below are partial. Resume with \
              `lamb train --resume {dir}`",
             e + 1
+        ),
+        Status::Failed(msg) if !cfg.out.join(checkpoint::FILE).is_file() => format!(
+            "FAILED: {msg}. It failed before its first checkpoint: there is nothing to resume"
         ),
         Status::Failed(msg) => format!(
             "FAILED: {msg}. Results below are partial; the last good checkpoint is kept in \
@@ -195,7 +202,7 @@ fn summary_markdown(s: &SummaryInput<'_>) -> String {
             ""
         }
     );
-    let _ = writeln!(md, "- threads: {}", rayon::current_num_threads());
+    let _ = writeln!(md, "- ranks x threads: {}", s.parallel);
     let _ = writeln!(md, "- full configuration: `config.toml`\n");
     let _ = writeln!(md, "## Results (validation = CIFAR-10 test set)\n");
     match RunStats::from_history(s.history) {
@@ -277,9 +284,19 @@ fn write_summary(s: &SummaryInput<'_>) -> Result<()> {
     )
 }
 
-/// Trains one run into `cfg.out`. With `resume`, continues from the directory's checkpoint
-/// (the config must be the one the directory recorded, except `epochs`). Stops between steps
-/// when `stop` becomes true, writing a checkpoint of that point.
+/// An error that every rank of a multi-rank run reached together (rank 0 could not start the
+/// run: the directory already holds one, the checkpoint does not fit, ...): the ranks can exit
+/// normally instead of aborting the job.
+#[derive(Debug, thiserror::Error)]
+#[error("rank 0 could not start the run")]
+pub struct StartFailed;
+
+/// Whether `e` is a [`StartFailed`] error (every rank knows of it).
+pub fn is_start_failure(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<StartFailed>().is_some()
+}
+
+/// Trains one run into `cfg.out` in this process (see [`train_with`]).
 pub fn train(
     cfg: &RunConfig,
     data: &RunData,
@@ -287,29 +304,36 @@ pub fn train(
     tag: &str,
     stop: Arc<AtomicBool>,
 ) -> Result<RunResult> {
-    let started = Instant::now();
-    let dir = cfg.out.clone();
-    let name = display_name(cfg);
-    let key = cfg.training_key();
-    let mode = Mode::from_flags(cfg.quiet, cfg.json);
-    let mut out = Progress::new(mode, tag, cfg.epochs);
-    if !resume && holds_run(&dir) {
+    train_with(cfg, data, resume, tag, stop, &mut SingleProcess::new())
+}
+
+/// Rank 0's part of starting a run: the directory check, creating it, and on `resume` reading
+/// the checkpoint into `model`, `opt` and `progress`.
+#[allow(clippy::too_many_arguments)]
+fn start_run(
+    dir: &Path,
+    ck_path: &Path,
+    key: &str,
+    resume: bool,
+    model: &mut Model,
+    opt: &mut dyn Optimizer,
+    progress: &mut FitProgress,
+    out: &Progress,
+    name: &str,
+) -> Result<()> {
+    if !resume && holds_run(dir) {
         bail!(
             "{} already holds a run; continue it with `lamb train --resume {}` or choose another --out",
             dir.display(),
             dir.display()
         );
     }
-    std::fs::create_dir_all(&dir)
+    std::fs::create_dir_all(dir)
         .with_context(|| format!("creating run directory {}", dir.display()))?;
-    let mut model = classic_cnn(activation(cfg.activation), cfg.seed)?;
-    let mut opt = crate::optim::build(cfg.optimizer, cfg.preset.as_deref(), &cfg.hyper)?;
-    let ck_path = dir.join(checkpoint::FILE);
-    let mut progress = FitProgress::default();
     if resume {
-        let ck = Checkpoint::load(&ck_path)?;
-        ck.restore(&ck_path, &mut model, opt.as_mut(), &key)?;
-        progress = ck.progress;
+        let ck = Checkpoint::load(ck_path)?;
+        ck.restore(ck_path, model, opt, key)?;
+        *progress = ck.progress;
         out.info(&format!(
             "Resuming {} from {} (epoch {}, step {})",
             name,
@@ -318,9 +342,92 @@ pub fn train(
             progress.step
         ));
     }
-    let mut recorded = cfg.clone();
-    recorded.data = Some(data.source.clone());
-    write_atomic(&dir.join("config.toml"), recorded.to_toml()?.as_bytes())?;
+    Ok(())
+}
+
+/// Trains one run into `cfg.out` over the ranks of `comm` (every rank calls it with the same
+/// config and data; [`lamb_dist::SingleProcess`] for one process), each rank computing its
+/// share of every batch in `cfg.accumulate` micro-batches. Only rank 0 checks and writes the
+/// run directory and prints progress; the others only compute. With `resume`, rank 0 reads the
+/// directory's checkpoint (the config must be the one the directory recorded, except `epochs`,
+/// `threads`, `workers` and `accumulate`) and broadcasts weights, optimizer state and position
+/// to the others. Stops between steps when `stop` becomes true on any rank, writing a
+/// checkpoint of that point.
+pub fn train_with(
+    cfg: &RunConfig,
+    data: &RunData,
+    resume: bool,
+    tag: &str,
+    stop: Arc<AtomicBool>,
+    comm: &mut dyn Communicator,
+) -> Result<RunResult> {
+    let started = Instant::now();
+    let dir = cfg.out.clone();
+    let name = display_name(cfg);
+    let key = cfg.training_key();
+    let root = comm.rank() == 0;
+    let mode = if root {
+        Mode::from_flags(cfg.quiet, cfg.json)
+    } else {
+        Mode::Quiet
+    };
+    let mut out = Progress::new(mode, tag, cfg.epochs);
+    let mut model = classic_cnn(activation(cfg.activation), cfg.seed)?;
+    let mut opt = crate::optim::build_for_run(cfg, data.train.len())?;
+    let ck_path = dir.join(checkpoint::FILE);
+    let mut progress = FitProgress::default();
+    let setup = if root {
+        start_run(
+            &dir,
+            &ck_path,
+            &key,
+            resume,
+            &mut model,
+            opt.as_mut(),
+            &mut progress,
+            &out,
+            &name,
+        )
+        .and_then(|()| {
+            if progress.epoch > cfg.epochs {
+                bail!(
+                    "--epochs {} is below the {} epochs {} has already completed; give --epochs {} \
+                     or more to continue it",
+                    cfg.epochs,
+                    progress.epoch,
+                    dir.display(),
+                    progress.epoch
+                );
+            }
+            Ok(())
+        })
+    } else {
+        Ok(())
+    };
+    if comm.size() > 1 {
+        // Every rank learns whether rank 0 could start, then gets its weights, optimizer
+        // state and position (no shared file system needed).
+        let mut failed = [f64::from(u8::from(setup.is_err()))];
+        comm.all_reduce_sum_f64(&mut failed)?;
+        if failed[0] > 0.0 {
+            return Err(match setup {
+                Err(e) => e.context(StartFailed),
+                Ok(()) => anyhow::Error::new(StartFailed),
+            });
+        }
+        if resume {
+            lamb_dist::sync_from_root(&mut model, Some(opt.as_mut()), &mut progress, comm)?;
+        }
+    }
+    setup?;
+    let parallel = format!(
+        "{} x {} ({}); accumulate: {} micro-batch{} per rank and step",
+        comm.size(),
+        rayon::current_num_threads(),
+        comm.describe(),
+        cfg.accumulate,
+        if cfg.accumulate == 1 { "" } else { "es" }
+    );
     let steps = data.train.len().div_ceil(cfg.batch_size);
     let summary = |status: Status<'_>, model: &Model, history: &History| {
         write_summary(&SummaryInput {
@@ -330,10 +437,17 @@ pub fn train(
             model,
             history,
             status,
+            parallel: &parallel,
             wall_seconds: started.elapsed().as_secs_f64(),
         })
     };
-    summary(Status::Running, &model, &progress.history)?;
+    if root {
+        let mut recorded = cfg.clone();
+        recorded.data = Some(data.source.clone());
+        recorded.workers = comm.size();
+        write_atomic(&dir.join("config.toml"), recorded.to_toml()?.as_bytes())?;
+        summary(Status::Running, &model, &progress.history)?;
+    }
     if !resume {
         out.info(&format!(
             "{}: {} epochs, batch {}, seed {}; {} training images, {} test images (validation) from {}; run directory {}",
@@ -346,6 +460,9 @@ pub fn train(
             data.source.display(),
             dir.display()
         ));
+        if comm.size() > 1 || cfg.accumulate > 1 {
+            out.info(&format!("Ranks x threads: {parallel}"));
+        }
     }
     while progress.epoch < cfg.epochs {
         let mut opts = FitOptions::new(cfg.batch_size, progress.epoch + 1, cfg.seed);
@@ -354,10 +471,15 @@ pub fn train(
         opts.stop = Some(stop.clone());
         let mut next: Option<FitProgress> = None;
         let mut stopped = false;
-        let result = model.fit(
+        let result = lamb_dist::fit(
+            &mut model,
             &data.train,
             Some(&data.test),
             &opts,
+            &mut Parallel {
+                comm: &mut *comm,
+                accumulate: cfg.accumulate,
+            },
             opt.as_mut(),
             &mut |ev| {
                 match ev {
@@ -383,14 +505,22 @@ pub fn train(
         out.clear_bar();
         if let Err(e) = result {
             let msg = e.to_string();
-            let _ = write_history(&dir, &progress.history);
-            let _ = write_run_plots(
-                &dir,
-                &name,
-                &progress.history,
-                cfg.optimizer.has_trust_ratio(),
-            );
-            let _ = summary(Status::Failed(&msg), &model, &progress.history);
+            if root {
+                let _ = write_history(&dir, &progress.history);
+                let _ = write_run_plots(
+                    &dir,
+                    &name,
+                    &progress.history,
+                    cfg.optimizer.has_trust_ratio(),
+                );
+                let _ = summary(Status::Failed(&msg), &model, &progress.history);
+            }
+            if !ck_path.is_file() {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "training {name} failed before its first checkpoint (written at the end of \
+                     epoch 1): there is nothing to resume"
+                )));
+            }
             return Err(anyhow::Error::new(e).context(format!(
                 "training {} failed; the last good checkpoint (epoch {}, step {}) is kept in {}",
                 name,
@@ -400,29 +530,35 @@ pub fn train(
             )));
         }
         let p = next.context("the engine returned without reporting an epoch end or a stop")?;
-        Checkpoint::capture(&model, opt.as_ref(), &p, &key).save(&ck_path)?;
-        write_history(&dir, &p.history)?;
+        // Rank 0's checkpoint stands for every rank: check that they all hold its weights.
+        lamb_dist::check_in_sync(&model, comm)?;
+        if root {
+            Checkpoint::capture(&model, opt.as_ref(), &p, &key).save(&ck_path)?;
+            write_history(&dir, &p.history)?;
+        }
         progress = p;
         if stopped {
-            write_run_plots(
-                &dir,
-                &name,
-                &progress.history,
-                cfg.optimizer.has_trust_ratio(),
-            )?;
-            summary(
-                Status::Interrupted(progress.epoch, progress.step, steps),
-                &model,
-                &progress.history,
-            )?;
-            out.warn(&format!(
-                "Stopped at epoch {}, step {}/{}; checkpoint written to {}.\nResume with: lamb train --resume {}",
-                progress.epoch + 1,
-                progress.step,
-                steps,
-                ck_path.display(),
-                dir.display()
-            ));
+            if root {
+                write_run_plots(
+                    &dir,
+                    &name,
+                    &progress.history,
+                    cfg.optimizer.has_trust_ratio(),
+                )?;
+                summary(
+                    Status::Interrupted(progress.epoch, progress.step, steps),
+                    &model,
+                    &progress.history,
+                )?;
+                out.warn(&format!(
+                    "Stopped at epoch {}, step {}/{}; checkpoint written to {}.\nResume with: lamb train --resume {}",
+                    progress.epoch + 1,
+                    progress.step,
+                    steps,
+                    ck_path.display(),
+                    dir.display()
+                ));
+            }
             return Ok(RunResult {
                 end: RunEnd::Interrupted {
                     epoch: progress.epoch,
@@ -433,15 +569,17 @@ pub fn train(
             });
         }
     }
-    model.save_safetensors(&dir.join("weights.safetensors"))?;
-    write_history(&dir, &progress.history)?;
-    write_run_plots(
-        &dir,
-        &name,
-        &progress.history,
-        cfg.optimizer.has_trust_ratio(),
-    )?;
-    summary(Status::Completed, &model, &progress.history)?;
+    if root {
+        model.save_safetensors(&dir.join("weights.safetensors"))?;
+        write_history(&dir, &progress.history)?;
+        write_run_plots(
+            &dir,
+            &name,
+            &progress.history,
+            cfg.optimizer.has_trust_ratio(),
+        )?;
+        summary(Status::Completed, &model, &progress.history)?;
+    }
     Ok(RunResult {
         end: RunEnd::Completed,
         history: progress.history,

@@ -73,6 +73,25 @@ fn archives_load_like_the_folder() {
 }
 
 #[test]
+fn a_directory_holding_one_archive_means_that_archive() {
+    let tree = Tree::pngs(&["b", "a"], 2, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("README.md"), "about the data").unwrap();
+    let p = dir.join("cifar.tar.gz");
+    tree.write_tar(&p, "", true);
+    assert_eq!(detect(&dir).unwrap(), Layout::Archive(p.clone()));
+    assert_eq!(load(&dir).unwrap(), load(&p).unwrap());
+    // Two archives: ambiguous, so the directory is not a data layout.
+    tree.write_tar(&dir.join("other.tar"), "", false);
+    assert!(matches!(
+        detect(&dir).unwrap_err(),
+        DataError::UnknownLayout { .. }
+    ));
+}
+
+#[test]
 fn jpeg_decodes_close_to_the_source() {
     let mut tree = Tree::default();
     let src = smooth_image(32, 32, 3);

@@ -23,7 +23,7 @@ fn assert_matches_record(ds: &Dataset, i: usize, rec: &[u8]) {
 fn reads_records_as_nhwc_in_file_order() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cifar-10-batches-bin");
-    let recs = write_official_dir(&dir, [2, 1, 0, 3, 1, 2]);
+    let recs = write_official_dir(&dir, [2, 1, 1, 3, 1, 2]);
     // The directory itself, its parent and one of its files are accepted.
     for path in [
         dir.clone(),
@@ -31,7 +31,7 @@ fn reads_records_as_nhwc_in_file_order() {
         dir.join("test_batch.bin"),
     ] {
         let s = load(&path).unwrap();
-        assert_eq!((s.train.len(), s.test.len()), (7, 2));
+        assert_eq!((s.train.len(), s.test.len()), (8, 2));
         assert_eq!(
             (s.train.height, s.train.width, s.train.channels),
             (32, 32, 3)
@@ -120,6 +120,23 @@ fn missing_file_is_named_with_the_expected_set() {
 }
 
 #[test]
+fn a_directory_in_place_of_a_batch_is_named_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_official_dir(tmp.path(), [1; 6]);
+    let p = tmp.path().join("data_batch_4.bin");
+    fs::remove_file(&p).unwrap();
+    fs::create_dir(&p).unwrap();
+    let err = read_official(tmp.path()).unwrap_err();
+    assert!(
+        matches!(&err, DataError::Io { path, .. } if *path == p),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    // The cause is part of the message, not repeated as a source in error chains.
+    assert!(std::error::Error::source(&err).is_none());
+}
+
+#[test]
 fn length_not_a_multiple_of_the_record_is_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     write_official_dir(tmp.path(), [1; 6]);
@@ -145,10 +162,30 @@ fn a_split_without_records_is_an_error() {
 }
 
 #[test]
+fn an_emptied_training_batch_is_refused_but_tiny_imports_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_official_dir(tmp.path(), [3, 3, 0, 3, 2, 2]);
+    let err = read_official(tmp.path()).unwrap_err();
+    assert!(
+        matches!(&err, DataError::EmptyBatch { path, records: 3, .. }
+            if path.ends_with("data_batch_3.bin")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("truncated"), "{err}");
+    // Three training images over five files leave two files empty: that is a valid layout.
+    let tiny = tmp.path().join("tiny");
+    write_official_dir(&tiny, [0, 1, 0, 1, 1, 2]);
+    let splits = read_official(&tiny).unwrap();
+    let out = tmp.path().join("out");
+    write_official(&splits, &out).unwrap();
+    assert_eq!(read_official(&out).unwrap(), splits);
+}
+
+#[test]
 fn write_then_read_round_trips_and_splits_train_evenly() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    write_official_dir(&src, [3, 0, 2, 1, 1, 2]);
+    write_official_dir(&src, [2, 1, 2, 1, 1, 2]);
     let mut splits = read_official(&src).unwrap();
     splits.train.class_names = (0..10).map(|i| format!("c{i}")).collect();
     splits.test.class_names = splits.train.class_names.clone();

@@ -1,0 +1,352 @@
+//! Running a sweep's grid as `lamb train` child processes: a fixed number at a time (so the
+//! cores are not oversubscribed), each in its own run directory with its log, skipping runs
+//! that already finished and resuming interrupted ones from their checkpoints.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::spec::{RunPlan, SweepSpec};
+use crate::atomic::write_atomic;
+use crate::config::ScheduleKind;
+
+/// File in each run directory recording how the sweep's child ended (absent: not finished).
+pub const STATUS_FILE: &str = "sweep-status.json";
+/// The child's output (appended to on resume).
+pub const LOG_FILE: &str = "train.log";
+
+/// How a run ended, as recorded in [`STATUS_FILE`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunStatus {
+    /// `completed` or `failed`.
+    pub state: String,
+    /// Exit status of the child's last invocation.
+    pub exit_code: Option<i32>,
+    /// Last lines of the log for failures (e.g. the divergence message), empty otherwise.
+    pub message: String,
+}
+
+impl RunStatus {
+    /// Reads a run directory's status file (`None` when absent or unreadable: not finished).
+    pub fn read(run_dir: &Path) -> Option<RunStatus> {
+        let text = std::fs::read_to_string(run_dir.join(STATUS_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Whether the run completed all its epochs.
+    pub fn completed(&self) -> bool {
+        self.state == "completed"
+    }
+}
+
+/// How the sweep runs its children.
+#[derive(Clone, Debug)]
+pub struct Execution {
+    /// The sweep directory (runs go to `<dir>/runs/<id>`).
+    pub dir: PathBuf,
+    /// Data location passed to every run (`None`: the default search).
+    pub data: Option<PathBuf>,
+    /// Engine threads per run.
+    pub threads: usize,
+    /// Runs at the same time.
+    pub jobs: usize,
+    /// Run again the runs recorded as failed (otherwise they are kept as results).
+    pub retry_failed: bool,
+}
+
+/// Counts of what one invocation did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Runs that were already finished (completed or failed) and skipped.
+    pub skipped: usize,
+    /// Runs completed now.
+    pub completed: usize,
+    /// Runs that failed now (e.g. diverged).
+    pub failed: usize,
+    /// Runs stopped by Ctrl-C (resumable) or not started because of it.
+    pub interrupted: usize,
+}
+
+enum Start {
+    Fresh,
+    Resume,
+}
+
+/// Runs every plan not yet finished; returns what happened. `stop` (set by Ctrl-C) stops
+/// launching runs and asks the running children to checkpoint and exit.
+pub fn run_grid(
+    spec: &SweepSpec,
+    plans: &[RunPlan],
+    ex: &Execution,
+    stop: &AtomicBool,
+) -> Result<Tally> {
+    let exe = std::env::current_exe().context("finding the lamb executable to run the grid")?;
+    let runs = ex.dir.join("runs");
+    std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+    let mut todo = Vec::new();
+    let mut tally = Tally::default();
+    for p in plans {
+        let d = runs.join(&p.id);
+        match RunStatus::read(&d) {
+            Some(s) if s.completed() || !ex.retry_failed => {
+                tally.skipped += 1;
+                continue;
+            }
+            Some(_) => {
+                std::fs::remove_dir_all(&d)
+                    .with_context(|| format!("removing failed run {} to retry it", d.display()))?;
+                todo.push((p, Start::Fresh));
+            }
+            None if d.join(crate::checkpoint::FILE).is_file() => todo.push((p, Start::Resume)),
+            None => {
+                if d.exists() {
+                    // Stopped before its first checkpoint: nothing to keep.
+                    std::fs::remove_dir_all(&d)
+                        .with_context(|| format!("removing unfinished run {}", d.display()))?;
+                }
+                todo.push((p, Start::Fresh));
+            }
+        }
+    }
+    if tally.skipped > 0 {
+        println!(
+            "{} of {} runs already finished (kept); {} to run, {} at a time, {} thread(s) each",
+            tally.skipped,
+            plans.len(),
+            todo.len(),
+            ex.jobs,
+            ex.threads
+        );
+    } else {
+        println!(
+            "{} runs, {} at a time, {} thread(s) each",
+            todo.len(),
+            ex.jobs,
+            ex.threads
+        );
+    }
+    let next = AtomicUsize::new(0);
+    let shared = Mutex::new(tally);
+    let total = todo.len();
+    let error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..ex.jobs.max(1) {
+            s.spawn(|| loop {
+                if stop.load(Ordering::SeqCst) || error.lock().map_or(true, |e| e.is_some()) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((p, start)) = todo.get(i) else {
+                    return;
+                };
+                let res = run_one(&exe, spec, p, start, ex, stop, i + 1, total);
+                let mut t = shared.lock().unwrap_or_else(|e| e.into_inner());
+                match res {
+                    Ok(Ended::Completed) => t.completed += 1,
+                    Ok(Ended::Failed) => t.failed += 1,
+                    Ok(Ended::Interrupted) => t.interrupted += 1,
+                    Err(e) => {
+                        if let Ok(mut slot) = error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let mut t = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+    let started = t.completed + t.failed + t.interrupted;
+    t.interrupted += total.saturating_sub(started);
+    Ok(t)
+}
+
+enum Ended {
+    Completed,
+    Failed,
+    Interrupted,
+}
+
+/// The `lamb train` arguments of a fresh run.
+pub fn train_args(spec: &SweepSpec, p: &RunPlan, out: &Path, ex: &Execution) -> Vec<String> {
+    let o = &spec.optimizers[p.opt];
+    let mut a: Vec<String> = vec![
+        "train".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--optimizer".into(),
+        o.optimizer.as_str().into(),
+        "--batch-size".into(),
+        p.batch.to_string(),
+        "--lr".into(),
+        format!("{}", p.lr),
+        "--epochs".into(),
+        spec.epochs.to_string(),
+        "--seed".into(),
+        spec.seed.to_string(),
+        "--schedule".into(),
+        spec.schedule.as_str().into(),
+        "--warmup-epochs".into(),
+        format!("{}", spec.warmup_epochs),
+        "--activation".into(),
+        spec.activation.as_str().into(),
+    ];
+    if spec.schedule == ScheduleKind::Poly {
+        a.extend(["--decay-power".into(), format!("{}", spec.decay_power)]);
+    }
+    let mut opt = |flag: &str, v: Option<String>| {
+        if let Some(v) = v {
+            a.extend([flag.to_string(), v]);
+        }
+    };
+    opt("--preset", o.preset.clone());
+    opt("--weight-decay", o.weight_decay.map(|x| format!("{x}")));
+    opt("--momentum", o.momentum.map(|x| format!("{x}")));
+    opt("--limit-train", spec.train_images.map(|x| x.to_string()));
+    opt("--limit-test", spec.test_images.map(|x| x.to_string()));
+    common_args(&mut a, ex);
+    a
+}
+
+fn common_args(a: &mut Vec<String>, ex: &Execution) {
+    a.extend(["--threads".into(), ex.threads.to_string(), "--quiet".into()]);
+    if let Some(d) = &ex.data {
+        a.extend(["--data".into(), d.display().to_string()]);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    exe: &Path,
+    spec: &SweepSpec,
+    p: &RunPlan,
+    start: &Start,
+    ex: &Execution,
+    stop: &AtomicBool,
+    index: usize,
+    total: usize,
+) -> Result<Ended> {
+    let dir = ex.dir.join("runs").join(&p.id);
+    let args = match start {
+        Start::Fresh => train_args(spec, p, &dir, ex),
+        Start::Resume => {
+            let mut a = vec![
+                "train".to_string(),
+                "--resume".into(),
+                dir.display().to_string(),
+            ];
+            common_args(&mut a, ex);
+            a
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log_path = dir.join(LOG_FILE);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let err_log = log.try_clone().context("duplicating the log handle")?;
+    println!(
+        "[{index:>3}/{total}] {} {}",
+        if matches!(start, Start::Resume) {
+            "resume"
+        } else {
+            "start "
+        },
+        p.id
+    );
+    let began = Instant::now();
+    let mut child = Command::new(exe)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        // Own process group: a terminal Ctrl-C reaches only the sweep, which then asks each
+        // child once to checkpoint (a second SIGINT would make the child exit at once).
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
+    let mut asked = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().context("waiting for a run")? {
+            break s;
+        }
+        if stop.load(Ordering::SeqCst) && !asked {
+            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+            }
+            asked = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let secs = began.elapsed().as_secs_f64();
+    let code = status.code();
+    if code == Some(0) && dir.join("weights.safetensors").is_file() {
+        write_status(&dir, "completed", code, String::new())?;
+        println!(
+            "[{index:>3}/{total}] done   {} in {:.0} s{}",
+            p.id,
+            secs,
+            super::report::one_line(&dir)
+        );
+        return Ok(Ended::Completed);
+    }
+    if asked || code.is_none() || code == Some(130) {
+        println!("[{index:>3}/{total}] stopped {} (resumable)", p.id);
+        return Ok(Ended::Interrupted);
+    }
+    let message = tail(&log_path, 4);
+    if !dir.join("config.toml").is_file() {
+        // It never started training (bad data path, bad settings): every run would fail the
+        // same way, so the sweep stops instead of recording it as a result.
+        bail!(
+            "run {} could not start (exit {}); the sweep stops. Its output ({}):\n{}",
+            p.id,
+            code.map_or("?".into(), |c| c.to_string()),
+            log_path.display(),
+            message
+        );
+    }
+    write_status(&dir, "failed", code, message.clone())?;
+    println!(
+        "[{index:>3}/{total}] FAILED {} (exit {}): {}",
+        p.id,
+        code.map_or("?".into(), |c| c.to_string()),
+        message.lines().last().unwrap_or("")
+    );
+    Ok(Ended::Failed)
+}
+
+fn write_status(dir: &Path, state: &str, exit_code: Option<i32>, message: String) -> Result<()> {
+    let s = RunStatus {
+        state: state.into(),
+        exit_code,
+        message,
+    };
+    write_atomic(
+        &dir.join(STATUS_FILE),
+        serde_json::to_string_pretty(&s)?.as_bytes(),
+    )
+}
+
+/// The last `n` non-empty lines of a text file (empty if unreadable).
+fn tail(path: &Path, n: usize) -> String {
+    let Ok(f) = File::open(path) else {
+        return String::new();
+    };
+    let text = std::io::read_to_string(f).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,225 @@
+//! `lamb sweep`: the batch-size study. A grid of batch sizes x optimizers x learning rates
+//! (around a square-root batch-size scaling rule, with warmup and polynomial decay) trained
+//! for a fixed epoch budget, run concurrently without oversubscribing the cores, resumable,
+//! summarised in one table and plots.
+
+pub mod exec;
+pub mod report;
+pub mod spec;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::atomic::write_atomic;
+use exec::{Execution, Tally};
+use spec::{Preset, SweepSpec};
+
+/// Training images per second of one engine thread when every core runs one (measured with
+/// the small preset on the 2-core development machine; used only for `--dry-run` estimates).
+const TRAIN_IMAGES_PER_THREAD_SECOND: f64 = 2000.0;
+/// A validation image costs about this fraction of a training image (forward only).
+const VALIDATION_COST: f64 = 0.3;
+
+/// Flags of `lamb sweep`.
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    /// Built-in grid: small (about an hour on 2 cores) or full (for bigger machines)
+    /// [default: small].
+    #[arg(long, value_enum, conflicts_with = "config")]
+    pub preset: Option<Preset>,
+    /// Sweep file (TOML with the keys of `<sweep dir>/sweep.toml`) instead of a preset.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Sweep directory [default: runs/sweep-<preset or file name>]. Running the same command
+    /// again continues it: finished runs are kept, interrupted ones resume.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Data for every run [default: ../shared/data or $LAMB_DATA].
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Engine threads per run [default: 1].
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Runs at the same time [default: cores / threads].
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Override the grid's epochs per run.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Override the grid's training images (spread evenly over the split).
+    #[arg(long, value_name = "N")]
+    pub train_images: Option<usize>,
+    /// Override the grid's validation images.
+    #[arg(long, value_name = "N")]
+    pub test_images: Option<usize>,
+    /// Run again the runs that failed (diverged) before; by default they are results.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Print the grid, the commands and the expected cost; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only rewrite the table and plots from the runs already there.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub report: bool,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs `lamb sweep`; returns whether every run finished (false after Ctrl-C).
+pub fn run(a: &SweepArgs) -> Result<bool> {
+    let (mut spec, name) = match &a.config {
+        Some(path) => (
+            SweepSpec::from_file(path)?,
+            path.file_stem()
+                .map_or("file".into(), |s| s.to_string_lossy().into_owned()),
+        ),
+        None => {
+            let p = a.preset.unwrap_or(Preset::Small);
+            (p.spec(), p.as_str().to_string())
+        }
+    };
+    if let Some(e) = a.epochs {
+        spec.epochs = e;
+    }
+    if a.train_images.is_some() {
+        spec.train_images = a.train_images;
+    }
+    if a.test_images.is_some() {
+        spec.test_images = a.test_images;
+    }
+    spec.validate()?;
+    if a.threads == 0 || a.threads > 1024 {
+        bail!("--threads {}: must be between 1 and 1024", a.threads);
+    }
+    let jobs = a.jobs.unwrap_or((cores() / a.threads).max(1));
+    if jobs == 0 || jobs > 1024 {
+        bail!("--jobs {jobs}: must be between 1 and 1024");
+    }
+    if jobs * a.threads > cores() {
+        eprintln!(
+            "warning: {jobs} jobs x {} threads = {} threads on {} cores: runs will slow each other down",
+            a.threads,
+            jobs * a.threads,
+            cores()
+        );
+    }
+    let dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("sweep-{name}")));
+    let plans = spec.plan();
+    let ex = Execution {
+        dir: dir.clone(),
+        data: a.data.clone(),
+        threads: a.threads,
+        jobs,
+        retry_failed: a.retry_failed,
+    };
+    if a.dry_run {
+        print_dry_run(&spec, &plans, &ex);
+        return Ok(true);
+    }
+    let recorded_path = dir.join("sweep.toml");
+    if recorded_path.is_file() {
+        let recorded = SweepSpec::from_file(&recorded_path)?;
+        if recorded != spec {
+            bail!(
+                "{} holds a sweep with another grid (see {}); continue it with `lamb sweep --config {} --out {}`, or choose another --out",
+                dir.display(),
+                recorded_path.display(),
+                recorded_path.display(),
+                dir.display()
+            );
+        }
+    } else if a.report {
+        bail!("{} holds no sweep (no sweep.toml)", dir.display());
+    } else {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating sweep directory {}", dir.display()))?;
+        write_atomic(
+            &recorded_path,
+            format!(
+                "# The grid of this sweep (rerun with `lamb sweep --config {}`).\n{}",
+                recorded_path.display(),
+                spec.to_toml()?
+            )
+            .as_bytes(),
+        )?;
+    }
+    let command = std::env::args()
+        .map(|s| if s.contains(' ') { format!("'{s}'") } else { s })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut tally = Tally::default();
+    if !a.report {
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, stop.clone())
+                .context("installing the Ctrl-C handler")?;
+        }
+        println!(
+            "Sweep {}: {} runs ({} optimizers x {} batch sizes x {} learning rates), {} epochs each",
+            dir.display(),
+            plans.len(),
+            spec.optimizers.len(),
+            spec.batch_sizes.len(),
+            spec.lr_multipliers.len(),
+            spec.epochs
+        );
+        tally = exec::run_grid(&spec, &plans, &ex, &stop)?;
+        if stop.load(Ordering::SeqCst) {
+            tally.interrupted = tally.interrupted.max(1);
+        }
+    }
+    let table = report::write_all(&spec, &dir, &command)?;
+    println!("\n{table}");
+    println!(
+        "Report: {}  (every run: {}, plots: {})",
+        dir.join("sweep.md").display(),
+        dir.join("sweep.csv").display(),
+        dir.join("plots").display()
+    );
+    if a.report {
+        return Ok(true);
+    }
+    println!(
+        "This invocation: {} completed, {} failed, {} kept from before, {} not finished",
+        tally.completed, tally.failed, tally.skipped, tally.interrupted
+    );
+    if tally.interrupted > 0 {
+        println!("Stopped. Run the same command again to continue (finished runs are kept).");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn print_dry_run(spec: &SweepSpec, plans: &[spec::RunPlan], ex: &Execution) {
+    let train = spec.train_len(50_000) as f64;
+    let test = spec.test_images.unwrap_or(10_000).min(10_000) as f64;
+    let work = plans.len() as f64 * spec.epochs as f64 * (train + VALIDATION_COST * test);
+    let busy = (ex.jobs * ex.threads).min(cores()) as f64;
+    let hours = work / (TRAIN_IMAGES_PER_THREAD_SECOND * busy) / 3600.0;
+    println!(
+        "{} runs ({} optimizers x batch sizes {:?} x {} learning rates), {} epochs each, {} at a time with {} thread(s)",
+        plans.len(),
+        spec.optimizers.len(),
+        spec.batch_sizes,
+        spec.lr_multipliers.len(),
+        spec.epochs,
+        ex.jobs,
+        ex.threads
+    );
+    println!(
+        "Expected cost: about {hours:.1} h here ({} cores busy, at {TRAIN_IMAGES_PER_THREAD_SECOND} training images per second per thread, measured on a 2-core development machine); it scales with 1 / busy cores.",
+        busy
+    );
+    for p in plans {
+        let args = exec::train_args(spec, p, &ex.dir.join("runs").join(&p.id), ex);
+        println!("  lamb {}", args.join(" "));
+    }
+}
