@@ -3,38 +3,14 @@
 //! resumed, Ctrl-C mid-epoch, SIGKILL), hostile inputs, `compare` and `evaluate`.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lamb");
+mod common;
 
-/// The shared archive, or `None` (skip) when it is missing outside CI.
-fn data() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cifar10-jpeg.tar.gz");
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI: the shared data is missing at {}", p.display());
-    }
-    eprintln!("skipping: CIFAR-10 archive expected at {}", p.display());
-    None
-}
-
-/// A decode cache shared by the tests of this run (the archive is decoded once).
-fn cache() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("lamb-test-cache")
-}
-
-fn lamb(cwd: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.current_dir(cwd)
-        .env("LAMB_CACHE", cache())
-        .env_remove("LAMB_DATA");
-    c
-}
+use common::{data, fail, lamb, ok};
 
 /// Small runs: 1000 training images in batches of 10 (100 steps per epoch), 200 test images.
 fn small(c: &mut Command, data: &Path, out: &Path) {
@@ -48,35 +24,6 @@ fn small(c: &mut Command, data: &Path, out: &Path) {
         "--threads",
         "2",
     ]);
-}
-
-fn run(c: &mut Command) -> Output {
-    let o = c.output().expect("running lamb");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!err.contains("panicked"), "lamb panicked:\n{err}");
-    o
-}
-
-fn ok(c: &mut Command) -> Output {
-    let o = run(c);
-    assert!(
-        o.status.success(),
-        "lamb failed ({:?}):\n{}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn fail(c: &mut Command) -> String {
-    let o = run(c);
-    assert!(
-        !o.status.success(),
-        "lamb should have failed:\n{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// history.csv without the timing columns.

@@ -12,50 +12,17 @@
 //! a prediction sitting on a decision boundary may flip: they may differ by at most one image
 //! (`ACC_TOL` = 0.01 + rounding; measured equal).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use safetensors::SafeTensors;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lamb");
+mod common;
+
+use common::{data, lamb, ok, run};
 const LAMB_W_TOL: f32 = 5e-5;
 const SGD_W_TOL: f32 = 1e-6;
 const LOSS_TOL: f64 = 1e-4;
 const ACC_TOL: f64 = 0.0101;
-
-/// The shared archive, or `None` (skip) when it is missing outside CI.
-fn data() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cifar10-jpeg.tar.gz");
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI: the shared data is missing at {}", p.display());
-    }
-    eprintln!("skipping: CIFAR-10 archive expected at {}", p.display());
-    None
-}
-
-/// The decode cache the binary's tests share (the archive is decoded once).
-fn cache() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("lamb-test-cache")
-}
-
-/// `program` in `cwd` with the test environment (shared cache, no $LAMB_DATA, Open MPI allowed
-/// to run as root).
-fn command(program: &str, cwd: &Path) -> Command {
-    let mut c = Command::new(program);
-    c.current_dir(cwd)
-        .env("LAMB_CACHE", cache())
-        .env_remove("LAMB_DATA")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    c
-}
-
-fn lamb(cwd: &Path) -> Command {
-    command(BIN, cwd)
-}
 
 /// The arguments of a tiny run: 300 training images in batches of 30 (10 steps per epoch),
 /// 100 test images, one thread per process.
@@ -81,25 +48,6 @@ fn tiny(data: &Path, out: &Path, epochs: usize) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
-}
-
-fn run(c: &mut Command) -> Output {
-    let o = c.output().expect("running lamb");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!err.contains("panicked"), "lamb panicked:\n{err}");
-    o
-}
-
-fn ok(c: &mut Command) -> Output {
-    let o = run(c);
-    assert!(
-        o.status.success(),
-        "lamb failed ({:?}):\n{}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
 }
 
 /// The last epoch's (loss, accuracy, val_loss, val_accuracy) from a run's history.json.
@@ -260,6 +208,7 @@ fn workers_without_mpi_fail_clearly_and_write_nothing() {
 
 #[cfg(feature = "mpi")]
 mod mpi {
+    use super::common::{command, BIN};
     use super::*;
 
     #[test]

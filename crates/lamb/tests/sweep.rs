@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{data, fail, lamb, ok};
+use common::{data, fail, lamb, ok, stdout};
 
 const GRID: &str = r#"
 batch-sizes = [20, 100]
@@ -54,7 +54,7 @@ fn tiny_grid_writes_table_and_plots_and_keeps_finished_runs() {
     let grid = tmp.path().join("grid.toml");
     std::fs::write(&grid, GRID).unwrap();
     let out = tmp.path().join("sw");
-    let first = ok(&mut sweep(tmp.path(), &data, &grid, &out));
+    let first = stdout(&ok(&mut sweep(tmp.path(), &data, &grid, &out)));
     assert!(
         first.contains("| lamb |") && first.contains("| sgd |"),
         "{first}"
@@ -84,7 +84,7 @@ fn tiny_grid_writes_table_and_plots_and_keeps_finished_runs() {
     let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
     assert!(md.contains("What this can and cannot support"), "{md}");
 
-    let again = ok(&mut sweep(tmp.path(), &data, &grid, &out));
+    let again = stdout(&ok(&mut sweep(tmp.path(), &data, &grid, &out)));
     assert!(again.contains("4 of 4 runs already finished"), "{again}");
     assert!(again.contains("0 completed, 0 failed, 4 kept"), "{again}");
 
@@ -182,7 +182,7 @@ fn ctrl_c_stops_the_runs_resumably_and_the_same_command_finishes_them() {
         !run.join("sweep-status.json").is_file(),
         "not recorded as finished"
     );
-    let again = ok(&mut sweep(tmp.path(), &data, &grid, &out));
+    let again = stdout(&ok(&mut sweep(tmp.path(), &data, &grid, &out)));
     assert!(
         again.contains("resume") && again.contains("1 completed"),
         "{again}"

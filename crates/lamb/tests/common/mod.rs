@@ -26,13 +26,21 @@ pub fn cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("lamb-test-cache")
 }
 
-/// `lamb` run in `cwd` with the test cache and no `LAMB_DATA`.
-pub fn lamb(cwd: &Path) -> Command {
-    let mut c = Command::new(BIN);
+/// `program` in `cwd` with the test environment: the shared cache, no `LAMB_DATA`, and Open
+/// MPI allowed to run as root (CI runs as root).
+pub fn command(program: &str, cwd: &Path) -> Command {
+    let mut c = Command::new(program);
     c.current_dir(cwd)
         .env("LAMB_CACHE", cache())
-        .env_remove("LAMB_DATA");
+        .env_remove("LAMB_DATA")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
     c
+}
+
+/// `lamb` run in `cwd` with the test environment.
+pub fn lamb(cwd: &Path) -> Command {
+    command(BIN, cwd)
 }
 
 /// Runs `c`, failing the test on a panic message.
@@ -43,8 +51,8 @@ pub fn run(c: &mut Command) -> Output {
     o
 }
 
-/// Runs `c` and requires success; returns stdout.
-pub fn ok(c: &mut Command) -> String {
+/// Runs `c` and requires success.
+pub fn ok(c: &mut Command) -> Output {
     let o = run(c);
     assert!(
         o.status.success(),
@@ -53,6 +61,11 @@ pub fn ok(c: &mut Command) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    o
+}
+
+/// Standard output of a finished command, as text.
+pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
