@@ -129,10 +129,10 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, NnError> {
     let mut results = Vec::new();
     for &bs in &cfg.batch_sizes {
         let mut model = classic_cnn(cfg.hidden, cfg.seed)?;
-        let mut opt = Lamb::new(LambConfig::default()).map_err(|source| NnError::Optimizer {
+        let mut opt = Lamb::new(LambConfig::default()).map_err(|cause| NnError::Optimizer {
             epoch: 0,
             step: 0,
-            source,
+            cause,
         })?;
         let (mut tr, mut va, mut ep) = (Vec::new(), Vec::new(), Vec::new());
         let mut cpu = Vec::new();

@@ -58,27 +58,25 @@ pub enum NnError {
     },
     /// The optimizer refused a step (its error names the tensor).
     #[error(
-        "optimizer step failed at epoch {epoch}, step {step} (1-based; 0 outside `fit`): {source}"
+        "optimizer step failed at epoch {epoch}, step {step} (1-based; 0 outside `fit`): {cause}"
     )]
     Optimizer {
         /// Epoch, 1-based (0 outside `fit`).
         epoch: usize,
         /// Step within the epoch, 1-based (0 outside `fit`).
         step: usize,
-        /// The optimizer's error.
-        #[source]
-        source: lamb_optim::OptimError,
+        /// The optimizer's error (in the message, not a `source()`, so chains print it once).
+        cause: lamb_optim::OptimError,
     },
     /// Reading or writing a file failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done (`writing`, `reading`, ...).
         action: &'static str,
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (in the message, not a `source()`, so chains print it once).
+        cause: std::io::Error,
     },
     /// A weights file is malformed or does not match the model.
     #[error("weights file {path}: {message}")]

@@ -221,11 +221,8 @@ impl Model {
             .flat_map(|l| l.params.iter_mut())
             .map(|p| ParamMut::new(&p.name, &p.shape, &mut p.value, &p.grad))
             .collect();
-        opt.step(&mut views).map_err(|source| NnError::Optimizer {
-            epoch,
-            step,
-            source,
-        })
+        opt.step(&mut views)
+            .map_err(|cause| NnError::Optimizer { epoch, step, cause })
     }
 
     /// One optimizer step on the gradient of the mean loss over `indices` of `data`, computed

@@ -11,10 +11,10 @@ use crate::{Model, NnError};
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NnError {
     let path = path.to_path_buf();
-    move |source| NnError::Io {
+    move |cause| NnError::Io {
         action,
         path,
-        source,
+        cause,
     }
 }
 
@@ -90,8 +90,12 @@ impl Model {
             path: path.to_path_buf(),
             message,
         };
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            err(format!(
+                "not a valid safetensors file ({} bytes; truncated, or another format): {e}",
+                bytes.len()
+            ))
+        })?;
         let names = self.param_names();
         let mut loaded: Vec<(String, Vec<f32>)> = Vec::with_capacity(names.len());
         for (name, shape, _) in self.params() {

@@ -371,11 +371,9 @@ impl Model {
             .flat_map(|l| l.params.iter_mut())
             .map(|p| ParamMut::new(&p.name, &p.shape, &mut p.value, &p.grad))
             .collect();
-        let outcome = opt.step(&mut views).map_err(|source| NnError::Optimizer {
-            epoch,
-            step,
-            source,
-        })?;
+        let outcome =
+            opt.step(&mut views)
+                .map_err(|cause| NnError::Optimizer { epoch, step, cause })?;
         Ok(StepMetrics {
             loss_sum,
             correct,
