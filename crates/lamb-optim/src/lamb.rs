@@ -344,6 +344,66 @@ fn write_chunk(c: &Coef, wd: f32, k: f32, g: &[f32], m: &mut [f32], v: &mut [f32
     }
 }
 
+/// Unchecked first pass: new moments written in place, with the same sums and maxima as
+/// [`read_chunk`].
+#[inline(always)]
+fn moments_chunk(c: &Coef, wd: f32, g: &[f32], m: &mut [f32], v: &mut [f32], w: &[f32]) -> Partial {
+    let n = g.len();
+    let (m, v, w) = (&mut m[..n], &mut v[..n], &w[..n]);
+    // The block and tail closures get disjoint halves (for_blocks' tail starts here).
+    let full = n / LANES * LANES;
+    let (m, mt) = m.split_at_mut(full);
+    let (v, vt) = v.split_at_mut(full);
+    let mut l = Lanes::<2>::new();
+    for_blocks(
+        n,
+        &mut l,
+        |o, l| {
+            let gb: &[f32; LANES] = g[o..o + LANES].try_into().unwrap();
+            let wb: &[f32; LANES] = w[o..o + LANES].try_into().unwrap();
+            let mb: &mut [f32; LANES] = (&mut m[o..o + LANES]).try_into().unwrap();
+            let vb: &mut [f32; LANES] = (&mut v[o..o + LANES]).try_into().unwrap();
+            for j in 0..LANES {
+                let (m2, v2, u) = elem(c, wd, gb[j], mb[j], vb[j], wb[j]);
+                mb[j] = m2;
+                vb[j] = v2;
+                l.acc[0][j] += wb[j] * wb[j];
+                l.acc[1][j] += u * u;
+                l.bits[j] = l.bits[j].max(abs_bits(gb[j]));
+                l.xbits[j] = l.xbits[j].max(abs_bits(u));
+            }
+        },
+        |i, j, l| {
+            let (m2, v2, u) = elem(c, wd, g[i], mt[i - full], vt[i - full], w[i]);
+            mt[i - full] = m2;
+            vt[i - full] = v2;
+            l.acc[0][j] += w[i] * w[i];
+            l.acc[1][j] += u * u;
+            l.bits[j] = l.bits[j].max(abs_bits(g[i]));
+            l.xbits[j] = l.xbits[j].max(abs_bits(u));
+        },
+    );
+    l.finish()
+}
+
+/// Unchecked second pass: the update recomputed from the new moments (the same f32 values
+/// [`elem`] computes, so the weights are bit-identical to [`write_chunk`]'s).
+#[inline(always)]
+fn apply_chunk(c: &Coef, wd: f32, k: f32, m: &[f32], v: &[f32], w: &mut [f32]) {
+    let n = w.len();
+    let (m, v) = (&m[..n], &v[..n]);
+    for i in 0..n {
+        let u = (m[i] * c.rc1) / ((v[i] * c.rc2 + c.eps_root).sqrt() + c.eps) + wd * w[i];
+        w[i] -= k * u;
+    }
+}
+
+multiversion! {
+    fn moments_chunk_mv(c: &Coef, wd: f32, g: &[f32], m: &mut [f32], v: &mut [f32], w: &[f32]) -> Partial = moments_chunk;
+}
+multiversion! {
+    fn apply_chunk_mv(c: &Coef, wd: f32, k: f32, m: &[f32], v: &[f32], w: &mut [f32]) = apply_chunk;
+}
 multiversion! {
     fn read_chunk_mv(c: &Coef, wd: f32, g: &[f32], m: &[f32], v: &[f32], w: &[f32]) -> Partial = read_chunk;
 }
@@ -365,6 +425,33 @@ fn read_tensor(coef: &Coef, ts: &mut Slot, g: &[f32], w: &[f32]) {
             *part = read_chunk_mv(coef, wd, &g[r.clone()], &m[r.clone()], &v[r.clone()], &w[r]);
         });
     ts.total = combine(&ts.partials);
+}
+
+/// Unchecked first pass over one tensor: new moments written, norms and maxima into
+/// `ts.total` (reads g, m, v, w; writes m, v: 24 bytes per parameter).
+fn moments_tensor(coef: &Coef, ts: &mut Slot, g: &[f32], w: &[f32]) {
+    let wd = ts.plan.wd;
+    let (mb, vb) = ts.bufs.split_at_mut(1);
+    mb[0]
+        .par_chunks_mut(CHUNK)
+        .zip(vb[0].par_chunks_mut(CHUNK))
+        .zip(ts.partials.par_iter_mut())
+        .enumerate()
+        .for_each(|(c, ((m, v), part))| {
+            let r = c * CHUNK..((c + 1) * CHUNK).min(g.len());
+            *part = moments_chunk_mv(coef, wd, &g[r.clone()], m, v, &w[r]);
+        });
+    ts.total = combine(&ts.partials);
+}
+
+/// Unchecked second pass over one tensor: weights from the new moments (reads m, v, w;
+/// writes w: 16 bytes per parameter).
+fn apply_tensor(coef: &Coef, ts: &Slot, w: &mut [f32]) {
+    let plan = ts.plan;
+    w.par_chunks_mut(CHUNK)
+        .zip(ts.bufs[0].par_chunks(CHUNK))
+        .zip(ts.bufs[1].par_chunks(CHUNK))
+        .for_each(|((w, m), v)| apply_chunk_mv(coef, plan.wd, plan.k, m, v, w));
 }
 
 /// Trust ratio and step coefficient of one tensor from its norms.
@@ -521,9 +608,9 @@ impl Lamb {
                 .par_iter_mut()
                 .zip(params.par_iter_mut())
                 .for_each(|(ts, p)| {
-                    read_tensor(&coef, ts, p.grad, p.value);
+                    moments_tensor(&coef, ts, p.grad, p.value);
                     set_ratio(cfg, ts, step_size);
-                    write_tensor(&coef, ts, p);
+                    apply_tensor(&coef, ts, p.value);
                 });
         } else {
             // Read pass: norms and maxima of every tensor, nothing written.
