@@ -127,29 +127,28 @@ pub fn run(a: &SweepArgs) -> Result<bool> {
     let recorded_path = dir.join("sweep.toml");
     if recorded_path.is_file() {
         let recorded = SweepSpec::from_file(&recorded_path)?;
-        if recorded != spec {
+        if let Some(why) = recorded.incompatibility(&spec) {
             bail!(
-                "{} holds a sweep with another grid (see {}); continue it with `lamb sweep --config {} --out {}`, or choose another --out",
+                "{} holds a sweep with another grid ({why} differ; see {}); continue it with `lamb sweep --config {} --out {}`, or choose another --out",
                 dir.display(),
                 recorded_path.display(),
                 recorded_path.display(),
                 dir.display()
             );
         }
+        if recorded != spec && !a.report {
+            println!(
+                "The grid changed (same budget and settings): runs already there are kept, new ones added; {} records the new grid",
+                recorded_path.display()
+            );
+            write_grid(&recorded_path, &spec)?;
+        }
     } else if a.report {
         bail!("{} holds no sweep (no sweep.toml)", dir.display());
     } else {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating sweep directory {}", dir.display()))?;
-        write_atomic(
-            &recorded_path,
-            format!(
-                "# The grid of this sweep (rerun with `lamb sweep --config {}`).\n{}",
-                recorded_path.display(),
-                spec.to_toml()?
-            )
-            .as_bytes(),
-        )?;
+        write_grid(&recorded_path, &spec)?;
     }
     let command = std::env::args()
         .map(|s| if s.contains(' ') { format!("'{s}'") } else { s })
@@ -196,6 +195,18 @@ pub fn run(a: &SweepArgs) -> Result<bool> {
         return Ok(false);
     }
     Ok(true)
+}
+
+fn write_grid(path: &std::path::Path, spec: &SweepSpec) -> Result<()> {
+    write_atomic(
+        path,
+        format!(
+            "# The grid of this sweep (rerun with `lamb sweep --config {}`).\n{}",
+            path.display(),
+            spec.to_toml()?
+        )
+        .as_bytes(),
+    )
 }
 
 fn print_dry_run(spec: &SweepSpec, plans: &[spec::RunPlan], ex: &Execution) {

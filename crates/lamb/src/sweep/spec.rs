@@ -86,8 +86,8 @@ pub struct SweepSpec {
 /// Built-in sweeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
-    /// About an hour on a 2-core machine: 5 optimizers x batch 100/1000/5000 x 3 learning
-    /// rates, 6 epochs on the full data (45 runs).
+    /// About an hour on a 2-core machine: 5 optimizers x batch 100/1000/5000 x 4 learning
+    /// rates, 6 epochs on the full data (60 runs).
     Small,
     /// The full grid for bigger machines: 5 optimizers x 7 batch sizes x 5 learning rates,
     /// 30 epochs (175 runs; about a day on 2 cores, see `--dry-run`).
@@ -120,7 +120,7 @@ impl Preset {
             batch_sizes: vec![100, 1000, 5000],
             base_batch: 100,
             scaling: Scaling::Sqrt,
-            lr_multipliers: vec![0.5, 1.0, 2.0],
+            lr_multipliers: vec![0.5, 1.0, 2.0, 4.0],
             epochs: 6,
             schedule: ScheduleKind::Poly,
             warmup_epochs: 1.0,
@@ -229,6 +229,36 @@ impl SweepSpec {
         Ok(())
     }
 
+    /// Whether a sweep directory recorded with `self` may continue with `new`: every setting
+    /// that decides a run's numbers must agree (budget, schedule, seed, data, and the preset,
+    /// weight decay and momentum of each optimizer both name); the lists of batch sizes,
+    /// multipliers and optimizers may grow or shrink, since runs are found by name
+    /// (optimizer, batch size, learning rate). Returns what differs otherwise.
+    pub fn incompatibility(&self, new: &SweepSpec) -> Option<String> {
+        let mut diff = Vec::new();
+        macro_rules! same {
+            ($($f:ident),*) => { $(if self.$f != new.$f { diff.push(stringify!($f).replace('_', "-")); })* };
+        }
+        same!(
+            epochs,
+            schedule,
+            warmup_epochs,
+            decay_power,
+            seed,
+            activation,
+            train_images,
+            test_images
+        );
+        for o in &new.optimizers {
+            if let Some(r) = self.optimizers.iter().find(|r| r.label() == o.label()) {
+                if (r.weight_decay, r.momentum) != (o.weight_decay, o.momentum) {
+                    diff.push(format!("weight-decay or momentum of {}", o.label()));
+                }
+            }
+        }
+        (!diff.is_empty()).then(|| diff.join(", "))
+    }
+
     /// Learning rate at the centre of the grid for `opt` at `batch`.
     pub fn centre_lr(&self, opt: &OptimizerGrid, batch: usize) -> f64 {
         let r = batch as f64 / self.base_batch as f64;
@@ -279,7 +309,7 @@ mod tests {
     fn presets_are_valid_and_sized_as_documented() {
         let s = Preset::Small.spec();
         s.validate().unwrap();
-        assert_eq!(s.plan().len(), 45);
+        assert_eq!(s.plan().len(), 60);
         let f = Preset::Full.spec();
         f.validate().unwrap();
         assert_eq!(f.plan().len(), 175);
@@ -292,9 +322,29 @@ mod tests {
         assert!((s.centre_lr(lamb, 400) - 2.0 * lamb.base_lr).abs() < 1e-12);
         let p = s.plan();
         let b1000: Vec<_> = p.iter().filter(|r| r.batch == 1000 && r.opt == 0).collect();
-        assert_eq!(b1000.len(), 3);
+        assert_eq!(b1000.len(), 4);
         assert!((b1000[1].lr - shortest(2e-3 * 10f64.sqrt())).abs() < 1e-12);
         assert_eq!(b1000[1].id, "lamb-b1000-lr6.325e-3");
+    }
+
+    #[test]
+    fn a_grid_may_grow_but_not_change_what_decides_a_run() {
+        let s = Preset::Small.spec();
+        let mut wider = s.clone();
+        wider.lr_multipliers.push(4.0);
+        wider.batch_sizes.push(2000);
+        assert_eq!(s.incompatibility(&wider), None);
+        // Every run of the old grid keeps its name in the wider one.
+        let ids: Vec<String> = wider.plan().into_iter().map(|p| p.id).collect();
+        assert!(s.plan().iter().all(|p| ids.contains(&p.id)));
+        let mut longer = s.clone();
+        longer.epochs = 7;
+        longer.optimizers[0].weight_decay = Some(0.1);
+        let why = s.incompatibility(&longer).unwrap();
+        assert!(
+            why.contains("epochs") && why.contains("weight-decay or momentum of lamb"),
+            "{why}"
+        );
     }
 
     #[test]
