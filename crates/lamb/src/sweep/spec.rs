@@ -90,7 +90,7 @@ pub enum Preset {
     /// rates, 6 epochs on the full data (60 runs).
     Small,
     /// The full grid for bigger machines: 5 optimizers x 7 batch sizes x 5 learning rates,
-    /// 30 epochs (175 runs; about a day on 2 cores, see `--dry-run`).
+    /// 30 epochs (175 runs; about 15 h on 2 cores, see `--dry-run`).
     Full,
 }
 
