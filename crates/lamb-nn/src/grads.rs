@@ -276,36 +276,7 @@ impl Model {
             });
         }
         length("gradient accumulator", acc.sum.len(), self.param_count())?;
-        let total = indices.len();
-        let mut metrics = StepMetrics {
-            loss_sum: 0.0,
-            correct: 0,
-            count: 0,
-            applied: false,
-        };
-        if total == 0 {
-            self.layers
-                .iter_mut()
-                .flat_map(|l| &mut l.params)
-                .for_each(|p| p.grad.iter_mut().for_each(|g| *g = 0.0));
-            return Ok(metrics);
-        }
-        if micro_batches == 1 {
-            return self.compute_gradients_on(data, indices);
-        }
-        acc.zero();
-        for part in split_even(indices, micro_batches) {
-            if part.is_empty() {
-                continue;
-            }
-            let m = self.compute_gradients_on(data, part)?;
-            acc.add_scaled(self, part.len() as f32 / total as f32)?;
-            metrics.loss_sum += m.loss_sum;
-            metrics.correct += m.correct;
-            metrics.count += m.count;
-        }
-        acc.write_into(self)?;
-        Ok(metrics)
+        local_gradients(self, data, indices, indices.len(), micro_batches, acc)
     }
 }
 

@@ -16,7 +16,8 @@
 use crate::common::{bias_correction, complement, safe, scalar, Counters};
 use crate::patterns::Patterns;
 use crate::reduce::{
-    abs_bits, bits_finite, bits_value, combine, for_blocks, Lanes, Partial, CHUNK, LANES,
+    abs_bits, bits_finite, bits_value, combine, for_blocks, reduce_chunks, Lanes, Partial, CHUNK,
+    LANES,
 };
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
@@ -359,14 +360,9 @@ impl Adam {
             .for_each(|(ts, p)| {
                 let (g, w) = (p.grad, &*p.value);
                 let with_w = ts.plan.l2 != 0.0;
-                ts.partials
-                    .par_iter_mut()
-                    .enumerate()
-                    .for_each(|(c, part)| {
-                        let r = c * CHUNK..((c + 1) * CHUNK).min(g.len());
-                        *part = read_chunk_mv(&g[r.clone()], &w[r], with_w);
-                    });
-                ts.total = combine(&ts.partials);
+                ts.total = reduce_chunks(&mut ts.partials, g.len(), |r| {
+                    read_chunk_mv(&g[r.clone()], &w[r], with_w)
+                });
             });
         if let Some(e) = first_bad_gradient(&self.reg, params, t) {
             return Err(e);

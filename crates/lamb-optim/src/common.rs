@@ -1,7 +1,7 @@
 //! Small pieces shared by the optimizers: step bookkeeping, the finiteness bound, the global
 //! gradient norm.
 
-use crate::reduce::{combine, sum_squares, CHUNK};
+use crate::reduce::{reduce_chunks, sum_squares};
 use crate::simd::multiversion;
 use crate::slots::Registry;
 use crate::{NonFinitePolicy, OptimError, ParamMut, StepOutcome};
@@ -78,14 +78,7 @@ pub(crate) fn gradient_norms<P: Send + Default + Clone>(
         .zip(params.par_iter())
         .for_each(|(ts, p)| {
             let g = p.grad;
-            ts.partials
-                .par_iter_mut()
-                .enumerate()
-                .for_each(|(c, part)| {
-                    let r = c * CHUNK..((c + 1) * CHUNK).min(g.len());
-                    *part = sum_squares_mv(&g[r]);
-                });
-            ts.total = combine(&ts.partials);
+            ts.total = reduce_chunks(&mut ts.partials, g.len(), |r| sum_squares_mv(&g[r]));
         });
 }
 

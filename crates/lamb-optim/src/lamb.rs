@@ -23,7 +23,7 @@ use crate::common::{
     bias_correction, clip_divisor, complement, global_norm, gradient_norms, safe, scalar, Counters,
 };
 use crate::patterns::Exclusions;
-use crate::reduce::{abs_bits, combine, for_blocks, Lanes, Partial, CHUNK, LANES};
+use crate::reduce::{abs_bits, combine, for_blocks, reduce_chunks, Lanes, Partial, CHUNK, LANES};
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
 use crate::slots::{first_bad_gradient, Registry};
@@ -417,14 +417,9 @@ type Slot = crate::slots::TensorSlot<Plan>;
 fn read_tensor(coef: &Coef, ts: &mut Slot, g: &[f32], w: &[f32]) {
     let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
     let wd = ts.plan.wd;
-    ts.partials
-        .par_iter_mut()
-        .enumerate()
-        .for_each(|(c, part)| {
-            let r = c * CHUNK..((c + 1) * CHUNK).min(g.len());
-            *part = read_chunk_mv(coef, wd, &g[r.clone()], &m[r.clone()], &v[r.clone()], &w[r]);
-        });
-    ts.total = combine(&ts.partials);
+    ts.total = reduce_chunks(&mut ts.partials, g.len(), |r| {
+        read_chunk_mv(coef, wd, &g[r.clone()], &m[r.clone()], &v[r.clone()], &w[r])
+    });
 }
 
 /// Unchecked first pass over one tensor: new moments written, norms and maxima into

@@ -23,7 +23,9 @@
 use crate::common::{complement, safe, scalar, Counters};
 use crate::lamb::LayerAdaptation;
 use crate::patterns::Exclusions;
-use crate::reduce::{abs_bits, bits_value, combine, for_blocks, Lanes, Partial, CHUNK, LANES};
+use crate::reduce::{
+    abs_bits, bits_value, combine, for_blocks, reduce_chunks, Lanes, Partial, CHUNK, LANES,
+};
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
 use crate::slots::{first_bad_gradient, Registry};
@@ -345,14 +347,9 @@ impl Lars {
             .for_each(|(ts, p)| {
                 let (g, w) = (p.grad, &*p.value);
                 let wd = ts.plan.wd;
-                ts.partials
-                    .par_iter_mut()
-                    .enumerate()
-                    .for_each(|(c, part)| {
-                        let r = c * CHUNK..((c + 1) * CHUNK).min(g.len());
-                        *part = read_chunk_mv(wd, &g[r.clone()], &w[r]);
-                    });
-                ts.total = combine(&ts.partials);
+                ts.total = reduce_chunks(&mut ts.partials, g.len(), |r| {
+                    read_chunk_mv(wd, &g[r.clone()], &w[r])
+                });
             });
         if let Some(e) = first_bad_gradient(&self.reg, params, t) {
             return Err(e);

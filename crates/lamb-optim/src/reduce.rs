@@ -44,6 +44,20 @@ pub(crate) fn combine(parts: &[Partial]) -> Partial {
     t
 }
 
+/// Fills `partials` with `f(range)` over the [`CHUNK`]-sized ranges of `0..len` (in parallel)
+/// and returns their sum in chunk order: the fixed-order reduction every read pass uses.
+pub(crate) fn reduce_chunks(
+    partials: &mut [Partial],
+    len: usize,
+    f: impl Fn(std::ops::Range<usize>) -> Partial + Sync,
+) -> Partial {
+    use rayon::prelude::*;
+    partials.par_iter_mut().enumerate().for_each(|(c, part)| {
+        *part = f(c * CHUNK..((c + 1) * CHUNK).min(len));
+    });
+    combine(partials)
+}
+
 /// Absolute-value bit pattern: finite iff `< 0x7f80_0000`; ordered like `|x|` for non-NaN.
 #[inline(always)]
 pub(crate) fn abs_bits(x: f32) -> u32 {
