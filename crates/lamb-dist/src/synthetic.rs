@@ -2,6 +2,7 @@
 //! brightness pattern depends on the label, plus noise, so that training makes progress.
 
 use lamb_data::Dataset;
+use lamb_nn::{Activation, Model, NnError, Padding, Sequential};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -29,6 +30,19 @@ pub fn dataset(n: usize, shape: [usize; 3], classes: usize, seed: u64) -> Datase
         channels: c,
         class_names: (0..classes).map(|k| format!("class{k}")).collect(),
     }
+}
+
+/// A small CNN over 8x8x3 images with the classic model's layer kinds (Conv2D same and valid,
+/// MaxPool, Flatten, Dense), fast enough for multi-rank tests; initialised from `seed`.
+pub fn small_cnn(seed: u64) -> Result<Model, NnError> {
+    Sequential::new([8, 8, 3])
+        .conv2d(6, 3, 1, Padding::Same, Activation::Relu)
+        .max_pool2d(2)
+        .conv2d(8, 3, 1, Padding::Valid, Activation::Relu)
+        .flatten()
+        .dense(16, Activation::Relu)
+        .dense(10, Activation::Softmax)
+        .build(seed)
 }
 
 #[cfg(test)]

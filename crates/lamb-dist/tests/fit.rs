@@ -8,9 +8,7 @@ use lamb_data::Dataset;
 use lamb_dist::{
     fit, sync_from_root, synthetic, Communicator, Parallel, SingleProcess, ThreadCommunicator,
 };
-use lamb_nn::{
-    Activation, EpochRecord, FitEvent, FitOptions, FitProgress, History, Model, Padding, Sequential,
-};
+use lamb_nn::{EpochRecord, FitEvent, FitOptions, FitProgress, History, Model};
 use lamb_optim::{build, Optimizer, OptimizerKind, OptimizerSpec};
 
 /// Tolerance on weights after training, data-parallel or accumulated vs one process and one
@@ -25,15 +23,7 @@ use lamb_optim::{build, Optimizer, OptimizerKind, OptimizerSpec};
 const TOL: f32 = 1e-5;
 
 fn model() -> Model {
-    Sequential::new([8, 8, 3])
-        .conv2d(6, 3, 1, Padding::Same, Activation::Relu)
-        .max_pool2d(2)
-        .conv2d(8, 3, 1, Padding::Valid, Activation::Relu)
-        .flatten()
-        .dense(16, Activation::Relu)
-        .dense(10, Activation::Softmax)
-        .build(7)
-        .unwrap()
+    synthetic::small_cnn(7).unwrap()
 }
 
 fn lamb() -> Box<dyn Optimizer> {

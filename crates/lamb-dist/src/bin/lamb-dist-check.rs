@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use lamb_dist::{
     check_in_sync, communicator_from_env, fit, synthetic, Communicator, Parallel, SingleProcess,
 };
-use lamb_nn::{Activation, FitOptions, Padding, Sequential};
+use lamb_nn::FitOptions;
 use lamb_optim::{build, OptimizerKind, OptimizerSpec};
 
 struct Args {
@@ -66,14 +66,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let train = synthetic::dataset(a.images, [8, 8, 3], 10, 1);
     let val = synthetic::dataset(130, [8, 8, 3], 10, 2);
-    let mut model = Sequential::new([8, 8, 3])
-        .conv2d(6, 3, 1, Padding::Same, Activation::Relu)
-        .max_pool2d(2)
-        .conv2d(8, 3, 1, Padding::Valid, Activation::Relu)
-        .flatten()
-        .dense(16, Activation::Relu)
-        .dense(10, Activation::Softmax)
-        .build(7)?;
+    let mut model = synthetic::small_cnn(7)?;
     let mut opt = build(&OptimizerSpec {
         learning_rate: Some(a.lr),
         ..OptimizerSpec::new(OptimizerKind::Lamb)
