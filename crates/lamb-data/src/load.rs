@@ -144,10 +144,12 @@ pub fn cache_entry_dir(archive: &Path, cache_dir: &Path) -> Result<PathBuf, Data
 /// the data read from the archive is returned all the same. Paths that are not archives
 /// (directories) are loaded directly, without caching. Never writes next to `archive`.
 pub fn load_cached(archive: &Path, cache_dir: &Path) -> Result<Splits, DataError> {
-    match detect(archive)? {
-        Layout::Archive(_) => {}
+    // The archive file itself (a directory holding one archive detects as that file).
+    let archive = match detect(archive)? {
+        Layout::Archive(file) => file,
         _ => return load(archive),
-    }
+    };
+    let archive = archive.as_path();
     let entry = cache_entry_dir(archive, cache_dir)?;
     if entry.is_dir() {
         if let Ok(s) = read_official(&entry) {

@@ -241,16 +241,6 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
             path.display()
         );
     }
-    let decays = recorded
-        .schedule
-        .is_some_and(|k| k != crate::config::ScheduleKind::Constant);
-    if decays && flags.epochs.is_some_and(|e| Some(e) != recorded.epochs) {
-        bail!(
-            "--epochs cannot change when resuming {}: its learning rate decays to 0 at the last epoch ({} epochs), so a new length would change the schedule",
-            path.display(),
-            recorded.epochs.map_or("?".to_string(), |e| e.to_string())
-        );
-    }
     let mut s = recorded.overridden_by(&Settings {
         epochs: flags.epochs,
         data: flags.data.clone(),

@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use lamb_data::{detect, load, DataError, Layout, CIFAR10_CLASSES};
+use lamb_data::{detect, load, load_cached, DataError, Layout, CIFAR10_CLASSES};
 
 use crate::common::{gzip, jpeg, png, rand_image, smooth_image, Tree};
 
@@ -83,6 +83,10 @@ fn a_directory_holding_one_archive_means_that_archive() {
     tree.write_tar(&p, "", true);
     assert_eq!(detect(&dir).unwrap(), Layout::Archive(p.clone()));
     assert_eq!(load(&dir).unwrap(), load(&p).unwrap());
+    // The cached path too (it hashes and decodes the archive, not the directory).
+    let cache = tmp.path().join("cache");
+    assert_eq!(load_cached(&dir, &cache).unwrap(), load(&p).unwrap());
+    assert_eq!(load_cached(&dir, &cache).unwrap(), load(&p).unwrap());
     // Two archives: ambiguous, so the directory is not a data layout.
     tree.write_tar(&dir.join("other.tar"), "", false);
     assert!(matches!(
