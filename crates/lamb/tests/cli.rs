@@ -186,17 +186,30 @@ fn ctrl_c_mid_epoch_checkpoints_and_resume_matches_a_straight_run() {
     let (mut child, rx) = spawn(&mut c);
     let first = wait_line(&rx, "Epoch 1/3");
     let _ = first;
-    // Epoch 2 has just started; stop it after about a third of an epoch's training.
-    let per_epoch = std::fs::read_to_string(b.join("history.csv"))
-        .map(|t| {
-            t.lines()
-                .nth(1)
-                .and_then(|l| l.split(',').nth(5))
-                .and_then(|s| s.parse::<f64>().ok())
-                .unwrap_or(1.0)
-        })
-        .unwrap_or(1.0);
-    std::thread::sleep(Duration::from_secs_f64((per_epoch / 3.0).clamp(0.05, 5.0)));
+    // Epoch 2 starts once epoch 1's history is written; stop it after about a third of an
+    // epoch's training time (measured from that history, so a faster engine stops sooner).
+    let epoch_seconds = || {
+        std::fs::read_to_string(b.join("history.csv"))
+            .ok()?
+            .lines()
+            .nth(1)?
+            .split(',')
+            .nth(5)?
+            .parse::<f64>()
+            .ok()
+    };
+    let t0 = Instant::now();
+    let per_epoch = loop {
+        if let Some(s) = epoch_seconds() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no history after epoch 1"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep(Duration::from_secs_f64((per_epoch / 3.0).clamp(0.01, 5.0)));
     let st = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
