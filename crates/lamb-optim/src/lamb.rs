@@ -23,10 +23,12 @@ use crate::common::{
     bias_correction, clip_divisor, complement, global_norm, gradient_norms, safe, scalar, Counters,
 };
 use crate::patterns::Exclusions;
-use crate::reduce::{abs_bits, combine, for_blocks, reduce_chunks, Lanes, Partial, CHUNK, LANES};
+use crate::reduce::{
+    abs_bits, combine, for_blocks, reduce_chunks, Lanes, Partial, CHUNK, FOLD, LANES,
+};
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
-use crate::slots::{first_bad_gradient, Registry};
+use crate::slots::{first_bad_gradient, Registry, StateBuf};
 use crate::validate;
 use crate::{
     NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
@@ -164,6 +166,29 @@ pub struct LambConfig {
     pub f64_scalars: bool,
     /// What a non-finite gradient or update does. Default: error.
     pub non_finite: NonFinitePolicy,
+    /// Scratch memory traded for step speed. Default [`StepMemory::Fast`].
+    pub step_memory: StepMemory,
+}
+
+/// How much scratch memory a LAMB step may use. Both give bit-identical results.
+///
+/// A step needs every tensor's norms before it can change any weight, so it reads the
+/// tensors twice. The second read is what this chooses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepMemory {
+    /// The first pass writes the new moments to spare buffers and each update to a scratch
+    /// buffer (12 bytes per parameter beside the 8 of the moments; whole cache lines written
+    /// with non-temporal stores where AVX-512 is in use); the second reads only the update
+    /// and the weight. The spares become the moments by swapping once every value is known
+    /// to be finite, so a refused or skipped step still changes nothing. About 24 bytes read
+    /// and 16 written per parameter.
+    #[default]
+    Fast,
+    /// No scratch: the second pass recomputes each update from the moments. Checked steps
+    /// read 32 bytes and write 12 per parameter (a read-only pass, then the write pass);
+    /// unchecked ones 28 and 12.
+    Lean,
 }
 
 impl Default for LambConfig {
@@ -194,6 +219,7 @@ impl LambConfig {
             trust_clip: false,
             f64_scalars: false,
             non_finite: NonFinitePolicy::Error,
+            step_memory: StepMemory::Fast,
         };
         match p {
             LambPreset::Tfa => tfa,
@@ -298,7 +324,99 @@ fn elem(c: &Coef, wd: f32, g: f32, m: f32, v: f32, w: f32) -> (f32, f32, f32) {
     (m2, v2, u)
 }
 
-/// Read pass: sums of w^2 and u^2, gradient and update maxima. Changes nothing.
+/// Largest `abs_bits` of a new first moment, second moment and update: not finite iff
+/// `>= 0x7f80_0000` (a finite gradient can still overflow `v` through `g*g`).
+#[inline(always)]
+fn state_bits(m2: f32, v2: f32, u: f32) -> u32 {
+    abs_bits(u).max(abs_bits(m2)).max(abs_bits(v2))
+}
+
+/// One block of [`LANES`] elements: the new moments and updates, with `w^2` and `u^2` added
+/// to the lanes and the maxima taken. Kept out of the callers' closures so that it is always
+/// inlined into the vectorised kernels.
+#[inline(always)]
+fn lamb_block(
+    c: &Coef,
+    wd: f32,
+    g: &[f32; LANES],
+    m: &[f32; LANES],
+    v: &[f32; LANES],
+    w: &[f32; LANES],
+    l: &mut Lanes<2>,
+) -> [[f32; LANES]; 3] {
+    let mut out = [[0.0f32; LANES]; 3];
+    for j in 0..LANES {
+        let (m2, v2, u) = elem(c, wd, g[j], m[j], v[j], w[j]);
+        out[0][j] = m2;
+        out[1][j] = v2;
+        out[2][j] = u;
+        l.acc[0][j] += w[j] * w[j];
+        l.acc[1][j] += u * u;
+        l.bits[j] = l.bits[j].max(abs_bits(g[j]));
+        l.xbits[j] = l.xbits[j].max(state_bits(m2, v2, u));
+    }
+    out
+}
+
+/// One tail element (lane `j`): as [`lamb_block`] for a single element.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn lamb_tail(
+    c: &Coef,
+    wd: f32,
+    g: f32,
+    m: f32,
+    v: f32,
+    w: f32,
+    j: usize,
+    l: &mut Lanes<2>,
+) -> (f32, f32, f32) {
+    let (m2, v2, u) = elem(c, wd, g, m, v, w);
+    l.acc[0][j] += w * w;
+    l.acc[1][j] += u * u;
+    l.bits[j] = l.bits[j].max(abs_bits(g));
+    l.xbits[j] = l.xbits[j].max(state_bits(m2, v2, u));
+    (m2, v2, u)
+}
+
+/// Whether [`store_fresh`] may use wide non-temporal stores for these outputs: AVX-512 in
+/// use and every output starting a cache line.
+#[inline(always)]
+fn streaming(outs: &[&[f32]]) -> bool {
+    cfg!(target_arch = "x86_64")
+        && crate::simd::simd_level() == crate::simd::SimdLevel::Avx512
+        && outs.iter().all(|o| (o.as_ptr() as usize).is_multiple_of(64))
+}
+
+/// Stores a block to lines that were not read first (scratch outputs). With `nt` (see
+/// [`streaming`]), one non-temporal store per cache line, so the line is not fetched from
+/// memory before it is overwritten; else plain stores. Callers end with [`stream_fence`].
+#[inline(always)]
+fn store_fresh(dst: &mut [f32], src: &[f32; LANES], nt: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if nt && dst.len() == LANES {
+        use std::arch::x86_64::{_mm512_loadu_ps, _mm512_stream_ps};
+        // SAFETY: `nt` is only set when AVX-512F is in use and `dst` is 64-byte aligned (its
+        // chunk starts a line and blocks are 16 floats); `dst` holds LANES = 16 floats.
+        unsafe { _mm512_stream_ps(dst.as_mut_ptr(), _mm512_loadu_ps(src.as_ptr())) };
+        return;
+    }
+    let _ = nt;
+    dst.copy_from_slice(src);
+}
+
+/// Orders the non-temporal stores of [`store_fresh`] before whatever follows (another thread
+/// reads the outputs after the pass).
+#[inline(always)]
+fn stream_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// Read pass: sums of w^2 and u^2, gradient maxima and [`state_bits`] maxima. Changes nothing.
 #[inline(always)]
 fn read_chunk(c: &Coef, wd: f32, g: &[f32], m: &[f32], v: &[f32], w: &[f32]) -> Partial {
     let n = g.len();
@@ -308,24 +426,16 @@ fn read_chunk(c: &Coef, wd: f32, g: &[f32], m: &[f32], v: &[f32], w: &[f32]) -> 
         n,
         &mut l,
         |o, l| {
-            let gb: &[f32; LANES] = g[o..o + LANES].try_into().unwrap();
-            let mb: &[f32; LANES] = m[o..o + LANES].try_into().unwrap();
-            let vb: &[f32; LANES] = v[o..o + LANES].try_into().unwrap();
-            let wb: &[f32; LANES] = w[o..o + LANES].try_into().unwrap();
-            for j in 0..LANES {
-                let (_, _, u) = elem(c, wd, gb[j], mb[j], vb[j], wb[j]);
-                l.acc[0][j] += wb[j] * wb[j];
-                l.acc[1][j] += u * u;
-                l.bits[j] = l.bits[j].max(abs_bits(gb[j]));
-                l.xbits[j] = l.xbits[j].max(abs_bits(u));
-            }
+            let r = o..o + LANES;
+            let (gb, mb) = (
+                g[r.clone()].try_into().unwrap(),
+                m[r.clone()].try_into().unwrap(),
+            );
+            let (vb, wb) = (v[r.clone()].try_into().unwrap(), w[r].try_into().unwrap());
+            lamb_block(c, wd, gb, mb, vb, wb, l);
         },
         |i, j, l| {
-            let (_, _, u) = elem(c, wd, g[i], m[i], v[i], w[i]);
-            l.acc[0][j] += w[i] * w[i];
-            l.acc[1][j] += u * u;
-            l.bits[j] = l.bits[j].max(abs_bits(g[i]));
-            l.xbits[j] = l.xbits[j].max(abs_bits(u));
+            lamb_tail(c, wd, g[i], m[i], v[i], w[i], j, l);
         },
     );
     l.finish()
@@ -344,50 +454,106 @@ fn write_chunk(c: &Coef, wd: f32, k: f32, g: &[f32], m: &mut [f32], v: &mut [f32
     }
 }
 
-/// Unchecked first pass: new moments written in place, with the same sums and maxima as
+/// Checked first pass with scratch ([`StepMemory::Fast`]): the new moments and the update go
+/// to `mo`, `vo` and `uo` (the state is not touched), with the same sums and maxima as
 /// [`read_chunk`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn stage_chunk(
+    c: &Coef,
+    wd: f32,
+    g: &[f32],
+    m: &[f32],
+    v: &[f32],
+    w: &[f32],
+    mo: &mut [f32],
+    vo: &mut [f32],
+    uo: &mut [f32],
+) -> Partial {
+    let n = g.len();
+    let (m, v, w) = (&m[..n], &v[..n], &w[..n]);
+    let (mo, vo, uo) = (&mut mo[..n], &mut vo[..n], &mut uo[..n]);
+    // The block and tail closures get disjoint halves (for_blocks' tail starts here).
+    let full = n / LANES * LANES;
+    let (mo, mt) = mo.split_at_mut(full);
+    let (vo, vt) = vo.split_at_mut(full);
+    let (uo, ut) = uo.split_at_mut(full);
+    let nt = streaming(&[mo, vo, uo]);
+    let mut l = Lanes::<2>::new();
+    // The order of `for_blocks`, written out: closures here are not reliably inlined into the
+    // vectorised copies.
+    let mut o = 0;
+    while o < full {
+        let end = (o + FOLD).min(full);
+        while o < end {
+            let r = o..o + LANES;
+            let (gb, mb) = (
+                g[r.clone()].try_into().unwrap(),
+                m[r.clone()].try_into().unwrap(),
+            );
+            let (vb, wb) = (
+                v[r.clone()].try_into().unwrap(),
+                w[r.clone()].try_into().unwrap(),
+            );
+            let [m2, v2, u] = lamb_block(c, wd, gb, mb, vb, wb, &mut l);
+            store_fresh(&mut mo[r.clone()], &m2, nt);
+            store_fresh(&mut vo[r.clone()], &v2, nt);
+            store_fresh(&mut uo[r], &u, nt);
+            o += LANES;
+        }
+        l.fold();
+    }
+    for (j, i) in (full..n).enumerate() {
+        let (m2, v2, u) = lamb_tail(c, wd, g[i], m[i], v[i], w[i], j, &mut l);
+        mt[i - full] = m2;
+        vt[i - full] = v2;
+        ut[i - full] = u;
+    }
+    stream_fence();
+    l.finish()
+}
+
+/// Unchecked first pass without scratch: new moments written in place, with the same sums
+/// and maxima as [`read_chunk`].
 #[inline(always)]
 fn moments_chunk(c: &Coef, wd: f32, g: &[f32], m: &mut [f32], v: &mut [f32], w: &[f32]) -> Partial {
     let n = g.len();
     let (m, v, w) = (&mut m[..n], &mut v[..n], &w[..n]);
-    // The block and tail closures get disjoint halves (for_blocks' tail starts here).
     let full = n / LANES * LANES;
     let (m, mt) = m.split_at_mut(full);
     let (v, vt) = v.split_at_mut(full);
     let mut l = Lanes::<2>::new();
-    for_blocks(
-        n,
-        &mut l,
-        |o, l| {
-            let gb: &[f32; LANES] = g[o..o + LANES].try_into().unwrap();
-            let wb: &[f32; LANES] = w[o..o + LANES].try_into().unwrap();
-            let mb: &mut [f32; LANES] = (&mut m[o..o + LANES]).try_into().unwrap();
-            let vb: &mut [f32; LANES] = (&mut v[o..o + LANES]).try_into().unwrap();
-            for j in 0..LANES {
-                let (m2, v2, u) = elem(c, wd, gb[j], mb[j], vb[j], wb[j]);
-                mb[j] = m2;
-                vb[j] = v2;
-                l.acc[0][j] += wb[j] * wb[j];
-                l.acc[1][j] += u * u;
-                l.bits[j] = l.bits[j].max(abs_bits(gb[j]));
-                l.xbits[j] = l.xbits[j].max(abs_bits(u));
-            }
-        },
-        |i, j, l| {
-            let (m2, v2, u) = elem(c, wd, g[i], mt[i - full], vt[i - full], w[i]);
-            mt[i - full] = m2;
-            vt[i - full] = v2;
-            l.acc[0][j] += w[i] * w[i];
-            l.acc[1][j] += u * u;
-            l.bits[j] = l.bits[j].max(abs_bits(g[i]));
-            l.xbits[j] = l.xbits[j].max(abs_bits(u));
-        },
-    );
+    // The order of `for_blocks`, written out (see `stage_chunk`).
+    let mut o = 0;
+    while o < full {
+        let end = (o + FOLD).min(full);
+        while o < end {
+            let r = o..o + LANES;
+            let (gb, wb) = (
+                g[r.clone()].try_into().unwrap(),
+                w[r.clone()].try_into().unwrap(),
+            );
+            let (mb, vb) = (
+                m[r.clone()].try_into().unwrap(),
+                v[r.clone()].try_into().unwrap(),
+            );
+            let [m2, v2, _] = lamb_block(c, wd, gb, mb, vb, wb, &mut l);
+            m[r.clone()].copy_from_slice(&m2);
+            v[r].copy_from_slice(&v2);
+            o += LANES;
+        }
+        l.fold();
+    }
+    for (j, i) in (full..n).enumerate() {
+        let (m2, v2, _) = lamb_tail(c, wd, g[i], mt[i - full], vt[i - full], w[i], j, &mut l);
+        mt[i - full] = m2;
+        vt[i - full] = v2;
+    }
     l.finish()
 }
 
-/// Unchecked second pass: the update recomputed from the new moments (the same f32 values
-/// [`elem`] computes, so the weights are bit-identical to [`write_chunk`]'s).
+/// Second pass without scratch: the update recomputed from the new moments (the same f32
+/// values [`elem`] computes, so the weights are bit-identical to [`write_chunk`]'s).
 #[inline(always)]
 fn apply_chunk(c: &Coef, wd: f32, k: f32, m: &[f32], v: &[f32], w: &mut [f32]) {
     let n = w.len();
@@ -398,11 +564,27 @@ fn apply_chunk(c: &Coef, wd: f32, k: f32, m: &[f32], v: &[f32], w: &mut [f32]) {
     }
 }
 
+/// Second pass with scratch: `w -= k*u` from the stored updates.
+#[inline(always)]
+fn apply_stash_chunk(k: f32, u: &[f32], w: &mut [f32]) {
+    let n = w.len();
+    let u = &u[..n];
+    for i in 0..n {
+        w[i] -= k * u[i];
+    }
+}
+
 multiversion! {
     fn moments_chunk_mv(c: &Coef, wd: f32, g: &[f32], m: &mut [f32], v: &mut [f32], w: &[f32]) -> Partial = moments_chunk;
 }
 multiversion! {
+    fn stage_chunk_mv(c: &Coef, wd: f32, g: &[f32], m: &[f32], v: &[f32], w: &[f32], mo: &mut [f32], vo: &mut [f32], uo: &mut [f32]) -> Partial = stage_chunk;
+}
+multiversion! {
     fn apply_chunk_mv(c: &Coef, wd: f32, k: f32, m: &[f32], v: &[f32], w: &mut [f32]) = apply_chunk;
+}
+multiversion! {
+    fn apply_stash_chunk_mv(k: f32, u: &[f32], w: &mut [f32]) = apply_stash_chunk;
 }
 multiversion! {
     fn read_chunk_mv(c: &Coef, wd: f32, g: &[f32], m: &[f32], v: &[f32], w: &[f32]) -> Partial = read_chunk;
@@ -413,6 +595,31 @@ multiversion! {
 
 type Slot = crate::slots::TensorSlot<Plan>;
 
+/// Scratch buffers of one tensor for [`StepMemory::Fast`] (never saved; contents are only
+/// meaningful within a step).
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    /// The updates of the current step.
+    u: StateBuf,
+    /// Spare first moments: the new ones of a checked step, committed by swapping.
+    m: StateBuf,
+    /// Spare second moments.
+    v: StateBuf,
+}
+
+impl Scratch {
+    /// Sizes the buffers for a tensor of `len` elements (allocates only when that changes).
+    fn fit(&mut self, len: usize) {
+        if self.u.len() != len {
+            self.u = StateBuf::zeros(len);
+        }
+        if self.m.len() != len {
+            self.m = StateBuf::zeros(len);
+            self.v = StateBuf::zeros(len);
+        }
+    }
+}
+
 /// Read pass over one tensor: its norms and maxima into `ts.total`; nothing written.
 fn read_tensor(coef: &Coef, ts: &mut Slot, g: &[f32], w: &[f32]) {
     let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
@@ -422,8 +629,26 @@ fn read_tensor(coef: &Coef, ts: &mut Slot, g: &[f32], w: &[f32]) {
     });
 }
 
-/// Unchecked first pass over one tensor: new moments written, norms and maxima into
-/// `ts.total` (reads g, m, v, w; writes m, v: 24 bytes per parameter).
+/// Checked first pass with scratch: new moments and updates into `sc`, norms and maxima into
+/// `ts.total` (reads g, m, v, w; writes three scratch streams). The state is not touched.
+fn stage_tensor(coef: &Coef, ts: &mut Slot, sc: &mut Scratch, g: &[f32], w: &[f32]) {
+    let wd = ts.plan.wd;
+    let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
+    sc.m.par_chunks_mut(CHUNK)
+        .zip(sc.v.par_chunks_mut(CHUNK))
+        .zip(sc.u.par_chunks_mut(CHUNK))
+        .zip(ts.partials.par_iter_mut())
+        .enumerate()
+        .for_each(|(c, (((mo, vo), uo), part))| {
+            let r = c * CHUNK..((c + 1) * CHUNK).min(g.len());
+            let (gr, mr, vr) = (&g[r.clone()], &m[r.clone()], &v[r.clone()]);
+            *part = stage_chunk_mv(coef, wd, gr, mr, vr, &w[r], mo, vo, uo);
+        });
+    ts.total = combine(&ts.partials);
+}
+
+/// Unchecked first pass over one tensor without scratch: new moments written in place,
+/// norms and maxima into `ts.total`.
 fn moments_tensor(coef: &Coef, ts: &mut Slot, g: &[f32], w: &[f32]) {
     let wd = ts.plan.wd;
     let (mb, vb) = ts.bufs.split_at_mut(1);
@@ -439,14 +664,22 @@ fn moments_tensor(coef: &Coef, ts: &mut Slot, g: &[f32], w: &[f32]) {
     ts.total = combine(&ts.partials);
 }
 
-/// Unchecked second pass over one tensor: weights from the new moments (reads m, v, w;
-/// writes w: 16 bytes per parameter).
+/// Second pass over one tensor without scratch: weights from the new moments (reads m, v, w;
+/// writes w).
 fn apply_tensor(coef: &Coef, ts: &Slot, w: &mut [f32]) {
     let plan = ts.plan;
     w.par_chunks_mut(CHUNK)
         .zip(ts.bufs[0].par_chunks(CHUNK))
         .zip(ts.bufs[1].par_chunks(CHUNK))
         .for_each(|((w, m), v)| apply_chunk_mv(coef, plan.wd, plan.k, m, v, w));
+}
+
+/// Second pass over one tensor with scratch: weights from the stored updates (reads u, w;
+/// writes w).
+fn apply_stash_tensor(k: f32, u: &[f32], w: &mut [f32]) {
+    w.par_chunks_mut(CHUNK)
+        .zip(u.par_chunks(CHUNK))
+        .for_each(|(w, u)| apply_stash_chunk_mv(k, u, w));
 }
 
 /// Trust ratio and step coefficient of one tensor from its norms.
@@ -493,6 +726,8 @@ pub struct Lamb {
     excl: Exclusions,
     reg: Registry<Plan>,
     count: Counters,
+    /// One per tensor, used with [`StepMemory::Fast`].
+    scratch: Vec<Scratch>,
 }
 
 impl Lamb {
@@ -523,6 +758,7 @@ impl Lamb {
             excl,
             reg: Registry::new(&["m", "v"]),
             count: Counters::default(),
+            scratch: Vec::new(),
         })
     }
 
@@ -594,12 +830,21 @@ impl Lamb {
             }
             _ => scalar(lr, self.cfg.f64_scalars),
         };
-        let cfg = &self.cfg;
-        if cfg.non_finite == NonFinitePolicy::Unchecked {
-            // Each tensor's norms, then its update, back to back: the second pass reads what the
-            // first left in cache. No tensor waits for the others' norms.
-            self.reg
-                .tensors
+        let Lamb {
+            cfg, reg, scratch, ..
+        } = self;
+        let fast = cfg.step_memory == StepMemory::Fast;
+        let checked = cfg.non_finite != NonFinitePolicy::Unchecked;
+        if fast {
+            scratch.resize_with(reg.tensors.len(), Scratch::default);
+            for (sc, ts) in scratch.iter_mut().zip(&reg.tensors) {
+                sc.fit(ts.len);
+            }
+        }
+        if !fast && !checked {
+            // Each tensor's norms, then its update, back to back. No tensor waits for the
+            // others' norms.
+            reg.tensors
                 .par_iter_mut()
                 .zip(params.par_iter_mut())
                 .for_each(|(ts, p)| {
@@ -608,45 +853,65 @@ impl Lamb {
                     apply_tensor(&coef, ts, p.value);
                 });
         } else {
-            // Read pass: norms and maxima of every tensor, nothing written.
-            self.reg
-                .tensors
-                .par_iter_mut()
-                .zip(params.par_iter())
-                .for_each(|(ts, p)| read_tensor(&coef, ts, p.grad, p.value));
-            if let Some(e) = first_bad_gradient(&self.reg, params, t) {
-                return Err(e);
+            // First pass: norms and maxima of every tensor; the state is not changed (with
+            // scratch, the new moments and updates are staged beside it).
+            let tensors = reg.tensors.par_iter_mut().zip(params.par_iter());
+            if fast {
+                tensors
+                    .zip(scratch.par_iter_mut())
+                    .for_each(|((ts, p), sc)| stage_tensor(&coef, ts, sc, p.grad, p.value));
+            } else {
+                tensors.for_each(|(ts, p)| read_tensor(&coef, ts, p.grad, p.value));
             }
-            for (ts, p) in self.reg.tensors.iter_mut().zip(params.iter()) {
+            if checked {
+                if let Some(e) = first_bad_gradient(reg, params, t) {
+                    return Err(e);
+                }
+            }
+            for (i, (ts, p)) in reg.tensors.iter_mut().zip(params.iter()).enumerate() {
                 set_ratio(cfg, ts, step_size);
                 let (k, un) = (ts.plan.k, ts.plan.un as f64);
                 let bounded = crate::reduce::bits_finite(ts.total.xbits)
                     && un.is_finite()
                     && safe(k as f64 * un * 1.001);
-                if !bounded {
+                if checked && !bounded {
                     let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
                     let w = &*p.value;
-                    for i in 0..ts.len {
-                        let (m2, v2, u) = elem(&coef, ts.plan.wd, p.grad[i], m[i], v[i], w[i]);
-                        let nw = w[i] - k * u;
+                    for j in 0..ts.len {
+                        let (m2, v2, u) = match scratch.get(i) {
+                            Some(sc) if fast => (sc.m[j], sc.v[j], sc.u[j]),
+                            _ => elem(&coef, ts.plan.wd, p.grad[j], m[j], v[j], w[j]),
+                        };
+                        let nw = w[j] - k * u;
                         if !(m2.is_finite() && v2.is_finite() && u.is_finite() && nw.is_finite()) {
                             return Err(OptimError::NonFinite {
                                 what: "update",
                                 name: ts.name.clone(),
                                 step: t,
-                                index: i,
+                                index: j,
                                 value: if u.is_finite() { nw } else { u },
                             });
                         }
                     }
                 }
             }
-            // Write pass.
-            self.reg
-                .tensors
-                .par_iter_mut()
-                .zip(params.par_iter_mut())
-                .for_each(|(ts, p)| write_tensor(&coef, ts, p));
+            // Checked: every value is finite. Commit.
+            if fast {
+                for (ts, sc) in reg.tensors.iter_mut().zip(scratch.iter_mut()) {
+                    std::mem::swap(&mut ts.bufs[0], &mut sc.m);
+                    std::mem::swap(&mut ts.bufs[1], &mut sc.v);
+                }
+                reg.tensors
+                    .par_iter()
+                    .zip(params.par_iter_mut())
+                    .zip(scratch.par_iter())
+                    .for_each(|((ts, p), sc)| apply_stash_tensor(ts.plan.k, &sc.u, p.value));
+            } else {
+                reg.tensors
+                    .par_iter_mut()
+                    .zip(params.par_iter_mut())
+                    .for_each(|(ts, p)| write_tensor(&coef, ts, p));
+            }
         }
         for (tel, ts) in self.reg.telemetry.iter_mut().zip(&self.reg.tensors) {
             tel.weight_norm = ts.plan.wn;

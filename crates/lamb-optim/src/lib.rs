@@ -56,7 +56,7 @@ mod spec;
 mod validate;
 
 pub use adam::{Adam, AdamConfig, EpsilonMode};
-pub use lamb::{BiasCorrection, Lamb, LambConfig, LambPreset, LayerAdaptation};
+pub use lamb::{BiasCorrection, Lamb, LambConfig, LambPreset, LayerAdaptation, StepMemory};
 pub use lars::{Lars, LarsConfig, LarsForm, LarsPreset};
 pub use reduce::CHUNK;
 pub use schedule::{linear_scaled_learning_rate, sqrt_scaled_learning_rate, Schedule};

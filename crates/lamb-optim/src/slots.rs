@@ -5,6 +5,44 @@ use crate::reduce::{Partial, CHUNK};
 use crate::{OptimError, OptimizerState, ParamMut, TensorState, TensorTelemetry};
 use std::collections::HashSet;
 
+/// One cache line of f32 (the unit of [`StateBuf`]'s allocation).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// An f32 buffer whose first element starts a cache line (64 bytes), so that wide
+/// non-temporal stores can write whole lines. Dereferences to `[f32]`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StateBuf {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl StateBuf {
+    /// `len` zeros.
+    pub(crate) fn zeros(len: usize) -> Self {
+        Self {
+            lines: vec![Line([0.0; 16]); len.div_ceil(16)],
+            len,
+        }
+    }
+}
+
+impl std::ops::Deref for StateBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `lines` holds at least `len` initialised f32 (16 per line, repr(C)).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for StateBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `deref`, and `&mut self` gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
+    }
+}
+
 /// State of one tensor.
 #[derive(Debug, Clone)]
 pub(crate) struct TensorSlot<P> {
@@ -13,7 +51,7 @@ pub(crate) struct TensorSlot<P> {
     /// Number of elements.
     pub len: usize,
     /// One buffer per slot name of the optimizer, each `len` long (zeros at the start).
-    pub bufs: Vec<Vec<f32>>,
+    pub bufs: Vec<StateBuf>,
     /// Largest |x| of each buffer, kept up to date by the write pass (used for cheap
     /// finiteness bounds).
     pub buf_max: Vec<f64>,
@@ -168,7 +206,11 @@ impl<P: Default + Clone> Registry<P> {
         TensorSlot {
             name: name.to_string(),
             len,
-            bufs: self.slot_names.iter().map(|_| vec![0.0; len]).collect(),
+            bufs: self
+                .slot_names
+                .iter()
+                .map(|_| StateBuf::zeros(len))
+                .collect(),
             buf_max: vec![0.0; self.slot_names.len()],
             partials: vec![Partial::default(); chunks(len)],
             total: Partial::default(),
@@ -202,7 +244,7 @@ impl<P: Default + Clone> Registry<P> {
                         .slot_names
                         .iter()
                         .zip(&t.bufs)
-                        .map(|(n, b)| (n.to_string(), b.clone()))
+                        .map(|(n, b)| (n.to_string(), b.to_vec()))
                         .collect(),
                 })
                 .collect(),

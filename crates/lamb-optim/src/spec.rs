@@ -86,6 +86,8 @@ pub struct OptimizerSpec {
     pub schedule: Option<Schedule>,
     /// Non-finite policy.
     pub non_finite: Option<NonFinitePolicy>,
+    /// LAMB: scratch memory traded for step speed (`fast`, the default, or `lean`).
+    pub step_memory: Option<crate::StepMemory>,
 }
 
 impl OptimizerSpec {
@@ -135,6 +137,7 @@ fn reject(
             "dampening" => spec.dampening.is_some(),
             "trust_coefficient" => spec.trust_coefficient.is_some(),
             "trust_clip" => spec.trust_clip.is_some(),
+            "step_memory" => spec.step_memory.is_some(),
             _ => false,
         };
         if set {
@@ -153,7 +156,7 @@ pub fn lars_config(spec: &OptimizerSpec) -> Result<LarsConfig, OptimError> {
     reject(
         spec,
         OptimizerKind::Lars,
-        &["beta_1", "beta_2", "max_grad_norm"],
+        &["beta_1", "beta_2", "max_grad_norm", "step_memory"],
     )?;
     let mut c = LarsConfig::preset(preset);
     if let Some(x) = spec.learning_rate {
@@ -222,6 +225,7 @@ pub fn sgd_config(spec: &OptimizerSpec) -> Result<SgdConfig, OptimError> {
             "max_grad_norm",
             "trust_coefficient",
             "trust_clip",
+            "step_memory",
         ],
     )?;
     if spec.epsilon.is_some() {
@@ -297,6 +301,9 @@ pub fn lamb_config(spec: &OptimizerSpec) -> Result<LambConfig, OptimError> {
     if let Some(x) = spec.schedule {
         c.schedule = x;
     }
+    if let Some(x) = spec.step_memory {
+        c.step_memory = x;
+    }
     if let Some(x) = spec.non_finite {
         c.non_finite = x;
     }
@@ -335,6 +342,7 @@ pub fn adam_config(spec: &OptimizerSpec) -> Result<AdamConfig, OptimError> {
             "dampening",
             "trust_coefficient",
             "trust_clip",
+            "step_memory",
         ],
     )?;
     if let Some(x) = spec.learning_rate {

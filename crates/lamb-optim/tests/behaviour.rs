@@ -600,3 +600,61 @@ fn unchecked_policy_gives_bit_identical_steps_and_propagates_non_finite_values()
         assert!(b.weights[0][0].is_nan(), "{spec:?}");
     }
 }
+
+#[test]
+fn finite_gradient_whose_square_overflows_is_refused_and_changes_nothing() {
+    // g = 1e20 is finite but g*g is not: the second moment would become infinite while the
+    // update (m / sqrt(inf) = 0) stays finite. Both memory choices must refuse the step.
+    for memory in [StepMemory::Fast, StepMemory::Lean] {
+        let cfg = LambConfig {
+            step_memory: memory,
+            ..LambConfig::default()
+        };
+        let mut opt = Lamb::new(cfg).unwrap();
+        let mut m = Model::new();
+        m.step(&mut opt, &Model::grads(1)).unwrap();
+        let (before, state) = (m.bits(), opt.state());
+        let mut g = Model::grads(2);
+        g[2][5] = 1e20;
+        match m.step(&mut opt, &g) {
+            Err(OptimError::NonFinite {
+                what: "update",
+                name,
+                step: 2,
+                index: 5,
+                ..
+            }) => assert_eq!(name, "dense/kernel"),
+            r => panic!("{memory:?}: {r:?}"),
+        }
+        assert_eq!(m.bits(), before, "{memory:?} changed weights");
+        assert_eq!(opt.state(), state, "{memory:?} changed state");
+        // Still usable afterwards.
+        m.step(&mut opt, &Model::grads(3)).unwrap();
+    }
+}
+
+#[test]
+fn step_memory_applies_to_lamb_only() {
+    for kind in [
+        OptimizerKind::Adam,
+        OptimizerKind::Adamw,
+        OptimizerKind::Lars,
+        OptimizerKind::Sgd,
+    ] {
+        let spec = OptimizerSpec {
+            step_memory: Some(StepMemory::Lean),
+            ..OptimizerSpec::new(kind)
+        };
+        match build(&spec) {
+            Err(OptimError::InvalidHyperparameter { name, .. }) => {
+                assert_eq!(name, "step_memory")
+            }
+            r => panic!("{kind:?}: {:?}", r.map(|o| o.name())),
+        }
+    }
+    let lean = OptimizerSpec {
+        step_memory: Some(StepMemory::Lean),
+        ..OptimizerSpec::new(OptimizerKind::Lamb)
+    };
+    assert!(build(&lean).is_ok());
+}

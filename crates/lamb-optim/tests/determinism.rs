@@ -114,3 +114,26 @@ fn identical_bits_for_any_thread_count_and_simd_level() {
     }
     set_simd_level(best_available());
 }
+
+#[test]
+fn lamb_step_memory_choices_give_identical_bits() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    set_simd_level(best_available());
+    for preset in ["tfa", "timm", "pytorch-lamb", "torch-optimizer"] {
+        for policy in [NonFinitePolicy::Error, NonFinitePolicy::Unchecked] {
+            let spec = |memory| OptimizerSpec {
+                weight_decay_rate: Some(0.01),
+                exclude_from_weight_decay: Some(vec!["bias".into()]),
+                non_finite: Some(policy),
+                step_memory: Some(memory),
+                ..OptimizerSpec::new(OptimizerKind::Lamb).with_preset(preset)
+            };
+            let fast = pool.install(|| run(&spec(StepMemory::Fast)));
+            let lean = pool.install(|| run(&spec(StepMemory::Lean)));
+            assert_eq!(fast, lean, "{preset} {policy:?}");
+        }
+    }
+}
