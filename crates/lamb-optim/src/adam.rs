@@ -15,10 +15,7 @@
 
 use crate::common::{bias_correction, complement, safe, scalar, Counters};
 use crate::patterns::Patterns;
-use crate::reduce::{
-    abs_bits, bits_finite, bits_value, combine, for_blocks, reduce_chunks, Lanes, Partial, CHUNK,
-    LANES,
-};
+use crate::reduce::{abs_bits, bits_finite, bits_value, combine, Lanes, Partial, CHUNK, LANES};
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
 use crate::slots::{first_bad_gradient, Registry};
@@ -156,34 +153,41 @@ fn elem<const KERAS: bool>(c: &Coef, p: Plan, g: f32, m: f32, v: f32, w: f32) ->
     }
 }
 
-/// Read pass: gradient maxima (and weight maxima when L2 decay is on).
+/// Streams a check-pass task walks side by side.
+const STREAMS: usize = 8;
+
+/// Check pass over a group of up to [`STREAMS`] chunks: gradient maxima (and weight maxima
+/// when L2 decay is on). The quarters of the group are walked side by side: one read stream
+/// per thread measured ~16 GB/s here, four ~30 GB/s (a core keeps more misses in flight).
+/// Maxima do not depend on the order.
 #[inline(always)]
 fn read_chunk(g: &[f32], w: &[f32], with_w: bool) -> Partial {
     let n = g.len();
     let w = &w[..n];
+    let q = n / STREAMS / LANES * LANES;
     let mut l = Lanes::<0>::new();
-    for_blocks(
-        n,
-        &mut l,
-        |o, l| {
-            let gb: &[f32; LANES] = g[o..o + LANES].try_into().unwrap();
+    for o in (0..q).step_by(LANES) {
+        for s in 0..STREAMS {
+            let r = s * q + o..s * q + o + LANES;
+            let gb: &[f32; LANES] = g[r.clone()].try_into().unwrap();
             for j in 0..LANES {
                 l.bits[j] = l.bits[j].max(abs_bits(gb[j]));
             }
             if with_w {
-                let wb: &[f32; LANES] = w[o..o + LANES].try_into().unwrap();
+                let wb: &[f32; LANES] = w[r].try_into().unwrap();
                 for j in 0..LANES {
                     l.xbits[j] = l.xbits[j].max(abs_bits(wb[j]));
                 }
             }
-        },
-        |i, j, l| {
-            l.bits[j] = l.bits[j].max(abs_bits(g[i]));
-            if with_w {
-                l.xbits[j] = l.xbits[j].max(abs_bits(w[i]));
-            }
-        },
-    );
+        }
+    }
+    for i in STREAMS * q..n {
+        let j = i % LANES;
+        l.bits[j] = l.bits[j].max(abs_bits(g[i]));
+        if with_w {
+            l.xbits[j] = l.xbits[j].max(abs_bits(w[i]));
+        }
+    }
     l.finish()
 }
 
@@ -360,9 +364,18 @@ impl Adam {
             .for_each(|(ts, p)| {
                 let (g, w) = (p.grad, &*p.value);
                 let with_w = ts.plan.l2 != 0.0;
-                ts.total = reduce_chunks(&mut ts.partials, g.len(), |r| {
-                    read_chunk_mv(&g[r.clone()], &w[r], with_w)
-                });
+                // One partial per group of STREAMS chunks (the others cleared): only maxima
+                // are used here, and the write pass refills every partial.
+                let group = STREAMS * CHUNK;
+                ts.partials
+                    .par_chunks_mut(STREAMS)
+                    .zip(g.par_chunks(group))
+                    .zip(w.par_chunks(group))
+                    .for_each(|((parts, g), w)| {
+                        parts.fill(Partial::default());
+                        parts[0] = read_chunk_mv(g, w, with_w);
+                    });
+                ts.total = combine(&ts.partials);
             });
         if let Some(e) = first_bad_gradient(&self.reg, params, t) {
             return Err(e);

@@ -201,7 +201,7 @@ fn read_chunk(wd: f32, g: &[f32], w: &[f32]) -> Partial {
     let n = g.len();
     let w = &w[..n];
     let mut l = Lanes::<3>::new();
-    for_blocks(
+    for_blocks!(
         n,
         &mut l,
         |o, l| {

@@ -126,36 +126,46 @@ impl<const S: usize> Lanes<S> {
     }
 }
 
-/// Visits `n` elements in blocks of [`LANES`]: `body(offset, lanes)` for each full block
-/// (folding every [`FOLD`] elements), then `tail(index, lanes)` for each remaining element.
-/// Tail elements are accumulated into lane 0..k in order, so the order is fixed by `n` alone.
-#[inline(always)]
-pub(crate) fn for_blocks<const S: usize>(
-    n: usize,
-    lanes: &mut Lanes<S>,
-    mut body: impl FnMut(usize, &mut Lanes<S>),
-    mut tail: impl FnMut(usize, usize, &mut Lanes<S>),
-) {
-    let full = n / LANES * LANES;
-    let mut off = 0;
-    while off < full {
-        let end = (off + FOLD).min(full);
-        while off < end {
-            body(off, lanes);
-            off += LANES;
+/// Visits `n` elements in blocks of [`LANES`]: `body` with the block offset and the lanes for
+/// each full block (folding every [`FOLD`] elements), then `tail` with (index, lane, lanes)
+/// for each remaining element. Tail elements are accumulated into lanes 0..k in order, so the
+/// order is fixed by `n` alone.
+///
+/// A macro rather than a function taking closures: closures are separate functions that
+/// LLVM does not always inline into the AVX-512 copies `multiversion!` makes, and a
+/// non-inlined body runs as scalar code (measured: 2x slower steps). Written
+/// `for_blocks!(n, &mut lanes, |o, l| body, |i, j, l| tail)`.
+macro_rules! for_blocks {
+    ($n:expr, $lanes:expr, |$o:ident, $l:ident| $body:expr, |$i:ident, $j:ident, $lt:ident| $tail:expr $(,)?) => {{
+        let n: usize = $n;
+        let lanes = $lanes;
+        let full = n / $crate::reduce::LANES * $crate::reduce::LANES;
+        let mut off = 0;
+        while off < full {
+            let end = (off + $crate::reduce::FOLD).min(full);
+            while off < end {
+                {
+                    let $o = off;
+                    let $l = &mut *lanes;
+                    $body;
+                }
+                off += $crate::reduce::LANES;
+            }
+            lanes.fold();
         }
-        lanes.fold();
-    }
-    for (j, i) in (full..n).enumerate() {
-        tail(i, j, lanes);
-    }
+        for ($j, $i) in (full..n).enumerate() {
+            let $lt = &mut *lanes;
+            $tail;
+        }
+    }};
 }
+pub(crate) use for_blocks;
 
 /// Sum of squares of `x` in the fixed order, with the largest `abs_bits`.
 #[inline(always)]
 pub(crate) fn sum_squares(x: &[f32]) -> Partial {
     let mut l = Lanes::<1>::new();
-    for_blocks(
+    for_blocks!(
         x.len(),
         &mut l,
         |o, l| {

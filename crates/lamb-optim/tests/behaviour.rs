@@ -658,3 +658,27 @@ fn step_memory_applies_to_lamb_only() {
     };
     assert!(build(&lean).is_ok());
 }
+
+#[test]
+fn a_non_finite_gradient_anywhere_in_a_large_tensor_is_found() {
+    // The check passes walk several chunks side by side; every position must be covered.
+    let n = 9 * CHUNK + 21;
+    let shape = [n];
+    for spec in all_specs() {
+        for at in [0, 1, CHUNK - 1, n / 8 + 3, 4 * CHUNK + 17, n - 22, n - 1] {
+            let mut opt = build(&spec).unwrap();
+            let mut w = vec![0.5f32; n];
+            let mut g = vec![0.01f32; n];
+            g[at] = f32::NAN;
+            let mut params = vec![ParamMut::new("big/kernel", &shape, &mut w, &g)];
+            match opt.step(&mut params) {
+                Err(OptimError::NonFinite {
+                    what: "gradient",
+                    index,
+                    ..
+                }) => assert_eq!(index, at, "{spec:?}"),
+                r => panic!("{spec:?} NaN at {at}: {r:?}"),
+            }
+        }
+    }
+}
