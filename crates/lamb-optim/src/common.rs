@@ -1,7 +1,7 @@
 //! Small pieces shared by the optimizers: step bookkeeping, the finiteness bound, the global
 //! gradient norm.
 
-use crate::reduce::{reduce_chunks, sum_squares};
+use crate::reduce::{combine, sum_squares_group, CHUNK, GROUP};
 use crate::simd::multiversion;
 use crate::slots::Registry;
 use crate::{NonFinitePolicy, OptimError, ParamMut, StepOutcome};
@@ -64,7 +64,7 @@ impl Counters {
 }
 
 multiversion! {
-    fn sum_squares_mv(x: &[f32]) -> crate::reduce::Partial = sum_squares;
+    fn sum_squares_group_mv(x: &[f32], parts: &mut [crate::reduce::Partial]) = sum_squares_group;
 }
 
 /// Sum of squares of every gradient (per tensor into `total.sums[0]`, with the gradient
@@ -78,7 +78,11 @@ pub(crate) fn gradient_norms<P: Send + Default + Clone>(
         .zip(params.par_iter())
         .for_each(|(ts, p)| {
             let g = p.grad;
-            ts.total = reduce_chunks(&mut ts.partials, g.len(), |r| sum_squares_mv(&g[r]));
+            ts.partials
+                .par_chunks_mut(GROUP)
+                .zip(g.par_chunks(GROUP * CHUNK))
+                .for_each(|(parts, x)| sum_squares_group_mv(x, parts));
+            ts.total = combine(&ts.partials);
         });
 }
 

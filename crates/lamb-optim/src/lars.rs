@@ -24,7 +24,7 @@ use crate::common::{complement, safe, scalar, Counters};
 use crate::lamb::LayerAdaptation;
 use crate::patterns::Exclusions;
 use crate::reduce::{
-    abs_bits, bits_value, combine, for_blocks, reduce_chunks, Lanes, Partial, CHUNK, LANES,
+    abs_bits, bits_value, combine, for_blocks, lockstep_chunks, Lanes, Partial, CHUNK, GROUP, LANES,
 };
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
@@ -228,6 +228,32 @@ fn read_chunk(wd: f32, g: &[f32], w: &[f32]) -> Partial {
     l.finish()
 }
 
+/// [`read_chunk`] of each chunk of a group of up to [`GROUP`] chunks into `parts`, the full
+/// chunks walked side by side (bit-identical partials; see [`lockstep_chunks!`]).
+#[inline(always)]
+fn read_group(wd: f32, g: &[f32], w: &[f32], parts: &mut [Partial]) {
+    let w = &w[..g.len()];
+    let mut ls = [Lanes::<3>::new(); GROUP];
+    let full = lockstep_chunks!(g.len(), &mut ls, |c, o, l| {
+        let gb: &[f32; LANES] = g[o..o + LANES].try_into().unwrap();
+        let wb: &[f32; LANES] = w[o..o + LANES].try_into().unwrap();
+        for j in 0..LANES {
+            let s = gb[j] + wd * wb[j];
+            l.acc[0][j] += wb[j] * wb[j];
+            l.acc[1][j] += gb[j] * gb[j];
+            l.acc[2][j] += s * s;
+            l.bits[j] = l.bits[j].max(abs_bits(gb[j]));
+            l.xbits[j] = l.xbits[j].max(abs_bits(wb[j]));
+        }
+    });
+    for (p, l) in parts.iter_mut().zip(ls).take(full) {
+        *p = l.finish();
+    }
+    if full < parts.len() {
+        parts[full] = read_chunk(wd, &g[full * CHUNK..], &w[full * CHUNK..]);
+    }
+}
+
 /// Write pass; returns the largest |buffer| in `gbits`.
 #[inline(always)]
 fn write_chunk<const OPTAX: bool>(
@@ -265,7 +291,7 @@ fn write_chunk<const OPTAX: bool>(
 }
 
 multiversion! {
-    fn read_chunk_mv(wd: f32, g: &[f32], w: &[f32]) -> Partial = read_chunk;
+    fn read_group_mv(wd: f32, g: &[f32], w: &[f32], parts: &mut [Partial]) = read_group;
 }
 multiversion! {
     fn write_optax(c: &Coef, p: Plan, g: &[f32], b: &mut [f32], w: &mut [f32]) -> Partial = write_chunk::<true>;
@@ -347,9 +373,12 @@ impl Lars {
             .for_each(|(ts, p)| {
                 let (g, w) = (p.grad, &*p.value);
                 let wd = ts.plan.wd;
-                ts.total = reduce_chunks(&mut ts.partials, g.len(), |r| {
-                    read_chunk_mv(wd, &g[r.clone()], &w[r])
-                });
+                ts.partials
+                    .par_chunks_mut(GROUP)
+                    .zip(g.par_chunks(GROUP * CHUNK))
+                    .zip(w.par_chunks(GROUP * CHUNK))
+                    .for_each(|((parts, g), w)| read_group_mv(wd, g, w, parts));
+                ts.total = combine(&ts.partials);
             });
         if let Some(e) = first_bad_gradient(&self.reg, params, t) {
             return Err(e);
@@ -511,5 +540,37 @@ impl Optimizer for Lars {
         self.reg = reg;
         self.count = Counters::loaded(state);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouped_read_pass_equals_chunk_by_chunk_bit_for_bit() {
+        for len in [
+            0,
+            7,
+            CHUNK,
+            2 * CHUNK + 33,
+            GROUP * CHUNK,
+            GROUP * CHUNK - 1,
+        ] {
+            let g: Vec<f32> = (0..len)
+                .map(|i| ((i * 31) % 97) as f32 * 1e-3 - 0.04)
+                .collect();
+            let w: Vec<f32> = (0..len)
+                .map(|i| ((i * 17) % 89) as f32 * 1e-2 - 0.4)
+                .collect();
+            let mut grouped = vec![Partial::default(); len.div_ceil(CHUNK)];
+            read_group(1e-4, &g, &w, &mut grouped);
+            let single: Vec<Partial> = g
+                .chunks(CHUNK)
+                .zip(w.chunks(CHUNK))
+                .map(|(g, w)| read_chunk(1e-4, g, w))
+                .collect();
+            assert_eq!(grouped, single, "len {len}");
+        }
     }
 }

@@ -28,11 +28,17 @@
 //! - [`LambPreset::Nvlamb`] and [`LambPreset::DeepSpeed`] follow their documented formulas only
 //!   (CUDA-only references, no golden files).
 //!
-//! Speed: two fused passes per tensor for LAMB and LARS (a read pass for the norms and the
-//! finiteness checks, a write pass), a light gradient read plus one fused pass for Adam and
-//! SGD; loops over fixed 16-lane blocks compiled for AVX-512/AVX2 at run time; rayon across
-//! tensors and across fixed [`CHUNK`]-element chunks inside them, reduced in a fixed order,
-//! so results are bit-identical for any thread count; no allocation after the first step.
+//! Speed: LAMB makes two passes (it needs every norm before any weight changes): by default
+//! ([`StepMemory::Fast`]) the first stages the new moments and updates in scratch buffers with
+//! non-temporal stores and the second reads only update and weight (about 24 bytes read per
+//! parameter); [`StepMemory::Lean`] uses no scratch and reads 32. LARS makes a read pass for
+//! the norms and a write pass (SGD is LARS without the trust ratio); Adam a gradient check
+//! that walks eight chunks side by side (one memory stream per thread leaves bandwidth
+//! unused) plus one fused pass. [`NonFinitePolicy::Unchecked`] drops the checks, as PyTorch
+//! does. Loops run over fixed 16-lane blocks compiled for AVX-512/AVX2 at run time; rayon
+//! works across tensors and across fixed [`CHUNK`]-element chunks inside them, reduced in a
+//! fixed order, so results are bit-identical for any thread count; no allocation after the
+//! first step.
 
 // The element loops index several arrays in step with one lane index; that form is what
 // the compiler vectorises reliably.
