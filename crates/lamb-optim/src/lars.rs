@@ -195,36 +195,36 @@ fn elem<const OPTAX: bool>(c: &Coef, p: Plan, g: f32, buf: f32, w: f32) -> (f32,
     }
 }
 
+/// One element of the read pass into lane `j`: w^2, g^2, (g + wd*w)^2 and the maxima.
+#[inline(always)]
+fn read_elem(wd: f32, g: f32, w: f32, j: usize, l: &mut Lanes<3>) {
+    let s = g + wd * w;
+    l.acc[0][j] += w * w;
+    l.acc[1][j] += g * g;
+    l.acc[2][j] += s * s;
+    l.bits[j] = l.bits[j].max(abs_bits(g));
+    l.xbits[j] = l.xbits[j].max(abs_bits(w));
+}
+
+/// One block of the read pass at offset `o`.
+#[inline(always)]
+fn read_block(wd: f32, g: &[f32], w: &[f32], o: usize, l: &mut Lanes<3>) {
+    let gb: &[f32; LANES] = g[o..o + LANES].try_into().unwrap();
+    let wb: &[f32; LANES] = w[o..o + LANES].try_into().unwrap();
+    for j in 0..LANES {
+        read_elem(wd, gb[j], wb[j], j, l);
+    }
+}
+
 /// Read pass: sums of w^2, g^2, (g + wd*w)^2; gradient and weight maxima.
 #[inline(always)]
 fn read_chunk(wd: f32, g: &[f32], w: &[f32]) -> Partial {
     let n = g.len();
     let w = &w[..n];
     let mut l = Lanes::<3>::new();
-    for_blocks!(
-        n,
-        &mut l,
-        |o, l| {
-            let gb: &[f32; LANES] = g[o..o + LANES].try_into().unwrap();
-            let wb: &[f32; LANES] = w[o..o + LANES].try_into().unwrap();
-            for j in 0..LANES {
-                let s = gb[j] + wd * wb[j];
-                l.acc[0][j] += wb[j] * wb[j];
-                l.acc[1][j] += gb[j] * gb[j];
-                l.acc[2][j] += s * s;
-                l.bits[j] = l.bits[j].max(abs_bits(gb[j]));
-                l.xbits[j] = l.xbits[j].max(abs_bits(wb[j]));
-            }
-        },
-        |i, j, l| {
-            let s = g[i] + wd * w[i];
-            l.acc[0][j] += w[i] * w[i];
-            l.acc[1][j] += g[i] * g[i];
-            l.acc[2][j] += s * s;
-            l.bits[j] = l.bits[j].max(abs_bits(g[i]));
-            l.xbits[j] = l.xbits[j].max(abs_bits(w[i]));
-        },
-    );
+    for_blocks!(n, &mut l, |o, l| read_block(wd, g, w, o, l), |i, j, l| {
+        read_elem(wd, g[i], w[i], j, l)
+    },);
     l.finish()
 }
 
@@ -234,18 +234,7 @@ fn read_chunk(wd: f32, g: &[f32], w: &[f32]) -> Partial {
 fn read_group(wd: f32, g: &[f32], w: &[f32], parts: &mut [Partial]) {
     let w = &w[..g.len()];
     let mut ls = [Lanes::<3>::new(); GROUP];
-    let full = lockstep_chunks!(g.len(), &mut ls, |c, o, l| {
-        let gb: &[f32; LANES] = g[o..o + LANES].try_into().unwrap();
-        let wb: &[f32; LANES] = w[o..o + LANES].try_into().unwrap();
-        for j in 0..LANES {
-            let s = gb[j] + wd * wb[j];
-            l.acc[0][j] += wb[j] * wb[j];
-            l.acc[1][j] += gb[j] * gb[j];
-            l.acc[2][j] += s * s;
-            l.bits[j] = l.bits[j].max(abs_bits(gb[j]));
-            l.xbits[j] = l.xbits[j].max(abs_bits(wb[j]));
-        }
-    });
+    let full = lockstep_chunks!(g.len(), &mut ls, |c, o, l| read_block(wd, g, w, o, l));
     for (p, l) in parts.iter_mut().zip(ls).take(full) {
         *p = l.finish();
     }
