@@ -281,6 +281,73 @@ fn main() {
             true,
         )
     });
+    time("conv2 backward (no dx), one chunk of images", 200, || {
+        kernels::conv_backward(
+            &g2,
+            64,
+            Activation::Relu,
+            &w2,
+            &pool1[..n * 225 * 32],
+            &out2[..ck * 64],
+            &mut dout2[..ck * 64],
+            &mut cols2[..ck * 288],
+            &mut dw2,
+            &mut db2,
+            None,
+            true,
+        )
+    });
+    // The second convolution as the model runs it: only the 12 x 12 outputs its pooling reads.
+    let g2c = ConvGeom {
+        ho: 12,
+        wo: 12,
+        ..g2
+    };
+    let cc = n * 144;
+    time("conv2 cropped backward (with dx), one chunk", 200, || {
+        kernels::conv_backward(
+            &g2c,
+            64,
+            Activation::Relu,
+            &w2,
+            &pool1[..n * 225 * 32],
+            &out2[..cc * 64],
+            &mut dout2[..cc * 64],
+            &mut [],
+            &mut dw2,
+            &mut db2,
+            Some((&mut dx2[..n * 225 * 32], &mut dcols2[..cc * 288])),
+            true,
+        )
+    });
+    time("conv2 cropped backward (no dx), one chunk", 200, || {
+        kernels::conv_backward(
+            &g2c,
+            64,
+            Activation::Relu,
+            &w2,
+            &pool1[..n * 225 * 32],
+            &out2[..cc * 64],
+            &mut dout2[..cc * 64],
+            &mut [],
+            &mut dw2,
+            &mut db2,
+            None,
+            true,
+        )
+    });
+    time("conv2 cropped forward, one chunk", 200, || {
+        kernels::conv_forward(
+            &g2c,
+            64,
+            Activation::Relu,
+            &w2,
+            &b2,
+            &pool1[..n * 225 * 32],
+            &mut [],
+            &mut out2[..cc * 64],
+        )
+    });
     time("conv2 forward, one chunk of images", 200, || {
         kernels::conv_forward(
             &g2,
@@ -324,6 +391,29 @@ fn main() {
     time("pool1 forward, one chunk of images", 200, || {
         kernels::maxpool_forward(&p1, &out1[..n * 900 * 32], &mut pool1[..n * 225 * 32])
     });
+    let mut arg1 = vec![0u8; n * 225 * 32];
+    time("pool1 forward + argmax, one chunk of images", 200, || {
+        kernels::maxpool_forward_arg(
+            &p1,
+            &out1[..n * 900 * 32],
+            &mut pool1[..n * 225 * 32],
+            &mut arg1,
+        )
+    });
+    time(
+        "pool1 backward from argmax, one chunk of images",
+        200,
+        || {
+            kernels::maxpool_backward_arg(
+                &p1,
+                &arg1,
+                &pool1[..n * 225 * 32],
+                &pool1[..n * 225 * 32],
+                Some(Activation::Relu),
+                &mut dout1[..n * 900 * 32],
+            )
+        },
+    );
     time("pool1 backward, one chunk of images", 200, || {
         kernels::maxpool_backward(
             &p1,

@@ -197,7 +197,8 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, NnError> {
 pub fn format_report(cfg: &BenchConfig, results: &[BenchResult]) -> String {
     let mut s = format!(
         "seed CNN ({:?}), synthetic random images: {} training + {} validation per epoch (batch {} for validation), LAMB, median of {} epochs\n\
-         (per layer: training steps only; the convolution and pooling layers run chunk by chunk together, their wall time shared out by CPU time)\n",
+         (per layer: training steps only; the convolution and pooling layers run chunk by chunk together, their wall time shared out by CPU time; \
+         a pooling fused with the convolution below it shows 0, its time counted in that convolution)\n",
         cfg.hidden, cfg.train_images, cfg.val_images, cfg.val_batch_size, cfg.epochs
     );
     for r in results {

@@ -291,3 +291,34 @@ fn direct_convolution_kernels_with_input_gradient() {
         .unwrap();
     check(m, 2, 16);
 }
+
+#[test]
+fn direct_input_gradient_and_pool_after_pool() {
+    // 16 input channels: the input gradient of the first convolution by the direct kernel on
+    // AVX-512 CPUs; its SELU output lives only in the chunk's scratch (the pooling above keeps
+    // its argmax), and only its 4x4 outputs that the pooling covers (of 5x5) are computed; a
+    // pooling after a pooling; 7 samples span a partial chunk.
+    let m = Sequential::new([6, 6, 16])
+        .conv2d(16, 2, 1, Padding::Valid, Activation::Selu)
+        .max_pool2d(2)
+        .max_pool2d(2)
+        .flatten()
+        .dense(3, Activation::Softmax)
+        .build(7)
+        .unwrap();
+    check(m, 7, 17);
+}
+
+#[test]
+fn winograd_convolution_with_input_gradient() {
+    // 3x3, stride 1, 16 channels and filters, even output: on AVX-512 CPUs the forward and
+    // the input gradient run as Winograd F(2x2, 3x3) convolutions.
+    let m = Sequential::new([6, 6, 16])
+        .conv2d(16, 3, 1, Padding::Valid, Activation::Selu)
+        .max_pool2d(2)
+        .flatten()
+        .dense(3, Activation::Softmax)
+        .build(8)
+        .unwrap();
+    check(m, 2, 18);
+}

@@ -1,7 +1,10 @@
-//! Hot loops over contiguous NHWC f32 buffers: GEMM wrapper, im2col/col2im, fused bias and
-//! activation, activation derivatives, bias gradients, max pooling with stored argmax and the
-//! softmax cross-entropy. Every parallel loop writes disjoint per-image chunks, and every
-//! reduction uses a fixed chunking and order, so results do not depend on the thread count.
+//! Hot loops over contiguous NHWC f32 buffers: GEMM wrapper, im2col/col2im, direct AVX-512
+//! convolution kernels (forward, weight and input gradients, no im2col; `direct.rs`), a fused
+//! convolution + max pooling for small kernels, fused bias and activation, activation
+//! derivatives, bias gradients, max pooling (re-finding the maximum, or with a stored one-byte
+//! argmax; `pool.rs`) and the softmax cross-entropy. Every parallel loop writes disjoint
+//! per-image chunks, and every reduction uses a fixed chunking and order, so results do not
+//! depend on the thread count.
 
 use rayon::prelude::*;
 
@@ -721,18 +724,22 @@ pub fn softmax_row(z: &[f32], p: &mut [f32]) -> (f64, usize) {
 
 /// Images per parallel task of the convolution kernels. Fixed (not derived from the thread
 /// count) so that the order of every reduction, and therefore every bit, is the same for any
-/// number of threads. Five images keep a task's im2col/`dcols` block (5 x 169 x 288 floats for
-/// the seed CNN's second convolution, under 1 MiB) in L2, and split batch 100 evenly in 20.
+/// number of threads. Five images keep a task's activations and gradients (or its
+/// im2col/`dcols` block, 5 x 169 x 288 floats for the seed CNN's second convolution, under
+/// 1 MiB) in L2, and split batch 100 evenly in 20 (10 images measured no faster).
 pub const CONV_CHUNK: usize = 5;
 
-/// Largest `k * k * c` for which the direct (no im2col) convolution kernels are used.
-pub const DIRECT_MAX_KKC: usize = 64;
+/// Largest `k * k * c` for which the direct (no im2col) convolution kernels are used: a
+/// register block then streams at most `1024 x 64` weights (256 KiB, in L2) per block of
+/// outputs. Measured on the seed CNN (`k*k*c` 27 and 288), the direct kernels beat im2col +
+/// GEMM in forward, weight gradient and input gradient.
+pub const DIRECT_MAX_KKC: usize = 1024;
 
 /// Whether [`conv_forward`] and [`conv_backward`] use the direct kernels for this geometry on
-/// this CPU (no im2col; broadcast-FMA over the input): small windows (`k * k * c` at most
-/// [`DIRECT_MAX_KKC`], where a GEMM with so short a reduction runs poorly), no padding, a
-/// multiple of 16 filters, and AVX-512. Depends only on the geometry and the CPU, so the
-/// choice, and every result, is the same for any thread count.
+/// this CPU (no im2col; broadcast-FMA over the input, register blocks of up to 64 filters):
+/// `k * k * c` at most [`DIRECT_MAX_KKC`], no padding, a multiple of 16 filters, and AVX-512.
+/// The input gradient also goes direct when [`conv_direct_dx`]. Depends only on the geometry
+/// and the CPU, so the choice, and every result, is the same for any thread count.
 pub fn conv_direct(g: &ConvGeom, filters: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -789,32 +796,62 @@ fn conv_forward_with(
     let batch = input.len() / g.in_len();
     let out = &mut out[..batch * p * f];
     if direct {
+        let u = winograd_weights(g, f, w);
         out.par_chunks_mut(CONV_CHUNK * p * f)
             .zip(input.par_chunks(CONV_CHUNK * g.in_len()))
-            .for_each(|(o, x)| conv_forward_chunk_with(true, g, f, act, w, b, x, &mut [], o));
+            .for_each(|(o, x)| conv_forward_chunk_with(true, g, f, act, w, &u, b, x, &mut [], o));
         return;
     }
     out.par_chunks_mut(CONV_CHUNK * p * f)
         .zip(cols[..batch * p * kkc].par_chunks_mut(CONV_CHUNK * p * kkc))
         .zip(input.par_chunks(CONV_CHUNK * g.in_len()))
-        .for_each(|((o, c), x)| conv_forward_chunk_with(false, g, f, act, w, b, x, c, o));
+        .for_each(|((o, c), x)| conv_forward_chunk_with(false, g, f, act, w, &[], b, x, c, o));
+}
+
+/// Whether the forward of a direct convolution ([`conv_direct`]) runs as Winograd
+/// F(2x2, 3x3) (2.25 times fewer multiplications; rounding differs from the direct sum by a
+/// few units in the last place): 3 x 3 kernel, stride 1, no padding, even output height and
+/// width, channels and filters multiples of 16.
+pub fn conv_winograd(g: &ConvGeom, filters: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        conv_direct(g, filters) && winograd::applies(g, filters)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (g, filters);
+        false
+    }
+}
+
+/// The HWIO weights `w` transformed for the Winograd forward (`16 x c x f` values); empty
+/// unless [`conv_winograd`] (with empty weights the forward runs the direct kernels).
+pub fn winograd_weights(g: &ConvGeom, filters: usize, w: &[f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if conv_winograd(g, filters) {
+        return winograd::weights(g.c, filters, &w[..g.kkc() * filters]);
+    }
+    let _ = (g, filters, w);
+    Vec::new()
 }
 
 /// [`conv_forward`] of the images in `input` on the calling thread (`cols`: their im2col
-/// block, unused by the direct kernels).
+/// block, unused by the direct kernels; `u`: [`winograd_weights`], the Winograd forward when
+/// not empty).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_forward_chunk(
     g: &ConvGeom,
     filters: usize,
     act: Activation,
     w: &[f32],
+    u: &[f32],
     b: &[f32],
     input: &[f32],
     cols: &mut [f32],
     out: &mut [f32],
 ) {
     let direct = conv_direct(g, filters);
-    conv_forward_chunk_with(direct, g, filters, act, w, b, input, cols, out)
+    conv_forward_chunk_with(direct, g, filters, act, w, u, b, input, cols, out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -824,6 +861,7 @@ fn conv_forward_chunk_with(
     f: usize,
     act: Activation,
     w: &[f32],
+    u: &[f32],
     b: &[f32],
     input: &[f32],
     cols: &mut [f32],
@@ -833,13 +871,27 @@ fn conv_forward_chunk_with(
     let n = input.len() / g.in_len();
     let out = &mut out[..n * p * f];
     if direct {
-        assert!(
-            w.len() >= kkc * f && b.len() >= f,
-            "conv_forward: weights too short"
-        );
-        for (o, img) in out.chunks_mut(p * f).zip(input.chunks(g.in_len())) {
-            direct_forward_img(g, f, act, w, b, img, o);
+        #[cfg(target_arch = "x86_64")]
+        if !u.is_empty() && conv_winograd(g, f) {
+            assert!(
+                u.len() >= 16 * g.c * f && b.len() >= f && input.len() >= n * g.in_len(),
+                "conv_forward: Winograd weights, bias or input too short"
+            );
+            let mode = match act {
+                Activation::Relu => direct::Fuse::BiasRelu,
+                Activation::Linear | Activation::Softmax => direct::Fuse::Bias,
+                Activation::Selu => direct::Fuse::Nothing,
+            };
+            // SAFETY: `conv_winograd` checked AVX-512 and the geometry; lengths checked
+            // above and `out` sliced to `n` images.
+            unsafe { winograd::forward(g, f, u, b, input, n, out, mode) };
+            if mode == direct::Fuse::Nothing {
+                bias_act_rows(out, b, act);
+            }
+            return;
         }
+        let _ = u;
+        direct_forward(g, f, act, w, b, input, n, out);
         return;
     }
     let c = &mut cols[..n * p * kkc];
@@ -858,18 +910,26 @@ fn conv_forward_chunk_with(
     bias_act_rows(out, b, act);
 }
 
-/// Direct forward of one image (only called when [`conv_direct`] holds).
+/// Direct forward of the `n` images in `x` into `out` (only called when [`conv_direct`]
+/// holds), bias and activation fused.
 #[allow(clippy::too_many_arguments)]
-fn direct_forward_img(
+fn direct_forward(
     g: &ConvGeom,
     f: usize,
     act: Activation,
     w: &[f32],
     b: &[f32],
-    img: &[f32],
+    x: &[f32],
+    n: usize,
     out: &mut [f32],
 ) {
-    assert!(img.len() >= g.in_len() && out.len() >= g.positions() * f);
+    assert!(
+        w.len() >= g.kkc() * f
+            && b.len() >= f
+            && x.len() >= n * g.in_len()
+            && out.len() >= n * g.positions() * f,
+        "conv_forward: buffers too short"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         let mode = match act {
@@ -877,16 +937,17 @@ fn direct_forward_img(
             Activation::Linear | Activation::Softmax => direct::Fuse::Bias,
             Activation::Selu => direct::Fuse::Nothing,
         };
-        // SAFETY: `conv_direct` checked AVX-512 and that every window lies inside the image;
-        // the buffer lengths were checked above.
-        unsafe { direct::forward_img(g, f, w, b, img, out, mode) };
+        // SAFETY: `conv_direct` checked AVX-512, `f % 16 == 0` and that every window lies
+        // inside the image; the buffer lengths were checked above.
+        unsafe { direct::forward(g, f, w, b, x, n, out, mode) };
         if mode == direct::Fuse::Nothing {
-            bias_act_rows(&mut out[..g.positions() * f], b, act);
+            bias_act_rows(&mut out[..n * g.positions() * f], b, act);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (f, act, w, b);
+        let _ = (f, act, w, b, x, n, out);
+        unreachable!("conv_direct is false off x86_64");
     }
 }
 
@@ -897,8 +958,63 @@ fn direct_weight_grad(g: &ConvGeom, f: usize, x: &[f32], dy: &[f32], dw: &mut [f
     assert!(x.len() >= n * g.in_len() && dw.len() >= g.kkc() * f);
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: as in `direct_forward_img`; lengths checked above.
+        // SAFETY: as in `direct_forward`; lengths checked above.
         unsafe { direct::weight_grad(g, f, x, dy, n, dw) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, dw);
+        unreachable!("conv_direct is false off x86_64");
+    }
+}
+
+/// Whether the input gradient of a direct convolution ([`conv_direct`]) is computed by the
+/// direct kernel too (no `dcols`, no col2im): when its channels are a multiple of 16.
+pub fn conv_direct_dx(g: &ConvGeom, filters: usize) -> bool {
+    conv_direct(g, filters) && g.c.is_multiple_of(16)
+}
+
+/// The HWIO weights `w` (`k*k*c x f`) rearranged for the direct input gradient: per window
+/// offset, the `c x f` block transposed to `f x c` (`k*k*f*c` values). Empty unless
+/// [`conv_direct_dx`] (nothing else reads it).
+pub fn dx_weights(g: &ConvGeom, f: usize, w: &[f32]) -> Vec<f32> {
+    if !conv_direct_dx(g, f) {
+        return Vec::new();
+    }
+    let (kk, c) = (g.k * g.k, g.c);
+    let mut wt = vec![0.0f32; kk * f * c];
+    for (src, dst) in w[..kk * c * f]
+        .chunks_exact(c * f)
+        .zip(wt.chunks_exact_mut(f * c))
+    {
+        for (ch, row) in src.chunks_exact(f).enumerate() {
+            for (o, v) in row.iter().enumerate() {
+                dst[o * c + ch] = *v;
+            }
+        }
+    }
+    wt
+}
+
+/// Input gradient `dx` (overwritten, the images of `dy`) from the pre-activation gradient
+/// `dy` and the weights `wt` from [`dx_weights`], by the direct kernel (only when
+/// [`conv_direct_dx`]).
+fn direct_input_grad(g: &ConvGeom, f: usize, wt: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let n = dy.len() / (g.positions() * f);
+    assert!(
+        wt.len() >= g.kkc() * f && dx.len() >= n * g.in_len(),
+        "conv_backward: transposed weights or dx too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `conv_direct_dx` checked AVX-512, `c % 16 == 0` and that every window lies
+        // inside the image; lengths checked above.
+        unsafe { direct::input_grad(g, f, wt, dy, n, dx) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = dx;
+        unreachable!("conv_direct is false off x86_64");
     }
 }
 
@@ -917,7 +1033,8 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
 /// recomputed from `input` into its block of the scratch `cols`, which is cheaper than keeping
 /// it from the forward pass in memory; or the direct kernel over `input` when [`conv_direct`],
 /// and then `cols` is not touched and may be empty) and, when `dx` is given, its input gradient
-/// through its own block of `dcols` (`dy * w^T`, then col2im, while the block is in cache).
+/// through its own block of `dcols` (`dy * w^T`, then col2im, while the block is in cache;
+/// or the direct kernel when [`conv_direct_dx`], and then `dcols` is not touched).
 /// `dw` and `db` are the sums of the partials in chunk order, so no bit depends on the thread
 /// count.
 #[allow(clippy::too_many_arguments)]
@@ -960,8 +1077,13 @@ fn conv_backward_with(
     let (p, kkc, f, in_len) = (g.positions(), g.kkc(), filters, g.in_len());
     let batch = y.len() / (p * f);
     let chunks = batch.div_ceil(CONV_CHUNK);
-    let per = kkc * f + f;
+    let per = part_w_len(direct, g, f) + f;
     let mut parts = vec![0.0f32; chunks * per];
+    let wt = if direct && dx.is_some() {
+        dx_weights(g, f, w)
+    } else {
+        Vec::new()
+    };
     let mut col_blocks: Vec<&mut [f32]> = if direct {
         (0..chunks).map(|_| <&mut [f32]>::default()).collect()
     } else {
@@ -982,6 +1104,7 @@ fn conv_backward_with(
             f,
             act,
             w,
+            &wt,
             &input[first * in_len..][..imgs * in_len],
             &y[first * p * f..][..imgs * p * f],
             dyc,
@@ -1010,31 +1133,300 @@ fn conv_backward_with(
             .enumerate()
             .for_each(|(c, ((part, dyc), colc))| work(c, part, dyc, colc, None)),
     }
-    sum_partials(&parts, dw, db);
+    sum_partials_with(direct, g, f, &parts, dw, db);
+}
+
+/// Largest `k*k*c*filters` for which a convolution and the pooling above it run fused
+/// ([`conv_pool_fused`]): the weights (32 KiB) stay in L1 for the whole pass.
+const FUSED_MAX_WEIGHTS: usize = 8192;
+
+/// Whether a convolution (geometry `g`, run with the outputs its pooling covers) and the
+/// max pooling `pg` right above it (stored argmax, reading exactly those outputs) run fused,
+/// one band of `pg.p` output rows at a time in L1 ([`conv_pool_forward_chunk`],
+/// [`conv_pool_backward_chunk`]): when the direct kernels apply, the weights are small
+/// (`k*k*c*filters` at most 8192), and, when the convolution's input gradient is needed
+/// (`need_dx`), the direct input gradient applies too.
+pub fn conv_pool_fused(g: &ConvGeom, filters: usize, pg: &PoolGeom, need_dx: bool) -> bool {
+    conv_direct(g, filters)
+        && !conv_winograd(g, filters)
+        && (!need_dx || conv_direct_dx(g, filters))
+        && g.kkc() * filters <= FUSED_MAX_WEIGHTS
+        && pg.p <= MAX_ARG_POOL
+        && pg.c == filters
+        && pg.h == g.ho
+        && pg.w == g.wo
+        && pg.ho * pg.p == g.ho
+        && pg.wo * pg.p == g.wo
+}
+
+/// Convolution then max pooling with argmax of the images in `input`, fused (only when
+/// [`conv_pool_fused`]): each band of `pg.p` convolution output rows is computed into a small
+/// buffer (bias and activation fused) and pooled into `out` and `arg` (`ho x wo x filters`
+/// per image) at once. The same values as [`conv_forward_chunk`] then
+/// [`maxpool_forward_arg`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_pool_forward_chunk(
+    g: &ConvGeom,
+    f: usize,
+    act: Activation,
+    w: &[f32],
+    b: &[f32],
+    input: &[f32],
+    pg: &PoolGeom,
+    out: &mut [f32],
+    arg: &mut [u8],
+) {
+    let n = input.len() / g.in_len();
+    let band_pos = pg.p * g.wo;
+    let per_row = pg.wo * f;
+    assert!(
+        w.len() >= g.kkc() * f
+            && b.len() >= f
+            && out.len() >= n * pg.ho * per_row
+            && arg.len() >= n * pg.ho * per_row,
+        "conv_pool_forward: buffers too short"
+    );
+    let bg = PoolGeom {
+        h: pg.p,
+        w: g.wo,
+        c: f,
+        p: pg.p,
+        ho: 1,
+        wo: pg.wo,
+    };
+    let mut band = vec![0.0f32; band_pos * f];
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mode = match act {
+            Activation::Relu => direct::Fuse::BiasRelu,
+            Activation::Linear | Activation::Softmax => direct::Fuse::Bias,
+            Activation::Selu => direct::Fuse::Nothing,
+        };
+        direct::with_window_offsets(g, n, |offs| {
+            for img in 0..n {
+                for r in 0..pg.ho {
+                    let start = img * g.positions() + r * band_pos;
+                    // SAFETY: `conv_pool_fused` checked AVX-512, `f % 16 == 0` and that every
+                    // window lies inside the image; `offs` come from the geometry of the `n`
+                    // images of `input`; `band` holds `band_pos` outputs.
+                    unsafe {
+                        direct::forward_offs(
+                            g,
+                            f,
+                            w.as_ptr(),
+                            b.as_ptr(),
+                            input.as_ptr(),
+                            &offs[start..start + band_pos],
+                            band.as_mut_ptr(),
+                            mode,
+                        )
+                    };
+                    if mode == direct::Fuse::Nothing {
+                        bias_act_rows(&mut band, b, act);
+                    }
+                    let o = (img * pg.ho + r) * per_row;
+                    maxpool_forward_arg(
+                        &bg,
+                        &band,
+                        &mut out[o..o + per_row],
+                        &mut arg[o..o + per_row],
+                    );
+                }
+            }
+        });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (act, &mut band, bg);
+        unreachable!("conv_direct is false off x86_64");
+    }
+}
+
+/// Backward of [`conv_pool_forward_chunk`] for the images of `dy` (the gradient w.r.t. the
+/// pooled output `pooled`, with its argmax `arg`): band by band, the pooling's backward fused
+/// with the activation derivative into a small buffer, then the bias, weight and (when `dx`
+/// is given, overwritten) input gradients of that band. `part` (overwritten) receives the
+/// chunk's weight then bias gradient, as [`conv_backward_chunk`]; `wt` comes from
+/// [`dx_weights`] (used only with `dx`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_pool_backward_chunk(
+    g: &ConvGeom,
+    f: usize,
+    act: Activation,
+    wt: &[f32],
+    input: &[f32],
+    pg: &PoolGeom,
+    pooled: &[f32],
+    arg: &[u8],
+    dy: &[f32],
+    part: &mut [f32],
+    mut dx: Option<&mut [f32]>,
+) {
+    let per_row = pg.wo * f;
+    let n = dy.len() / (pg.ho * per_row);
+    let (kkc, in_len, band_pos) = (g.kkc(), g.in_len(), pg.p * g.wo);
+    assert!(
+        input.len() >= n * in_len
+            && pooled.len() >= n * pg.ho * per_row
+            && arg.len() >= n * pg.ho * per_row
+            && part.len() >= kkc * f + f,
+        "conv_pool_backward: buffers too short"
+    );
+    let (pw, pb) = part[..kkc * f + f].split_at_mut(kkc * f);
+    pw.fill(0.0);
+    pb.fill(0.0);
+    if let Some(dx) = dx.as_deref_mut() {
+        assert!(
+            dx.len() >= n * in_len && wt.len() >= kkc * f,
+            "conv_pool_backward: dx or transposed weights too short"
+        );
+        dx[..n * in_len].fill(0.0);
+    }
+    let bg = PoolGeom {
+        h: pg.p,
+        w: g.wo,
+        c: f,
+        p: pg.p,
+        ho: 1,
+        wo: pg.wo,
+    };
+    let mut band = vec![0.0f32; band_pos * f];
+    #[cfg(target_arch = "x86_64")]
+    {
+        direct::with_window_offsets(g, n, |offs| {
+            for img in 0..n {
+                for r in 0..pg.ho {
+                    let o = (img * pg.ho + r) * per_row;
+                    maxpool_backward_arg(
+                        &bg,
+                        &arg[o..o + per_row],
+                        &pooled[o..o + per_row],
+                        &dy[o..o + per_row],
+                        Some(act),
+                        &mut band,
+                    );
+                    let start = img * g.positions() + r * band_pos;
+                    // SAFETY: `conv_pool_fused` checked AVX-512, `f % 16 == 0`, that every window
+                    // lies inside the image and, with `dx`, `c % 16 == 0`; lengths checked above;
+                    // `offs` come from the geometry of the `n` images.
+                    unsafe {
+                        direct::bias_add(&band, band_pos, f, pb);
+                        direct::weight_grad_rows(
+                            g,
+                            f,
+                            input.as_ptr().add(img * in_len),
+                            band.as_ptr(),
+                            (r * pg.p, (r + 1) * pg.p),
+                            pw.as_mut_ptr(),
+                        );
+                        if let Some(dx) = dx.as_deref_mut() {
+                            direct::input_grad_offs(
+                                g,
+                                f,
+                                wt.as_ptr(),
+                                band.as_ptr(),
+                                &offs[start..start + band_pos],
+                                dx.as_mut_ptr(),
+                            );
+                        }
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (act, wt, &mut band, bg, band_pos);
+        unreachable!("conv_direct is false off x86_64");
+    }
+}
+
+/// Whether the weight gradient of a convolution run with the direct kernels (`direct`) is
+/// computed in the Winograd domain ([`conv_winograd`]): then each chunk's partial holds the
+/// `16 x c x f` transformed gradient, turned into the HWIO one after the chunks are summed.
+fn winograd_dw(direct: bool, g: &ConvGeom, f: usize) -> bool {
+    direct && conv_winograd(g, f)
+}
+
+/// Values of one chunk's partial weight gradient for [`conv_backward_chunk`] (the bias
+/// gradient's `f` values follow them).
+fn part_w_len(direct: bool, g: &ConvGeom, f: usize) -> usize {
+    if winograd_dw(direct, g, f) {
+        16 * g.c * f
+    } else {
+        g.kkc() * f
+    }
+}
+
+/// Values of one chunk's partial weight and bias gradients written by
+/// [`conv_backward_chunk`] and [`conv_pool_backward_chunk`] (`k*k*c*f + f`, or `16*c*f + f`
+/// when the weight gradient is computed in the Winograd domain).
+pub fn conv_part_len(g: &ConvGeom, filters: usize) -> usize {
+    part_w_len(conv_direct(g, filters), g, filters) + filters
 }
 
 /// `dw` and `db` (overwritten) as the sums, in order, of the per-chunk partials written by
-/// [`conv_backward_chunk`] (each `dw.len() + db.len()` values: weights then bias).
-pub(crate) fn sum_partials(parts: &[f32], dw: &mut [f32], db: &mut [f32]) {
-    let (nw, nb) = (dw.len(), db.len());
-    dw.fill(0.0);
+/// [`conv_backward_chunk`] (each [`conv_part_len`] values: weights then bias); a
+/// Winograd-domain weight gradient is transformed after the sum.
+pub(crate) fn sum_conv_partials(
+    g: &ConvGeom,
+    filters: usize,
+    parts: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    sum_partials_with(conv_direct(g, filters), g, filters, parts, dw, db)
+}
+
+fn sum_partials_with(
+    direct: bool,
+    g: &ConvGeom,
+    f: usize,
+    parts: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let nw = part_w_len(direct, g, f);
+    let mut du = if winograd_dw(direct, g, f) {
+        vec![0.0f32; nw]
+    } else {
+        Vec::new()
+    };
+    let acc: &mut [f32] = if du.is_empty() { &mut *dw } else { &mut du };
+    // Blocks of weights in parallel; each value still sums the chunks in order.
+    const BLOCK: usize = 4096;
+    acc[..nw]
+        .par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(bi, blk)| {
+            blk.fill(0.0);
+            for part in parts.chunks_exact(nw + f) {
+                add_into(blk, &part[bi * BLOCK..][..blk.len()]);
+            }
+        });
     db.fill(0.0);
-    for part in parts.chunks_exact(nw + nb) {
-        add_into(dw, &part[..nw]);
+    for part in parts.chunks_exact(nw + f) {
         add_into(db, &part[nw..]);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if !du.is_empty() {
+        winograd::weights_from_u(g.c, f, &du, dw);
     }
 }
 
 /// [`conv_backward`] of the images in `input` on the calling thread: `part` (overwritten)
-/// receives this chunk's weight gradient then its bias gradient (`k*k*c*f + f` values); `cols`
+/// receives this chunk's weight gradient then its bias gradient ([`conv_part_len`] values,
+/// summed by [`sum_conv_partials`]); `cols`
 /// is a scratch for the chunk's im2col (unused by the direct kernels); `dx`, when given, comes
-/// with a `dcols` scratch; both scratches of at least the chunk's im2col size.
+/// with a `dcols` scratch (unused by the direct input gradient, which reads `wt`, the
+/// weights from [`dx_weights`]); both scratches of at least the chunk's im2col size.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_backward_chunk(
     g: &ConvGeom,
     filters: usize,
     act: Activation,
     w: &[f32],
+    wt: &[f32],
     input: &[f32],
     y: &[f32],
     dy: &mut [f32],
@@ -1045,7 +1437,7 @@ pub(crate) fn conv_backward_chunk(
 ) {
     let direct = conv_direct(g, filters);
     conv_backward_chunk_with(
-        direct, g, filters, act, w, input, y, dy, cols, part, dx, act_done,
+        direct, g, filters, act, w, wt, input, y, dy, cols, part, dx, act_done,
     )
 }
 
@@ -1056,6 +1448,7 @@ fn conv_backward_chunk_with(
     f: usize,
     act: Activation,
     w: &[f32],
+    wt: &[f32],
     input: &[f32],
     y: &[f32],
     dy: &mut [f32],
@@ -1070,9 +1463,28 @@ fn conv_backward_chunk_with(
     if !act_done {
         act_backward_st(dy, &y[..rows * f], act);
     }
-    let (pw, pb) = part[..kkc * f + f].split_at_mut(kkc * f);
+    let nw = part_w_len(direct, g, f);
+    let (pw, pb) = part[..nw + f].split_at_mut(nw);
+    pb.fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    if direct {
+        // SAFETY: `conv_direct` checked AVX-512 and `f % 16 == 0`; the kernel checks lengths.
+        unsafe { direct::bias_add(dy, rows, f, pb) };
+    } else {
+        col_sums(dy, pb);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
     col_sums(dy, pb);
     if direct {
+        #[cfg(target_arch = "x86_64")]
+        if winograd_dw(direct, g, f) {
+            // SAFETY: `conv_winograd` checked AVX-512 and the geometry; the kernel checks the
+            // lengths of the `imgs` images, their gradient and `pw` (16 c f values).
+            unsafe { winograd::weight_grad_u(g, f, &input[..imgs * in_len], dy, imgs, pw) };
+        } else {
+            direct_weight_grad(g, f, &input[..imgs * in_len], dy, pw);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
         direct_weight_grad(g, f, &input[..imgs * in_len], dy, pw);
     } else {
         let cols = &mut cols[..rows * kkc];
@@ -1093,6 +1505,10 @@ fn conv_backward_chunk_with(
         );
     }
     if let Some((dxc, dcc)) = dx {
+        if direct && g.c.is_multiple_of(16) {
+            direct_input_grad(g, f, wt, dy, &mut dxc[..imgs * in_len]);
+            return;
+        }
         let dcc = &mut dcc[..rows * kkc];
         matmul_st(
             rows,
@@ -1112,185 +1528,14 @@ fn conv_backward_chunk_with(
     }
 }
 
-/// The direct convolution kernels (AVX-512): every output is a broadcast-FMA sum over the
-/// window read straight from the NHWC image, 16 filters per vector.
 #[cfg(target_arch = "x86_64")]
-mod direct {
-    use std::arch::x86_64::*;
+#[macro_use]
+mod direct;
+mod pool;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
-    use super::ConvGeom;
-
-    /// What the forward kernel adds after the window sum.
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    pub(super) enum Fuse {
-        /// Nothing (the caller applies bias and activation).
-        Nothing,
-        /// The bias.
-        Bias,
-        /// The bias, then max(x, 0).
-        BiasRelu,
-    }
-
-    /// `P` adjacent output positions of row `oh` from column `ow`, filters `fb..fb + 16`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn fwd_block<const P: usize>(
-        g: &ConvGeom,
-        f: usize,
-        w: *const f32,
-        img: *const f32,
-        out: *mut f32,
-        oh: usize,
-        ow: usize,
-        fb: usize,
-        init: __m512,
-        relu: bool,
-    ) {
-        let kc = g.k * g.c;
-        let step = g.s * g.c;
-        let mut acc = [init; P];
-        for kh in 0..g.k {
-            let xrow = img.add(((oh * g.s + kh) * g.w + ow * g.s) * g.c);
-            let wrow = w.add(kh * kc * f + fb);
-            for j in 0..kc {
-                let wv = _mm512_loadu_ps(wrow.add(j * f));
-                for (q, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_set1_ps(*xrow.add(q * step + j));
-                    *a = _mm512_fmadd_ps(xv, wv, *a);
-                }
-            }
-        }
-        for (q, a) in acc.iter().enumerate() {
-            let v = if relu {
-                _mm512_max_ps(*a, _mm512_setzero_ps())
-            } else {
-                *a
-            };
-            _mm512_storeu_ps(out.add((oh * g.wo + ow + q) * f + fb), v);
-        }
-    }
-
-    /// Forward of one image into `out` (`positions x f`).
-    ///
-    /// # Safety
-    /// AVX-512F available; every window inside the image; `img`, `w` (`k*k*c x f`), `b` (`f`)
-    /// and `out` long enough; `f` a multiple of 16.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn forward_img(
-        g: &ConvGeom,
-        f: usize,
-        w: &[f32],
-        b: &[f32],
-        img: &[f32],
-        out: &mut [f32],
-        fuse: Fuse,
-    ) {
-        let (w, img, out) = (w.as_ptr(), img.as_ptr(), out.as_mut_ptr());
-        for fb in (0..f).step_by(16) {
-            let init = if fuse == Fuse::Nothing {
-                _mm512_setzero_ps()
-            } else {
-                _mm512_loadu_ps(b.as_ptr().add(fb))
-            };
-            let relu = fuse == Fuse::BiasRelu;
-            for oh in 0..g.ho {
-                let mut ow = 0;
-                while ow + 12 <= g.wo {
-                    fwd_block::<12>(g, f, w, img, out, oh, ow, fb, init, relu);
-                    ow += 12;
-                }
-                while ow + 6 <= g.wo {
-                    fwd_block::<6>(g, f, w, img, out, oh, ow, fb, init, relu);
-                    ow += 6;
-                }
-                while ow + 3 <= g.wo {
-                    fwd_block::<3>(g, f, w, img, out, oh, ow, fb, init, relu);
-                    ow += 3;
-                }
-                while ow < g.wo {
-                    fwd_block::<1>(g, f, w, img, out, oh, ow, fb, init, relu);
-                    ow += 1;
-                }
-            }
-        }
-    }
-
-    /// Window values `j0..j0 + R` of kernel row `kh`, filters `fb..fb + 16`: the sum over the
-    /// `n` images and every position, stored into `dw`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn dw_block<const R: usize>(
-        g: &ConvGeom,
-        f: usize,
-        x: *const f32,
-        dy: *const f32,
-        n: usize,
-        kh: usize,
-        j0: usize,
-        fb: usize,
-        dw: *mut f32,
-    ) {
-        let kc = g.k * g.c;
-        let step = g.s * g.c;
-        let mut acc = [_mm512_setzero_ps(); R];
-        for im in 0..n {
-            let img = x.add(im * g.in_len());
-            let dyi = dy.add(im * g.positions() * f);
-            for oh in 0..g.ho {
-                let xrow = img.add((oh * g.s + kh) * g.w * g.c + j0);
-                let drow = dyi.add(oh * g.wo * f + fb);
-                for ow in 0..g.wo {
-                    let d = _mm512_loadu_ps(drow.add(ow * f));
-                    let xp = xrow.add(ow * step);
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(r)), d, *a);
-                    }
-                }
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(dw.add((kh * kc + j0 + r) * f + fb), *a);
-        }
-    }
-
-    /// Weight gradient of `n` images `x` against `dy` (`n x positions x f`) into `dw`
-    /// (`k*k*c x f`, overwritten).
-    ///
-    /// # Safety
-    /// As [`forward_img`], for `n` images.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn weight_grad(
-        g: &ConvGeom,
-        f: usize,
-        x: &[f32],
-        dy: &[f32],
-        n: usize,
-        dw: &mut [f32],
-    ) {
-        let (x, dy, dw) = (x.as_ptr(), dy.as_ptr(), dw.as_mut_ptr());
-        let kc = g.k * g.c;
-        for fb in (0..f).step_by(16) {
-            for kh in 0..g.k {
-                let mut j0 = 0;
-                while j0 < kc {
-                    let r = (kc - j0).min(12);
-                    macro_rules! go {
-                        ($($n:literal)*) => {
-                            match r {
-                                $($n => dw_block::<$n>(g, f, x, dy, n, kh, j0, fb, dw),)*
-                                _ => unreachable!("block of {r} rows"),
-                            }
-                        };
-                    }
-                    go!(1 2 3 4 5 6 7 8 9 10 11 12);
-                    j0 += r;
-                }
-            }
-        }
-    }
-}
+pub use pool::{maxpool_backward_arg, maxpool_forward_arg, MAX_ARG_POOL};
 
 #[cfg(test)]
 mod tests {
@@ -1313,6 +1558,17 @@ mod tests {
         }
     }
 
+    fn avx512() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
     fn geom(h: usize, w: usize, c: usize, k: usize, s: usize) -> ConvGeom {
         ConvGeom {
             h,
@@ -1330,13 +1586,32 @@ mod tests {
     #[test]
     fn direct_convolution_matches_im2col_gemm() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
+        // Filter counts 16..80 (1 to 4 vectors per block, and a 4 + 1 split), channel counts
+        // with (16, 32, 48) and without a direct input gradient, strides 1 and 2, odd sizes,
+        // batches that leave a partial chunk, and the seed CNN's second convolution.
         let cases = [
             (geom(9, 8, 3, 3, 1), 32, Activation::Relu, 7),
             (geom(10, 11, 2, 3, 2), 16, Activation::Selu, 3),
             (geom(7, 30, 4, 2, 1), 48, Activation::Linear, 6),
+            (geom(15, 15, 32, 3, 1), 64, Activation::Relu, 7),
+            (geom(9, 11, 16, 2, 2), 48, Activation::Selu, 6),
+            (geom(8, 7, 48, 3, 1), 16, Activation::Linear, 3),
+            (geom(6, 9, 16, 3, 1), 80, Activation::Relu, 5),
+            (geom(7, 5, 32, 1, 1), 32, Activation::Relu, 2),
+            (geom(10, 8, 16, 3, 1), 32, Activation::Selu, 6),
+            (
+                ConvGeom {
+                    ho: 12,
+                    wo: 12,
+                    ..geom(15, 15, 32, 3, 1)
+                },
+                64,
+                Activation::Relu,
+                7,
+            ),
         ];
         for (g, f, act, batch) in cases {
-            if !conv_direct(&g, f) {
+            if !avx512() {
                 eprintln!("no AVX-512 on this CPU: the direct kernels are never used here");
                 return;
             }
@@ -1377,6 +1652,187 @@ mod tests {
             assert_close("weight gradient", &res[0].1, &res[1].1);
             assert_close("bias gradient", &res[0].2, &res[1].2);
             assert_close("input gradient", &res[0].3, &res[1].3);
+        }
+    }
+
+    /// The Winograd F(2x2, 3x3) forward against im2col + GEMM: 1 to 4 vectors of filters (and
+    /// a 4 + 1 split), 16 to 48 channels, each activation, the seed CNN's cropped second
+    /// convolution (15x15x32 -> 12x12x64), partial chunks.
+    #[test]
+    fn winograd_forward_matches_im2col_gemm() {
+        if !avx512() {
+            eprintln!("no AVX-512 on this CPU: the Winograd forward is never used here");
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        let crop = |g: ConvGeom, ho: usize, wo: usize| ConvGeom { ho, wo, ..g };
+        let cases = [
+            (
+                crop(geom(15, 15, 32, 3, 1), 12, 12),
+                64,
+                Activation::Relu,
+                7,
+            ),
+            (geom(10, 8, 16, 3, 1), 48, Activation::Selu, 3),
+            (geom(6, 6, 16, 3, 1), 16, Activation::Linear, 2),
+            (geom(8, 10, 48, 3, 1), 80, Activation::Relu, 1),
+            (geom(6, 8, 32, 3, 1), 32, Activation::Relu, 6),
+        ];
+        for (g, f, act, n) in cases {
+            assert!(conv_winograd(&g, f), "{g:?}");
+            let (p, kkc) = (g.positions(), g.kkc());
+            let x = random(n * g.in_len(), &mut rng);
+            let w = random(kkc * f, &mut rng);
+            let b = random(f, &mut rng);
+            let u = winograd_weights(&g, f, &w);
+            let mut cols = vec![0.0; n * p * kkc];
+            let (mut o1, mut o2) = (vec![0.0; n * p * f], vec![0.0; n * p * f]);
+            conv_forward_chunk_with(true, &g, f, act, &w, &u, &b, &x, &mut [], &mut o1);
+            conv_forward_chunk_with(false, &g, f, act, &w, &[], &b, &x, &mut cols, &mut o2);
+            assert_close("winograd forward", &o1, &o2);
+            let mut o3 = vec![0.0; n * p * f];
+            conv_forward(&g, f, act, &w, &b, &x, &mut [], &mut o3);
+            assert_eq!(o1, o3, "batch and chunk forward");
+        }
+    }
+
+    /// Fused convolution + pooling (band by band) against the separate kernels: forward
+    /// outputs and argmax, then weight, bias and input gradients, on cropped geometries (the
+    /// pool's cover), 1 to 3 vectors of filters, with and without an input gradient.
+    #[test]
+    fn fused_conv_pool_matches_separate_kernels() {
+        if !avx512() {
+            eprintln!("no AVX-512 on this CPU: the fused kernels are never used here");
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let cases = [
+            (geom(9, 8, 16, 2, 1), 32, Activation::Relu, 3, true),
+            (geom(10, 10, 3, 3, 1), 16, Activation::Selu, 2, false),
+            (geom(7, 9, 16, 2, 1), 48, Activation::Linear, 3, true),
+            (geom(11, 11, 32, 2, 2), 16, Activation::Relu, 1, true),
+        ];
+        for (full, f, act, n, with_dx) in cases {
+            let pg = PoolGeom {
+                h: full.ho,
+                w: full.wo,
+                c: f,
+                p: 2,
+                ho: full.ho / 2,
+                wo: full.wo / 2,
+            };
+            let g = ConvGeom {
+                ho: pg.ho * 2,
+                wo: pg.wo * 2,
+                ..full
+            };
+            let pg = PoolGeom {
+                h: g.ho,
+                w: g.wo,
+                ..pg
+            };
+            assert!(conv_pool_fused(&g, f, &pg, with_dx));
+            let (p, kkc, per_out) = (g.positions(), g.kkc(), pg.ho * pg.wo * f);
+            let x = random(n * g.in_len(), &mut rng);
+            let w = random(kkc * f, &mut rng);
+            let b = random(f, &mut rng);
+            let (mut y1, mut a1) = (vec![0.0; n * per_out], vec![0u8; n * per_out]);
+            conv_pool_forward_chunk(&g, f, act, &w, &b, &x, &pg, &mut y1, &mut a1);
+            let mut conv = vec![0.0; n * p * f];
+            conv_forward_chunk(&g, f, act, &w, &[], &b, &x, &mut [], &mut conv);
+            let (mut y2, mut a2) = (vec![0.0; n * per_out], vec![0u8; n * per_out]);
+            maxpool_forward_arg(&pg, &conv, &mut y2, &mut a2);
+            assert_close("pooled output", &y1, &y2);
+            assert_eq!(a1, a2, "argmax");
+            let dy = random(n * per_out, &mut rng);
+            let wt = dx_weights(&g, f, &w);
+            let per = kkc * f + f;
+            let (mut part1, mut part2) = (vec![1.0; per], vec![2.0; per]);
+            let (mut dx1, mut dx2) = (vec![1.0; n * g.in_len()], vec![2.0; n * g.in_len()]);
+            conv_pool_backward_chunk(
+                &g,
+                f,
+                act,
+                &wt,
+                &x,
+                &pg,
+                &y1,
+                &a1,
+                &dy,
+                &mut part1,
+                with_dx.then_some(&mut dx1[..]),
+            );
+            let mut dconv = vec![0.0; n * p * f];
+            maxpool_backward_arg(&pg, &a2, &y2, &dy, Some(act), &mut dconv);
+            let mut dcols = vec![0.0; n * p * kkc];
+            conv_backward_chunk(
+                &g,
+                f,
+                act,
+                &w,
+                &wt,
+                &x,
+                &[],
+                &mut dconv,
+                &mut [],
+                &mut part2,
+                with_dx.then_some((&mut dx2[..], &mut dcols[..])),
+                true,
+            );
+            assert_close("weight and bias gradients", &part1, &part2);
+            if with_dx {
+                assert_close("input gradient", &dx1, &dx2);
+            }
+        }
+    }
+
+    /// The stored-argmax pooling kernels against the re-finding ones: bit-identical outputs
+    /// and input gradients, on the vector (c = 32) and scalar (c = 3) paths, pool 2 and 3 with
+    /// uncovered rows and columns, ties and NaNs.
+    #[test]
+    fn maxpool_argmax_kernels_match_refinding_ones() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for (c, p, h, w, n) in [
+            (32, 2, 5, 7, 3),
+            (3, 2, 6, 6, 2),
+            (16, 3, 8, 7, 2),
+            (5, 3, 7, 9, 1),
+        ] {
+            let g = PoolGeom {
+                h,
+                w,
+                c,
+                p,
+                ho: h / p,
+                wo: w / p,
+            };
+            let (per_in, per_out) = (h * w * c, g.ho * g.wo * c);
+            let mut x: Vec<f32> = (0..n * per_in)
+                .map(|_| rng.gen_range(-2i32..3) as f32 * 0.5)
+                .collect();
+            x[0] = f32::NAN;
+            x[(w + 1) * c + 1] = f32::NAN;
+            x[(n - 1) * per_in + c + 2] = f32::NAN;
+            let (mut y1, mut y2) = (vec![0.0; n * per_out], vec![0.0; n * per_out]);
+            let mut arg = vec![0u8; n * per_out];
+            maxpool_forward(&g, &x, &mut y1);
+            maxpool_forward_arg(&g, &x, &mut y2, &mut arg);
+            for (i, (a, b)) in y1.iter().zip(&y2).enumerate() {
+                assert!(a.to_bits() == b.to_bits(), "c {c} p {p} y[{i}]: {a} vs {b}");
+            }
+            assert!(arg.iter().all(|&a| (a as usize) < p * p));
+            let dy = random(n * per_out, &mut rng);
+            for below in [None, Some(Activation::Relu), Some(Activation::Selu)] {
+                let (mut d1, mut d2) = (vec![1.0f32; n * per_in], vec![2.0f32; n * per_in]);
+                maxpool_backward(&g, &x, &y1, &dy, below, &mut d1);
+                maxpool_backward_arg(&g, &arg, &y2, &dy, below, &mut d2);
+                for (i, (a, b)) in d1.iter().zip(&d2).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits(),
+                        "c {c} p {p} {below:?} dx[{i}]: {a} vs {b}"
+                    );
+                }
+            }
         }
     }
 

@@ -463,8 +463,15 @@ impl ScratchPool {
 pub(crate) struct Workspace {
     pub x: Vec<f32>,
     pub y: Vec<u8>,
+    /// Layer outputs (left empty for the image segment's transient convolution outputs).
     pub out: Vec<Vec<f32>>,
+    /// Gradients w.r.t. layer outputs (left empty inside the image segment, but its top).
     pub dout: Vec<Vec<f32>>,
+    /// Per layer, the stored argmax of a pooling (empty for other layers).
+    pub arg: Vec<Vec<u8>>,
+    /// Per layer, a convolution's per-chunk partial weight and bias gradients (overwritten
+    /// by each backward pass; kept to avoid fresh pages every step).
+    pub parts: Vec<Vec<f32>>,
     /// Per-thread im2col and `dcols` blocks of the image segment (one chunk of images each).
     pub scratch: ScratchPool,
     /// When `Some`, backward also computes the gradient with respect to the input (tests).
@@ -481,6 +488,8 @@ impl Workspace {
         Workspace {
             out: vec![Vec::new(); layers],
             dout: vec![Vec::new(); layers],
+            arg: vec![Vec::new(); layers],
+            parts: vec![Vec::new(); layers],
             fwd_secs: vec![0.0; layers],
             bwd_secs: vec![0.0; layers],
             ..Default::default()
@@ -506,22 +515,96 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
 }
 
 /// Length of a convolution's im2col block for one chunk of images (none for the direct
-/// kernels), and of its `dcols` block when the input gradient is needed; the largest of the
-/// segment's layers.
-fn scratch_lens(layers: &[Layer], input_grad: bool) -> (usize, usize) {
+/// kernels), and of its `dcols` block when the input gradient is needed (none for the direct
+/// input gradient); the largest of the segment's layers.
+fn scratch_lens(kinds: &[Kind], input_grad: bool) -> (usize, usize) {
     let (mut cols, mut dcols) = (0, 0);
-    for (i, l) in layers.iter().enumerate() {
-        if let Kind::Conv { g, filters, .. } = l.kind {
+    for (i, kind) in kinds.iter().enumerate() {
+        if let Kind::Conv { g, filters, .. } = *kind {
             let n = kernels::CONV_CHUNK * g.positions() * g.kkc();
             if !kernels::conv_direct(&g, filters) {
                 cols = cols.max(n);
             }
-            if i > 0 || input_grad {
+            if (i > 0 || input_grad) && !kernels::conv_direct_dx(&g, filters) {
                 dcols = dcols.max(n);
             }
         }
     }
     (cols, dcols)
+}
+
+/// Whether a layer is a pooling that keeps its argmax (one byte per output) for the backward
+/// pass instead of finding it again from its input.
+fn stores_argmax(l: &Layer) -> bool {
+    matches!(l.kind, Kind::Pool { g } if g.p <= kernels::MAX_ARG_POOL)
+}
+
+/// For each layer of an image segment, whether its output lives only in a chunk's scratch
+/// during the forward pass: a convolution whose output feeds a pooling that stores its argmax
+/// (nothing reads that output later: the pooling's backward fuses the activation derivative,
+/// computed from the pooled maximum).
+fn transient_outputs(layers: &[Layer]) -> Vec<bool> {
+    (0..layers.len())
+        .map(|i| {
+            matches!(layers[i].kind, Kind::Conv { .. })
+                && layers.get(i + 1).is_some_and(stores_argmax)
+        })
+        .collect()
+}
+
+/// The geometry each layer of an image segment runs with: a transient convolution
+/// ([`transient_outputs`]) computes only the outputs its pooling's windows cover (the others
+/// are never read and get a zero gradient, so they add nothing to any gradient), and that
+/// pooling reads exactly them.
+fn run_kinds(layers: &[Layer]) -> Vec<Kind> {
+    let transient = transient_outputs(layers);
+    let mut kinds: Vec<Kind> = layers.iter().map(|l| l.kind.clone()).collect();
+    for i in 0..layers.len() {
+        let pg = match (&layers[i + 1..].first(), transient[i]) {
+            (
+                Some(Layer {
+                    kind: Kind::Pool { g },
+                    ..
+                }),
+                true,
+            ) => *g,
+            _ => continue,
+        };
+        let (ho, wo) = (pg.ho * pg.p, pg.wo * pg.p);
+        if let Kind::Conv { g, .. } = &mut kinds[i] {
+            g.ho = ho;
+            g.wo = wo;
+        }
+        if let Kind::Pool { g } = &mut kinds[i + 1] {
+            g.h = ho;
+            g.w = wo;
+        }
+    }
+    kinds
+}
+
+/// For each layer of an image segment (run as `kinds`), whether it is a transient convolution
+/// that runs fused with the pooling above it ([`kernels::conv_pool_fused`]); `input_grad`:
+/// whether the segment's first layer computes an input gradient (backward pass).
+fn fused_convs(kinds: &[Kind], transient: &[bool], input_grad: bool) -> Vec<bool> {
+    (0..kinds.len())
+        .map(|i| match (&kinds[i], kinds.get(i + 1)) {
+            (Kind::Conv { g, filters, .. }, Some(Kind::Pool { g: pg })) if transient[i] => {
+                kernels::conv_pool_fused(g, *filters, pg, i > 0 || input_grad)
+            }
+            _ => false,
+        })
+        .collect()
+}
+
+/// Values per image of a layer's output when it runs as `kind` (0 for Flatten and Dense,
+/// which never run inside the image segment).
+fn run_len(kind: &Kind) -> usize {
+    match kind {
+        Kind::Conv { g, filters, .. } => g.positions() * filters,
+        Kind::Pool { g } => g.ho * g.wo * g.c,
+        Kind::Flatten | Kind::Dense { .. } => 0,
+    }
 }
 
 fn thousands(n: usize) -> String {
@@ -662,8 +745,16 @@ impl Model {
         let in_len = self.in_len();
         grow(&mut self.ws.x, batch * in_len);
         grow(&mut self.ws.y, batch);
-        for (out, len) in self.ws.out.iter_mut().zip(&self.out_lens) {
-            grow(out, batch * len);
+        let seg = self.image_segment();
+        let transient = transient_outputs(&self.layers[..seg]);
+        for (i, (out, len)) in self.ws.out.iter_mut().zip(&self.out_lens).enumerate() {
+            let flat = matches!(self.layers[i].kind, Kind::Flatten);
+            if !transient.get(i).copied().unwrap_or(false) && !flat {
+                grow(out, batch * len);
+            }
+            if i < seg && stores_argmax(&self.layers[i]) {
+                grow(&mut self.ws.arg[i], batch * len);
+            }
         }
         self.ws.fwd_cap = batch;
     }
@@ -673,8 +764,13 @@ impl Model {
         if batch <= self.ws.bwd_cap {
             return;
         }
-        for (dout, len) in self.ws.dout.iter_mut().zip(&self.out_lens) {
-            grow(dout, batch * len);
+        // Inside the image segment only its top layer's output gradient is stored.
+        // Flatten layers are views (no buffers of their own).
+        let first = self.image_segment().saturating_sub(1);
+        for (i, (dout, len)) in self.ws.dout.iter_mut().zip(&self.out_lens).enumerate() {
+            if i >= first && !matches!(self.layers[i].kind, Kind::Flatten) {
+                grow(dout, batch * len);
+            }
         }
         if let Some(g) = self.ws.input_grad.as_mut() {
             grow(g, batch * self.input_shape.iter().product::<usize>());
@@ -708,16 +804,18 @@ impl Model {
             forward_segment(&layers[..seg], out_lens, ws, in0, batch);
         }
         for (i, l) in layers.iter().enumerate().skip(seg) {
+            if matches!(l.kind, Kind::Flatten) {
+                // A view: the layers above read its input directly (`source`).
+                continue;
+            }
             let t = Instant::now();
             let (prev, rest) = ws.out.split_at_mut(i);
-            let input: &[f32] = if i == 0 {
-                &ws.x[..batch * in0]
-            } else {
-                &prev[i - 1][..batch * l.in_len]
+            let input: &[f32] = match source(layers, i) {
+                None => &ws.x[..batch * in0],
+                Some(j) => &prev[j][..batch * l.in_len],
             };
             let out = &mut rest[0][..batch * out_lens[i]];
             match l.kind {
-                Kind::Flatten => out.copy_from_slice(input),
                 Kind::Dense { inp, units, act } => {
                     kernels::matmul(
                         batch,
@@ -731,7 +829,7 @@ impl Model {
                     kernels::bias_act(out, &l.params[1].value, act, 64);
                 }
                 // Only the leading layers take images: they are the segment, done above.
-                Kind::Conv { .. } | Kind::Pool { .. } => {}
+                Kind::Conv { .. } | Kind::Pool { .. } | Kind::Flatten => {}
             }
             ws.fwd_secs[i] += t.elapsed().as_secs_f64();
         }
@@ -752,27 +850,26 @@ impl Model {
             ..
         } = self;
         for i in (seg..layers.len()).rev() {
+            if matches!(layers[i].kind, Kind::Flatten) {
+                // A view: the layer above wrote straight into its source's gradient.
+                continue;
+            }
+            let src = source(layers, i);
             let t = Instant::now();
             let l = &mut layers[i];
             let (dprev, drest) = ws.dout.split_at_mut(i);
             let dy = &mut drest[0][..batch * out_lens[i]];
-            let input: &[f32] = if i == 0 {
-                &ws.x[..batch * in0]
-            } else {
-                &ws.out[i - 1][..batch * l.in_len]
+            let input: &[f32] = match src {
+                None => &ws.x[..batch * in0],
+                Some(j) => &ws.out[j][..batch * l.in_len],
             };
             let y = &ws.out[i][..batch * out_lens[i]];
-            let dx: Option<&mut [f32]> = if i == 0 {
-                ws.input_grad.as_mut().map(|g| &mut g[..batch * in0])
-            } else {
-                Some(&mut dprev[i - 1][..batch * l.in_len])
+            let dx: Option<&mut [f32]> = match src {
+                None => ws.input_grad.as_mut().map(|g| &mut g[..batch * in0]),
+                Some(j) => Some(&mut dprev[j][..batch * l.in_len]),
             };
             match l.kind {
-                Kind::Flatten => {
-                    if let Some(dx) = dx {
-                        dx.copy_from_slice(dy);
-                    }
-                }
+                Kind::Flatten => {}
                 Kind::Dense { inp, units, act } => {
                     kernels::act_backward(dy, y, act);
                     let (kp, bp) = l.params.split_at_mut(1);
@@ -838,6 +935,14 @@ impl Model {
     }
 }
 
+/// The layer whose output is layer `i`'s input, looking through Flatten layers (views of
+/// their input, with no buffers of their own); `None`: the model's input.
+fn source(layers: &[Layer], i: usize) -> Option<usize> {
+    (0..i)
+        .rev()
+        .find(|&j| !matches!(layers[j].kind, Kind::Flatten))
+}
+
 /// Adds a segment's wall time to per-layer timers in proportion to the CPU time each layer
 /// took inside the chunks (the layers of a chunk interleave, so only this split is meaningful).
 fn share_time(timers: &mut [f64], wall: f64, per_chunk: &[Vec<f64>]) {
@@ -857,17 +962,31 @@ fn share_time(timers: &mut [f64], wall: f64, per_chunk: &[Vec<f64>]) {
 
 /// One chunk's slices of a per-layer batch buffer (`per_image` values per image), one entry
 /// per chunk; an empty slice for every chunk when `per_image` is 0.
-fn split_chunks(buf: &mut [f32], per_image: usize, batch: usize) -> Vec<&mut [f32]> {
+fn split_chunks<T>(buf: &mut [T], per_image: usize, batch: usize) -> Vec<&mut [T]> {
     let chunks = batch.div_ceil(kernels::CONV_CHUNK);
     if per_image == 0 {
-        return (0..chunks).map(|_| <&mut [f32]>::default()).collect();
+        return (0..chunks).map(|_| <&mut [T]>::default()).collect();
     }
     buf[..batch * per_image]
         .chunks_mut(kernels::CONV_CHUNK * per_image)
         .collect()
 }
 
+/// Read-only [`split_chunks`].
+fn split_chunks_ro<T>(buf: &[T], per_image: usize, batch: usize) -> Vec<&[T]> {
+    let chunks = batch.div_ceil(kernels::CONV_CHUNK);
+    if per_image == 0 {
+        return (0..chunks).map(|_| <&[T]>::default()).collect();
+    }
+    buf[..batch * per_image]
+        .chunks(kernels::CONV_CHUNK * per_image)
+        .collect()
+}
+
 /// Forward of the image segment `layers` (the model's first layers) over chunks of images.
+/// A convolution whose output feeds a pooling ([`transient_outputs`]) writes it into the
+/// chunk's scratch, where the pooling reads it (in cache); other outputs, and each pooling's
+/// argmax, go to the workspace.
 fn forward_segment(
     layers: &[Layer],
     out_lens: &[usize],
@@ -878,45 +997,107 @@ fn forward_segment(
     let t0 = Instant::now();
     let seg = layers.len();
     let chunks = batch.div_ceil(kernels::CONV_CHUNK);
+    let transient = transient_outputs(layers);
+    let kinds = run_kinds(layers);
     let mut outs: Vec<Vec<&mut [f32]>> = (0..chunks).map(|_| Vec::new()).collect();
-    for (out, len) in ws.out.iter_mut().zip(out_lens).take(seg) {
-        for (c, s) in split_chunks(out, *len, batch).into_iter().enumerate() {
+    let mut args: Vec<Vec<&mut [u8]>> = (0..chunks).map(|_| Vec::new()).collect();
+    for (i, (out, arg)) in ws
+        .out
+        .iter_mut()
+        .zip(ws.arg.iter_mut())
+        .take(seg)
+        .enumerate()
+    {
+        let len = if transient[i] { 0 } else { out_lens[i] };
+        for (c, s) in split_chunks(out, len, batch).into_iter().enumerate() {
             outs[c].push(s);
+        }
+        let alen = if stores_argmax(&layers[i]) {
+            out_lens[i]
+        } else {
+            0
+        };
+        for (c, s) in split_chunks(arg, alen, batch).into_iter().enumerate() {
+            args[c].push(s);
         }
     }
     let xs: Vec<&[f32]> = ws.x[..batch * in0]
         .chunks(kernels::CONV_CHUNK * in0)
         .collect();
-    let (cols_len, _) = scratch_lens(layers, false);
+    let (cols_len, _) = scratch_lens(&kinds, false);
+    let fused = fused_convs(&kinds, &transient, false);
+    // The Winograd forward's weight layout, once per pass.
+    let us: Vec<Vec<f32>> = layers
+        .iter()
+        .zip(&kinds)
+        .map(|(l, kind)| match *kind {
+            Kind::Conv { g, filters, .. } => {
+                kernels::winograd_weights(&g, filters, &l.params[0].value)
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+    let t_len = (0..seg)
+        .filter(|&i| transient[i])
+        .map(|i| kernels::CONV_CHUNK * run_len(&kinds[i]))
+        .max()
+        .unwrap_or(0);
     ws.scratch.ensure_threads();
     let scratch = &ws.scratch;
     let secs: Vec<Vec<f64>> = outs
         .par_iter_mut()
+        .zip(args.par_iter_mut())
         .zip(xs.par_iter())
-        .map(|(outs, x)| {
-            scratch.with(cols_len, |cols| {
+        .map(|((outs, args), x)| {
+            scratch.with(cols_len + t_len, |buf| {
+                let (cols, tbuf) = buf.split_at_mut(cols_len);
+                let imgs = x.len() / in0;
                 let mut secs = vec![0.0f64; seg];
                 for (i, l) in layers.iter().enumerate() {
+                    if i > 0 && fused[i - 1] {
+                        // Done with the convolution below.
+                        continue;
+                    }
                     let t = Instant::now();
                     let (prev, cur) = outs.split_at_mut(i);
-                    let input: &[f32] = if i == 0 { x } else { &*prev[i - 1] };
-                    let out = &mut *cur[0];
-                    match l.kind {
+                    if let (
+                        true,
                         Kind::Conv {
                             g, filters, act, ..
-                        } => kernels::conv_forward_chunk(
-                            &g,
-                            filters,
-                            act,
+                        },
+                        Some(Kind::Pool { g: pg }),
+                    ) = (fused[i], &kinds[i], kinds.get(i + 1))
+                    {
+                        let input: &[f32] = if i == 0 { x } else { &*prev[i - 1] };
+                        kernels::conv_pool_forward_chunk(
+                            g,
+                            *filters,
+                            *act,
                             &l.params[0].value,
                             &l.params[1].value,
                             input,
-                            cols,
-                            out,
-                        ),
-                        Kind::Pool { g } => kernels::maxpool_forward_chunk(&g, input, out),
-                        // `Model::image_segment` holds only convolutions and poolings.
-                        Kind::Flatten | Kind::Dense { .. } => {}
+                            pg,
+                            &mut *cur[1],
+                            &mut *args[i + 1],
+                        );
+                        secs[i] += t.elapsed().as_secs_f64();
+                        continue;
+                    }
+                    let arg = &mut *args[i];
+                    if transient[i] {
+                        // A convolution below a pooling: its input is never transient.
+                        let input: &[f32] = if i == 0 { x } else { &*prev[i - 1] };
+                        let out = &mut tbuf[..imgs * run_len(&kinds[i])];
+                        run_forward(l, &kinds[i], &us[i], input, out, cols, arg);
+                    } else {
+                        let input: &[f32] = if i == 0 {
+                            x
+                        } else if transient[i - 1] {
+                            &tbuf[..imgs * run_len(&kinds[i - 1])]
+                        } else {
+                            &*prev[i - 1]
+                        };
+                        run_forward(l, &kinds[i], &us[i], input, &mut *cur[0], cols, arg);
                     }
                     secs[i] += t.elapsed().as_secs_f64();
                 }
@@ -927,8 +1108,46 @@ fn forward_segment(
     share_time(&mut ws.fwd_secs[..seg], t0.elapsed().as_secs_f64(), &secs);
 }
 
+/// One image-segment layer's forward on a chunk of images, with the geometry of `kind` (`u`:
+/// a convolution's [`kernels::winograd_weights`]).
+fn run_forward(
+    l: &Layer,
+    kind: &Kind,
+    u: &[f32],
+    input: &[f32],
+    out: &mut [f32],
+    cols: &mut [f32],
+    arg: &mut [u8],
+) {
+    match *kind {
+        Kind::Conv {
+            g, filters, act, ..
+        } => kernels::conv_forward_chunk(
+            &g,
+            filters,
+            act,
+            &l.params[0].value,
+            u,
+            &l.params[1].value,
+            input,
+            cols,
+            out,
+        ),
+        Kind::Pool { g } => {
+            if stores_argmax(l) {
+                kernels::maxpool_forward_arg(&g, input, out, arg)
+            } else {
+                kernels::maxpool_forward_chunk(&g, input, out)
+            }
+        }
+        // `Model::image_segment` holds only convolutions and poolings.
+        Kind::Flatten | Kind::Dense { .. } => {}
+    }
+}
+
 /// Backward of the image segment `layers` over the same chunks as [`forward_segment`], from
-/// the gradient in `ws.dout[layers.len() - 1]`.
+/// the gradient in `ws.dout[layers.len() - 1]`. Every gradient inside the segment lives only
+/// in the chunk's scratch (made and used by the same chunk, in cache).
 fn backward_segment(
     layers: &mut [Layer],
     out_lens: &[usize],
@@ -939,50 +1158,56 @@ fn backward_segment(
     let t0 = Instant::now();
     let seg = layers.len();
     let chunks = batch.div_ceil(kernels::CONV_CHUNK);
-    // Per-chunk partial weight and bias gradients of each convolution, in chunk order.
-    let mut parts: Vec<Vec<f32>> = layers
-        .iter()
-        .map(|l| match l.kind {
-            Kind::Conv { g, filters, .. } => vec![0.0f32; chunks * (g.kkc() * filters + filters)],
-            _ => Vec::new(),
-        })
-        .collect();
+    let transient = transient_outputs(layers);
+    let kinds = run_kinds(layers);
+    // Per-chunk partial weight and bias gradients of each convolution, in chunk order (every
+    // chunk overwrites its own).
+    let mut parts = std::mem::take(&mut ws.parts);
+    parts.resize_with(seg, Vec::new);
+    for (kind, part) in kinds.iter().zip(parts.iter_mut()) {
+        if let Kind::Conv { g, filters, .. } = kind {
+            grow(part, chunks * kernels::conv_part_len(g, *filters));
+        }
+    }
     let mut part_slices: Vec<Vec<&mut [f32]>> = (0..chunks).map(|_| Vec::new()).collect();
-    let mut douts: Vec<Vec<&mut [f32]>> = (0..chunks).map(|_| Vec::new()).collect();
     let mut ys: Vec<Vec<&[f32]>> = (0..chunks).map(|_| Vec::new()).collect();
-    for ((i, l), (dout, part)) in layers
-        .iter()
-        .enumerate()
-        .zip(ws.dout.iter_mut().zip(parts.iter_mut()))
-    {
-        let per_part = match l.kind {
-            Kind::Conv { g, filters, .. } => g.kkc() * filters + filters,
+    let mut args: Vec<Vec<&[u8]>> = (0..chunks).map(|_| Vec::new()).collect();
+    for (i, (l, part)) in layers.iter().zip(parts.iter_mut()).enumerate() {
+        let per_part = match &kinds[i] {
+            Kind::Conv { g, filters, .. } => kernels::conv_part_len(g, *filters),
             _ => 0,
         };
-        let len = out_lens[i];
-        for (c, s) in split_chunks(dout, len, batch).into_iter().enumerate() {
-            douts[c].push(s);
-        }
-        for (yc, s) in ys
-            .iter_mut()
-            .zip(ws.out[i][..batch * len].chunks(kernels::CONV_CHUNK * len.max(1)))
-        {
+        let len = if transient[i] { 0 } else { out_lens[i] };
+        for (yc, s) in ys.iter_mut().zip(split_chunks_ro(&ws.out[i], len, batch)) {
             yc.push(s);
+        }
+        let alen = if stores_argmax(l) { out_lens[i] } else { 0 };
+        for (ac, s) in args
+            .iter_mut()
+            .zip(split_chunks_ro(&ws.arg[i], alen, batch))
+        {
+            ac.push(s);
         }
         if per_part == 0 {
             for p in part_slices.iter_mut() {
                 p.push(<&mut [f32]>::default());
             }
         } else {
-            for (c, s) in part.chunks_mut(per_part).enumerate() {
+            for (c, s) in part[..chunks * per_part].chunks_mut(per_part).enumerate() {
                 part_slices[c].push(s);
             }
         }
     }
+    let mut dtops = split_chunks(&mut ws.dout[seg - 1], out_lens[seg - 1], batch);
     let xs: Vec<&[f32]> = ws.x[..batch * in0]
         .chunks(kernels::CONV_CHUNK * in0)
         .collect();
-    let (cols_len, dcols_len) = scratch_lens(layers, ws.input_grad.is_some());
+    let (cols_len, dcols_len) = scratch_lens(&kinds, ws.input_grad.is_some());
+    let fused = fused_convs(&kinds, &transient, ws.input_grad.is_some());
+    let d_len: usize = kinds[..seg - 1]
+        .iter()
+        .map(|k| kernels::CONV_CHUNK * run_len(k))
+        .sum();
     let mut in_grads: Vec<Option<&mut [f32]>> = match ws.input_grad.as_mut() {
         Some(g) => g[..batch * in0]
             .chunks_mut(kernels::CONV_CHUNK * in0)
@@ -990,34 +1215,98 @@ fn backward_segment(
             .collect(),
         None => (0..chunks).map(|_| None).collect(),
     };
+    // The direct input-gradient kernels' weight layout, once per step.
+    let wts: Vec<Vec<f32>> = layers
+        .iter()
+        .zip(&kinds)
+        .enumerate()
+        .map(|(i, (l, kind))| match *kind {
+            Kind::Conv { g, filters, .. }
+                if i > 0 || in_grads.first().is_some_and(Option::is_some) =>
+            {
+                kernels::dx_weights(&g, filters, &l.params[0].value)
+            }
+            _ => Vec::new(),
+        })
+        .collect();
     ws.scratch.ensure_threads();
     let scratch = &ws.scratch;
     let layers_ro: &[Layer] = layers;
-    let secs: Vec<Vec<f64>> = douts
+    let secs: Vec<Vec<f64>> = dtops
         .par_iter_mut()
         .zip(part_slices.par_iter_mut())
         .zip(in_grads.par_iter_mut())
         .enumerate()
-        .map(|(c, ((douts, parts), in_grad))| {
-            scratch.with(cols_len + dcols_len, |buf| {
-                let (cols, dcols) = buf.split_at_mut(cols_len);
+        .map(|(c, ((dtop, parts), in_grad))| {
+            scratch.with(cols_len + dcols_len + d_len, |buf| {
+                let (cols, rest) = buf.split_at_mut(cols_len);
+                let (dcols, mut dbuf) = rest.split_at_mut(dcols_len);
+                let imgs = dtop.len() / out_lens[seg - 1];
+                // The output gradient of each layer of the chunk: scratch below the top.
+                let mut douts: Vec<&mut [f32]> = Vec::with_capacity(seg);
+                for kind in &kinds[..seg - 1] {
+                    let (d, more) = std::mem::take(&mut dbuf).split_at_mut(imgs * run_len(kind));
+                    douts.push(d);
+                    dbuf = more;
+                }
+                douts.push(&mut **dtop);
                 let mut secs = vec![0.0f64; seg];
                 // Set when a pooling layer already multiplied its input gradient by the
                 // activation derivative of the convolution below it (fused).
                 let mut act_done = false;
                 for i in (0..seg).rev() {
+                    if fused[i] {
+                        // Done with the pooling above.
+                        continue;
+                    }
                     let t = Instant::now();
                     let l = &layers_ro[i];
                     let (dlow, dcur) = douts.split_at_mut(i);
                     let dy = &mut *dcur[0];
+                    if let (
+                        true,
+                        Kind::Conv {
+                            g, filters, act, ..
+                        },
+                        Kind::Pool { g: pg },
+                    ) = (
+                        i > 0 && fused[i - 1],
+                        &kinds[i.saturating_sub(1)],
+                        &kinds[i],
+                    ) {
+                        // The pooling `i` and its convolution `i - 1`, fused.
+                        let dx: Option<&mut [f32]> = if i == 1 {
+                            in_grad.as_deref_mut()
+                        } else {
+                            Some(&mut *dlow[i - 2])
+                        };
+                        let input: &[f32] = if i == 1 { xs[c] } else { ys[c][i - 2] };
+                        kernels::conv_pool_backward_chunk(
+                            g,
+                            *filters,
+                            *act,
+                            &wts[i - 1],
+                            input,
+                            pg,
+                            ys[c][i],
+                            args[c][i],
+                            dy,
+                            &mut *parts[i - 1],
+                            dx,
+                        );
+                        secs[i - 1] += t.elapsed().as_secs_f64();
+                        continue;
+                    }
                     let dx: Option<&mut [f32]> = if i == 0 {
                         in_grad.as_deref_mut()
                     } else {
                         Some(&mut *dlow[i - 1])
                     };
+                    // The layer's input: stored unless it is a transient convolution output,
+                    // which only a pooling with a stored argmax reads (and it does not need it).
                     let input: &[f32] = if i == 0 { xs[c] } else { ys[c][i - 1] };
                     let y = ys[c][i];
-                    match l.kind {
+                    match kinds[i] {
                         Kind::Conv {
                             g, filters, act, ..
                         } => kernels::conv_backward_chunk(
@@ -1025,6 +1314,7 @@ fn backward_segment(
                             filters,
                             act,
                             &l.params[0].value,
+                            &wts[i],
                             input,
                             y,
                             dy,
@@ -1039,7 +1329,11 @@ fn backward_segment(
                                 _ => None,
                             };
                             if let Some(dx) = dx {
-                                kernels::maxpool_backward_chunk(&g, input, y, dy, below, dx);
+                                if stores_argmax(l) {
+                                    kernels::maxpool_backward_arg(&g, args[c][i], y, dy, below, dx);
+                                } else {
+                                    kernels::maxpool_backward_chunk(&g, input, y, dy, below, dx);
+                                }
                                 act_done = below.is_some();
                             }
                         }
@@ -1053,11 +1347,19 @@ fn backward_segment(
         })
         .collect();
     drop(part_slices);
-    for (l, part) in layers.iter_mut().zip(&parts) {
-        if let Kind::Conv { .. } = l.kind {
+    for ((l, part), kind) in layers.iter_mut().zip(&parts).zip(&kinds) {
+        if let Kind::Conv { g, filters, .. } = kind {
             let (kp, bp) = l.params.split_at_mut(1);
-            kernels::sum_partials(part, &mut kp[0].grad, &mut bp[0].grad);
+            let used = chunks * kernels::conv_part_len(g, *filters);
+            kernels::sum_conv_partials(
+                g,
+                *filters,
+                &part[..used],
+                &mut kp[0].grad,
+                &mut bp[0].grad,
+            );
         }
     }
+    ws.parts = parts;
     share_time(&mut ws.bwd_secs[..seg], t0.elapsed().as_secs_f64(), &secs);
 }
