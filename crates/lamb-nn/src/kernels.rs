@@ -615,6 +615,26 @@ mod pool_simd {
     use super::{PoolGeom, SELU_ALPHA, SELU_SCALE};
     use crate::Activation;
 
+    /// `d` times the derivative of the activation `below` at its output `m` (16 lanes): the
+    /// vector form of `act_deriv`, shared by the max-pool backward kernels.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) fn act_grad(below: Option<Activation>, m: __m512, d: __m512) -> __m512 {
+        let zero = _mm512_setzero_ps();
+        let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, zero);
+        match below {
+            None | Some(Activation::Linear | Activation::Softmax) => d,
+            Some(Activation::Relu) => {
+                _mm512_mul_ps(d, _mm512_mask_blend_ps(pos, zero, _mm512_set1_ps(1.0)))
+            }
+            Some(Activation::Selu) => {
+                let sa = _mm512_set1_ps(SELU_SCALE * SELU_ALPHA);
+                let scale = _mm512_set1_ps(SELU_SCALE);
+                _mm512_mul_ps(d, _mm512_mask_blend_ps(pos, _mm512_add_ps(m, sa), scale))
+            }
+        }
+    }
+
     /// As the scalar path of `maxpool_back_one`, 16 channels at a time.
     ///
     /// # Safety
@@ -630,27 +650,13 @@ mod pool_simd {
     ) {
         let (c, p) = (g.c, g.p);
         let (x, y, dy, dx) = (x.as_ptr(), y.as_ptr(), dy.as_ptr(), dx.as_mut_ptr());
-        let zero = _mm512_setzero_ps();
-        let one = _mm512_set1_ps(1.0);
-        let scale = _mm512_set1_ps(SELU_SCALE);
-        let sa = _mm512_set1_ps(SELU_SCALE * SELU_ALPHA);
         for oh in 0..g.ho {
             for ow in 0..g.wo {
                 for c0 in (0..c).step_by(16) {
                     let o = (oh * g.wo + ow) * c + c0;
                     let m = _mm512_loadu_ps(y.add(o));
                     let d = _mm512_loadu_ps(dy.add(o));
-                    let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, zero);
-                    let gv = match below {
-                        None => d,
-                        Some(Activation::Relu) => {
-                            _mm512_mul_ps(d, _mm512_mask_blend_ps(pos, zero, one))
-                        }
-                        Some(Activation::Selu) => {
-                            _mm512_mul_ps(d, _mm512_mask_blend_ps(pos, _mm512_add_ps(m, sa), scale))
-                        }
-                        Some(Activation::Linear | Activation::Softmax) => d,
-                    };
+                    let gv = act_grad(below, m, d);
                     let mut taken: __mmask16 = 0;
                     for ph in 0..p {
                         for pw in 0..p {
@@ -1159,6 +1165,36 @@ pub fn conv_pool_fused(g: &ConvGeom, filters: usize, pg: &PoolGeom, need_dx: boo
         && pg.wo * pg.p == g.wo
 }
 
+/// The pooling geometry of one band of `pg.p` convolution output rows (what the fused
+/// convolution + pooling kernels pool at a time).
+fn band_geom(g: &ConvGeom, f: usize, pg: &PoolGeom) -> PoolGeom {
+    PoolGeom {
+        h: pg.p,
+        w: g.wo,
+        c: f,
+        p: pg.p,
+        ho: 1,
+        wo: pg.wo,
+    }
+}
+
+thread_local! {
+    /// Per-thread band buffer of the fused convolution + pooling kernels, reused across calls
+    /// (a step calls them once per chunk and must not allocate).
+    static BAND: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's band buffer sized to `len` (grown, never shrunk).
+fn with_band<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    BAND.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+        f(&mut b[..len])
+    })
+}
+
 /// Convolution then max pooling with argmax of the images in `input`, fused (only when
 /// [`conv_pool_fused`]): each band of `pg.p` convolution output rows is computed into a small
 /// buffer (bias and activation fused) and pooled into `out` and `arg` (`ho x wo x filters`
@@ -1186,60 +1222,54 @@ pub(crate) fn conv_pool_forward_chunk(
             && arg.len() >= n * pg.ho * per_row,
         "conv_pool_forward: buffers too short"
     );
-    let bg = PoolGeom {
-        h: pg.p,
-        w: g.wo,
-        c: f,
-        p: pg.p,
-        ho: 1,
-        wo: pg.wo,
-    };
-    let mut band = vec![0.0f32; band_pos * f];
-    #[cfg(target_arch = "x86_64")]
-    {
-        let mode = match act {
-            Activation::Relu => direct::Fuse::BiasRelu,
-            Activation::Linear | Activation::Softmax => direct::Fuse::Bias,
-            Activation::Selu => direct::Fuse::Nothing,
-        };
-        direct::with_window_offsets(g, n, |offs| {
-            for img in 0..n {
-                for r in 0..pg.ho {
-                    let start = img * g.positions() + r * band_pos;
-                    // SAFETY: `conv_pool_fused` checked AVX-512, `f % 16 == 0` and that every
-                    // window lies inside the image; `offs` come from the geometry of the `n`
-                    // images of `input`; `band` holds `band_pos` outputs.
-                    unsafe {
-                        direct::forward_offs(
-                            g,
-                            f,
-                            w.as_ptr(),
-                            b.as_ptr(),
-                            input.as_ptr(),
-                            &offs[start..start + band_pos],
-                            band.as_mut_ptr(),
-                            mode,
-                        )
-                    };
-                    if mode == direct::Fuse::Nothing {
-                        bias_act_rows(&mut band, b, act);
+    let bg = band_geom(g, f, pg);
+    with_band(band_pos * f, |band| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mode = match act {
+                Activation::Relu => direct::Fuse::BiasRelu,
+                Activation::Linear | Activation::Softmax => direct::Fuse::Bias,
+                Activation::Selu => direct::Fuse::Nothing,
+            };
+            direct::with_window_offsets(g, n, |offs| {
+                for img in 0..n {
+                    for r in 0..pg.ho {
+                        let start = img * g.positions() + r * band_pos;
+                        // SAFETY: `conv_pool_fused` checked AVX-512, `f % 16 == 0` and that every
+                        // window lies inside the image; `offs` come from the geometry of the `n`
+                        // images of `input`; `band` holds `band_pos` outputs.
+                        unsafe {
+                            direct::forward_offs(
+                                g,
+                                f,
+                                w.as_ptr(),
+                                b.as_ptr(),
+                                input.as_ptr(),
+                                &offs[start..start + band_pos],
+                                band.as_mut_ptr(),
+                                mode,
+                            )
+                        };
+                        if mode == direct::Fuse::Nothing {
+                            bias_act_rows(band, b, act);
+                        }
+                        let o = (img * pg.ho + r) * per_row;
+                        maxpool_forward_arg(
+                            &bg,
+                            band,
+                            &mut out[o..o + per_row],
+                            &mut arg[o..o + per_row],
+                        );
                     }
-                    let o = (img * pg.ho + r) * per_row;
-                    maxpool_forward_arg(
-                        &bg,
-                        &band,
-                        &mut out[o..o + per_row],
-                        &mut arg[o..o + per_row],
-                    );
                 }
-            }
-        });
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (act, &mut band, bg);
-        unreachable!("conv_direct is false off x86_64");
-    }
+            });
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (act, band, bg);
+            unreachable!("conv_direct is false off x86_64");
+        }
+    })
 }
 
 /// Backward of [`conv_pool_forward_chunk`] for the images of `dy` (the gradient w.r.t. the
@@ -1282,63 +1312,57 @@ pub(crate) fn conv_pool_backward_chunk(
         );
         dx[..n * in_len].fill(0.0);
     }
-    let bg = PoolGeom {
-        h: pg.p,
-        w: g.wo,
-        c: f,
-        p: pg.p,
-        ho: 1,
-        wo: pg.wo,
-    };
-    let mut band = vec![0.0f32; band_pos * f];
-    #[cfg(target_arch = "x86_64")]
-    {
-        direct::with_window_offsets(g, n, |offs| {
-            for img in 0..n {
-                for r in 0..pg.ho {
-                    let o = (img * pg.ho + r) * per_row;
-                    maxpool_backward_arg(
-                        &bg,
-                        &arg[o..o + per_row],
-                        &pooled[o..o + per_row],
-                        &dy[o..o + per_row],
-                        Some(act),
-                        &mut band,
-                    );
-                    let start = img * g.positions() + r * band_pos;
-                    // SAFETY: `conv_pool_fused` checked AVX-512, `f % 16 == 0`, that every window
-                    // lies inside the image and, with `dx`, `c % 16 == 0`; lengths checked above;
-                    // `offs` come from the geometry of the `n` images.
-                    unsafe {
-                        direct::bias_add(&band, band_pos, f, pb);
-                        direct::weight_grad_rows(
-                            g,
-                            f,
-                            input.as_ptr().add(img * in_len),
-                            band.as_ptr(),
-                            (r * pg.p, (r + 1) * pg.p),
-                            pw.as_mut_ptr(),
+    let bg = band_geom(g, f, pg);
+    with_band(band_pos * f, |band| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            direct::with_window_offsets(g, n, |offs| {
+                for img in 0..n {
+                    for r in 0..pg.ho {
+                        let o = (img * pg.ho + r) * per_row;
+                        maxpool_backward_arg(
+                            &bg,
+                            &arg[o..o + per_row],
+                            &pooled[o..o + per_row],
+                            &dy[o..o + per_row],
+                            Some(act),
+                            band,
                         );
-                        if let Some(dx) = dx.as_deref_mut() {
-                            direct::input_grad_offs(
+                        let start = img * g.positions() + r * band_pos;
+                        // SAFETY: `conv_pool_fused` checked AVX-512, `f % 16 == 0`, that every window
+                        // lies inside the image and, with `dx`, `c % 16 == 0`; lengths checked above;
+                        // `offs` come from the geometry of the `n` images.
+                        unsafe {
+                            direct::bias_add(band, band_pos, f, pb);
+                            direct::weight_grad_rows(
                                 g,
                                 f,
-                                wt.as_ptr(),
+                                input.as_ptr().add(img * in_len),
                                 band.as_ptr(),
-                                &offs[start..start + band_pos],
-                                dx.as_mut_ptr(),
+                                (r * pg.p, (r + 1) * pg.p),
+                                pw.as_mut_ptr(),
                             );
+                            if let Some(dx) = dx.as_deref_mut() {
+                                direct::input_grad_offs(
+                                    g,
+                                    f,
+                                    wt.as_ptr(),
+                                    band.as_ptr(),
+                                    &offs[start..start + band_pos],
+                                    dx.as_mut_ptr(),
+                                );
+                            }
                         }
                     }
                 }
-            }
-        });
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (act, wt, &mut band, bg, band_pos);
-        unreachable!("conv_direct is false off x86_64");
-    }
+            });
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (act, wt, band, bg, band_pos);
+            unreachable!("conv_direct is false off x86_64");
+        }
+    })
 }
 
 /// Whether the weight gradient of a convolution run with the direct kernels (`direct`) is

@@ -178,7 +178,7 @@ fn backward_scalar(
 mod simd {
     use std::arch::x86_64::*;
 
-    use super::super::{PoolGeom, SELU_ALPHA, SELU_SCALE};
+    use super::super::PoolGeom;
     use crate::Activation;
 
     /// [`super::forward_scalar`], 16 channels at a time.
@@ -244,10 +244,6 @@ mod simd {
         assert!(a.len() >= per_out && y.len() >= per_out && dy.len() >= per_out);
         assert!(dx.len() >= g.h * g.w * c);
         let (a, y, dy, dx) = (a.as_ptr(), y.as_ptr(), dy.as_ptr(), dx.as_mut_ptr());
-        let zero = _mm512_setzero_ps();
-        let one = _mm512_set1_ps(1.0);
-        let scale = _mm512_set1_ps(SELU_SCALE);
-        let sa = _mm512_set1_ps(SELU_SCALE * SELU_ALPHA);
         for oh in 0..g.ho {
             for ow in 0..g.wo {
                 let base = ((oh * p) * g.w + ow * p) * c;
@@ -255,17 +251,7 @@ mod simd {
                     let o = (oh * g.wo + ow) * c + c0;
                     let m = _mm512_loadu_ps(y.add(o));
                     let d = _mm512_loadu_ps(dy.add(o));
-                    let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, zero);
-                    let gv = match below {
-                        None => d,
-                        Some(Activation::Relu) => {
-                            _mm512_mul_ps(d, _mm512_mask_blend_ps(pos, zero, one))
-                        }
-                        Some(Activation::Selu) => {
-                            _mm512_mul_ps(d, _mm512_mask_blend_ps(pos, _mm512_add_ps(m, sa), scale))
-                        }
-                        Some(Activation::Linear | Activation::Softmax) => d,
-                    };
+                    let gv = crate::kernels::pool_simd::act_grad(below, m, d);
                     let arg = _mm_loadu_si128(a.add(o) as *const __m128i);
                     let mut t = 0i8;
                     for ph in 0..p {
