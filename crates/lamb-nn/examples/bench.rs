@@ -1,4 +1,6 @@
-//! Prints the engine benchmark: `cargo run --release -p lamb-nn --example bench [epochs] [batch...]`.
+//! Prints the engine benchmark:
+//! `cargo run --release -p lamb-nn --example bench [epochs] [batch...] [selu]` (`selu`: that
+//! hidden activation instead of ReLU).
 
 fn main() -> Result<(), lamb_nn::NnError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -9,6 +11,9 @@ fn main() -> Result<(), lamb_nn::NnError> {
     let sizes: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
     if !sizes.is_empty() {
         cfg.batch_sizes = sizes;
+    }
+    if args.iter().any(|a| a == "selu") {
+        cfg.hidden = lamb_nn::Activation::Selu;
     }
     if let Ok(v) = std::env::var("LAMB_BENCH_TRAIN_IMAGES") {
         cfg.train_images = v.parse().unwrap_or(cfg.train_images);
