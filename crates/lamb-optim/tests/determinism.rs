@@ -6,8 +6,9 @@ use lamb_optim::*;
 
 fn tensors() -> Vec<(String, Vec<usize>)> {
     vec![
-        // Several chunks plus a ragged tail.
-        ("embed/kernel".into(), vec![3 * CHUNK + 1234]),
+        // Several chunks plus a ragged tail; large enough (4 chunks or more) that an
+        // unchecked LAMB step runs it alone on every thread.
+        ("embed/kernel".into(), vec![4 * CHUNK + 1234]),
         ("dense/kernel".into(), vec![300, 77]),
         ("dense/bias".into(), vec![77]),
         ("big/kernel".into(), vec![2 * CHUNK + 15]),
@@ -66,6 +67,11 @@ fn specs() -> Vec<OptimizerSpec> {
             ..OptimizerSpec::new(OptimizerKind::Lamb).with_preset(p)
         })
         .collect();
+    v.push(OptimizerSpec {
+        weight_decay_rate: Some(0.01),
+        non_finite: Some(NonFinitePolicy::Unchecked),
+        ..OptimizerSpec::new(OptimizerKind::Lamb)
+    });
     v.push(OptimizerSpec::new(OptimizerKind::Adam));
     v.push(OptimizerSpec::new(OptimizerKind::Adamw));
     v.push(OptimizerSpec {
@@ -115,6 +121,7 @@ fn identical_bits_for_any_thread_count_and_simd_level() {
     set_simd_level(best_available());
 }
 
+/// Both memory choices, checked and unchecked: one result.
 #[test]
 fn lamb_step_memory_choices_give_identical_bits() {
     let pool = rayon::ThreadPoolBuilder::new()
@@ -123,17 +130,19 @@ fn lamb_step_memory_choices_give_identical_bits() {
         .unwrap();
     set_simd_level(best_available());
     for preset in ["tfa", "timm", "pytorch-lamb", "torch-optimizer"] {
+        let spec = |policy, memory| OptimizerSpec {
+            weight_decay_rate: Some(0.01),
+            exclude_from_weight_decay: Some(vec!["bias".into()]),
+            non_finite: Some(policy),
+            step_memory: Some(memory),
+            ..OptimizerSpec::new(OptimizerKind::Lamb).with_preset(preset)
+        };
+        let first = pool.install(|| run(&spec(NonFinitePolicy::Error, StepMemory::Fast)));
         for policy in [NonFinitePolicy::Error, NonFinitePolicy::Unchecked] {
-            let spec = |memory| OptimizerSpec {
-                weight_decay_rate: Some(0.01),
-                exclude_from_weight_decay: Some(vec!["bias".into()]),
-                non_finite: Some(policy),
-                step_memory: Some(memory),
-                ..OptimizerSpec::new(OptimizerKind::Lamb).with_preset(preset)
-            };
-            let fast = pool.install(|| run(&spec(StepMemory::Fast)));
-            let lean = pool.install(|| run(&spec(StepMemory::Lean)));
-            assert_eq!(fast, lean, "{preset} {policy:?}");
+            for memory in [StepMemory::Fast, StepMemory::Lean] {
+                let other = pool.install(|| run(&spec(policy, memory)));
+                assert!(first == other, "{preset} {policy:?} {memory:?}");
+            }
         }
     }
 }
