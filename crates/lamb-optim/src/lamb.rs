@@ -168,14 +168,10 @@ pub struct LambConfig {
     pub step_memory: StepMemory,
 }
 
-/// How much scratch memory a checked LAMB step may use. Both give bit-identical results.
+/// How much scratch memory a LAMB step may use. Both give bit-identical results.
 ///
-/// A checked step needs every tensor's norms and maxima before it can change any weight, so
-/// it reads the tensors twice. The second read is what this chooses. Unchecked steps
-/// ([`NonFinitePolicy::Unchecked`]) use no scratch with either choice: each tensor's two
-/// passes run back to back (new moments in place, then the weights recomputed from them), a
-/// large tensor on every thread at once and its second pass last chunk first, so that pass
-/// mostly reads the last-level cache.
+/// A step needs every tensor's norms before it can change any weight, so it reads the
+/// tensors twice. The second read is what this chooses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepMemory {
@@ -188,7 +184,8 @@ pub enum StepMemory {
     #[default]
     Fast,
     /// No scratch: the second pass recomputes each update from the moments. Checked steps
-    /// read 32 bytes and write 12 per parameter (a read-only pass, then the write pass).
+    /// read 32 bytes and write 12 per parameter (a read-only pass, then the write pass);
+    /// unchecked ones 28 and 12.
     Lean,
 }
 
@@ -668,19 +665,13 @@ fn moments_tensor(coef: &Coef, ts: &mut Slot, g: &[f32], w: &[f32]) {
     ts.total = combine(&ts.partials);
 }
 
-/// Elements from which an unchecked step runs a tensor alone on every thread (below it,
-/// tensors run side by side, each on one thread).
-const SHARED_TENSOR: usize = 4 * CHUNK;
-
 /// Second pass over one tensor without scratch: weights from the new moments (reads m, v, w;
-/// writes w). Walks the chunks last to first, so it starts with what the first pass (first
-/// to last) touched most recently and may still be cached.
+/// writes w).
 fn apply_tensor(coef: &Coef, ts: &Slot, w: &mut [f32]) {
     let plan = ts.plan;
     w.par_chunks_mut(CHUNK)
         .zip(ts.bufs[0].par_chunks(CHUNK))
         .zip(ts.bufs[1].par_chunks(CHUNK))
-        .rev()
         .for_each(|((w, m), v)| apply_chunk_mv(coef, plan.wd, plan.k, m, v, w));
 }
 
@@ -845,32 +836,23 @@ impl Lamb {
         } = self;
         let fast = cfg.step_memory == StepMemory::Fast;
         let checked = cfg.non_finite != NonFinitePolicy::Unchecked;
-        if fast && checked {
+        if fast {
             scratch.resize_with(reg.tensors.len(), Scratch::default);
             for (sc, ts) in scratch.iter_mut().zip(&reg.tensors) {
                 sc.fit(ts.len);
             }
         }
-        if !checked {
-            // Each tensor's norms, then its update, back to back: no tensor waits for the
-            // others' norms, and no scratch is needed (either memory choice). Small tensors
-            // go in parallel across tensors; each large one gets every thread in turn, so its
-            // second pass finds what the first just touched in the shared last-level cache.
-            let unchecked = |(ts, p): (&mut Slot, &mut ParamMut<'_>)| {
-                moments_tensor(&coef, ts, p.grad, p.value);
-                set_ratio(cfg, ts, step_size);
-                apply_tensor(&coef, ts, p.value);
-            };
+        if !fast && !checked {
+            // Each tensor's norms, then its update, back to back. No tensor waits for the
+            // others' norms.
             reg.tensors
                 .par_iter_mut()
                 .zip(params.par_iter_mut())
-                .filter(|(ts, _)| ts.len < SHARED_TENSOR)
-                .for_each(unchecked);
-            reg.tensors
-                .iter_mut()
-                .zip(params.iter_mut())
-                .filter(|(ts, _)| ts.len >= SHARED_TENSOR)
-                .for_each(unchecked);
+                .for_each(|(ts, p)| {
+                    moments_tensor(&coef, ts, p.grad, p.value);
+                    set_ratio(cfg, ts, step_size);
+                    apply_tensor(&coef, ts, p.value);
+                });
         } else {
             // First pass: norms and maxima of every tensor; the state is not changed (with
             // scratch, the new moments and updates are staged beside it).

@@ -31,9 +31,7 @@
 //! Speed: LAMB makes two passes (it needs every norm before any weight changes): by default
 //! ([`StepMemory::Fast`]) the first stages the new moments and updates in scratch buffers with
 //! non-temporal stores and the second reads only update and weight (about 24 bytes read per
-//! parameter); [`StepMemory::Lean`] uses no scratch and reads 32. Unchecked LAMB steps run
-//! each tensor's two passes back to back (a large tensor on every thread, its second pass last
-//! chunk first) so the second mostly reads the last-level cache. LARS makes a read pass for
+//! parameter); [`StepMemory::Lean`] uses no scratch and reads 32. LARS makes a read pass for
 //! the norms and a write pass (SGD is LARS without the trust ratio); Adam a gradient check
 //! that walks eight chunks side by side (one memory stream per thread leaves bandwidth
 //! unused) plus one fused pass. [`NonFinitePolicy::Unchecked`] drops the checks, as PyTorch
