@@ -6,8 +6,7 @@ use lamb_optim::*;
 
 fn tensors() -> Vec<(String, Vec<usize>)> {
     vec![
-        // Several chunks plus a ragged tail; large enough (4 chunks or more) that an
-        // unchecked LAMB step runs it alone on every thread.
+        // Several chunks plus a ragged tail.
         ("embed/kernel".into(), vec![4 * CHUNK + 1234]),
         ("dense/kernel".into(), vec![300, 77]),
         ("dense/bias".into(), vec![77]),
