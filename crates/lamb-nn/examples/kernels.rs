@@ -424,4 +424,61 @@ fn main() {
             &mut dout1[..n * 900 * 32],
         )
     });
+    // The classifier head at batch 100: 100 x 2304 (6 x 6 x 64) by 2304 x 10.
+    let (inp, units) = (2304, 10);
+    let hx: Vec<f32> = (0..b * inp).map(|i| (i % 97) as f32 / 97.0).collect();
+    let hw: Vec<f32> = (0..inp * units)
+        .map(|i| (i % 13) as f32 / 13.0 - 0.5)
+        .collect();
+    let hb = vec![0.1f32; units];
+    let hdy: Vec<f32> = (0..b * units).map(|i| (i % 7) as f32 / 7.0 - 0.5).collect();
+    let mut hwt = vec![0.0f32; inp * units];
+    let mut hout = vec![0.0f32; b * units];
+    let mut hdw = vec![0.0f32; inp * units];
+    let mut hdx = vec![0.0f32; b * inp];
+    time("dense forward gemm (rayon)", 200, || {
+        kernels::matmul(
+            b,
+            units,
+            inp,
+            &mut hout,
+            Mat::rows(&hx, inp),
+            Mat::rows(&hw, units),
+            false,
+        )
+    });
+    time("dense dW gemm (rayon)", 200, || {
+        kernels::matmul(
+            inp,
+            units,
+            b,
+            &mut hdw,
+            Mat::rows_t(&hx, inp),
+            Mat::rows(&hdy, units),
+            false,
+        )
+    });
+    time("dense dx gemm (rayon)", 200, || {
+        kernels::matmul(
+            b,
+            inp,
+            units,
+            &mut hdx,
+            Mat::rows(&hdy, units),
+            Mat::rows_t(&hw, units),
+            false,
+        )
+    });
+    time("dense transpose", 200, || {
+        kernels::dense::transpose(&hw, inp, units, &mut hwt)
+    });
+    time("dense forward kernel", 200, || {
+        kernels::dense::forward(&hx, &hwt, &hb, Activation::Softmax, inp, &mut hout)
+    });
+    time("dense dW kernel", 200, || {
+        kernels::dense::weight_grad(&hx, &hdy, inp, units, &mut hdw)
+    });
+    time("dense dx kernel", 200, || {
+        kernels::dense::input_grad(&hdy, &hwt, units, inp, &mut hdx)
+    });
 }

@@ -1,8 +1,10 @@
 //! Hot loops over contiguous NHWC f32 buffers: GEMM wrapper, im2col/col2im, direct AVX-512
-//! convolution kernels (forward, weight and input gradients, no im2col; `direct.rs`), a fused
-//! convolution + max pooling for small kernels, fused bias and activation, activation
-//! derivatives, bias gradients, max pooling (re-finding the maximum, or with a stored one-byte
-//! argmax; `pool.rs`) and the softmax cross-entropy. Every parallel loop writes disjoint
+//! convolution kernels (forward, weight and input gradients, no im2col; `direct.rs`), Winograd
+//! F(2x2, 3x3) kernels for 3 x 3 stride-1 convolutions (forward, weight and input gradients;
+//! `winograd.rs`), a fused convolution + max pooling for
+//! small kernels, fused bias and activation, activation derivatives, bias gradients, max
+//! pooling (re-finding the maximum, or with a stored one-byte argmax; `pool.rs`), dense-layer
+//! kernels (`dense.rs`) and the softmax cross-entropy. Every parallel loop writes disjoint
 //! per-image chunks, and every reduction uses a fixed chunking and order, so results do not
 //! depend on the thread count.
 
@@ -841,10 +843,10 @@ fn conv_forward_with(
         .for_each(|((o, c), x)| conv_forward_chunk_with(false, g, f, act, w, &[], b, x, c, o));
 }
 
-/// Whether the forward of a direct convolution ([`conv_direct`]) runs as Winograd
-/// F(2x2, 3x3) (2.25 times fewer multiplications; rounding differs from the direct sum by a
-/// few units in the last place): 3 x 3 kernel, stride 1, no padding, even output height and
-/// width, channels and filters multiples of 16.
+/// Whether a direct convolution ([`conv_direct`]) runs in the Winograd F(2x2, 3x3) domain
+/// (forward, weight and input gradients; 2.25 times fewer multiplications; rounding differs
+/// from the direct sum by a few units in the last place): 3 x 3 kernel, stride 1, no padding,
+/// even output height and width, channels and filters multiples of 16.
 pub fn conv_winograd(g: &ConvGeom, filters: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -1008,11 +1010,17 @@ pub fn conv_direct_dx(g: &ConvGeom, filters: usize) -> bool {
 }
 
 /// The HWIO weights `w` (`k*k*c x f`) rearranged for the direct input gradient: per window
-/// offset, the `c x f` block transposed to `f x c` (`k*k*f*c` values). Empty unless
-/// [`conv_direct_dx`] (nothing else reads it).
+/// offset, the `c x f` block transposed to `f x c` (`k*k*f*c` values); when [`conv_winograd`],
+/// for the Winograd input gradient instead (per tile element, the `f x c` transposed
+/// transformed weights, `16*f*c` values). Empty unless [`conv_direct_dx`] (nothing else reads
+/// it).
 pub fn dx_weights(g: &ConvGeom, f: usize, w: &[f32]) -> Vec<f32> {
     if !conv_direct_dx(g, f) {
         return Vec::new();
+    }
+    #[cfg(target_arch = "x86_64")]
+    if conv_winograd(g, f) {
+        return winograd::dx_weights(g.c, f, &w[..g.kkc() * f]);
     }
     let (kk, c) = (g.k * g.k, g.c);
     let mut wt = vec![0.0f32; kk * f * c];
@@ -1529,13 +1537,15 @@ fn conv_backward_chunk_with(
     if direct {
         #[cfg(target_arch = "x86_64")]
         if winograd_dw(direct, g, f) {
+            // Both gradients in the Winograd domain (`conv_winograd` implies `c % 16 == 0`).
+            let dx = dx.map(|(dxc, _)| (wt, &mut dxc[..imgs * in_len]));
+            let x = &input[..imgs * in_len];
             // SAFETY: `conv_winograd` checked AVX-512 and the geometry; the kernel checks the
-            // lengths of the `imgs` images, their gradient and `pw` (16 c f values).
-            unsafe { winograd::weight_grad_u(g, f, &input[..imgs * in_len], dy, imgs, pw) };
-        } else {
-            direct_weight_grad(g, f, &input[..imgs * in_len], dy, pw);
+            // lengths of the `imgs` images, their gradient, `pw` (16 c f values), `wt` and
+            // `dx`.
+            unsafe { winograd::backward(g, f, x, dy, imgs, pw, dx) };
+            return;
         }
-        #[cfg(not(target_arch = "x86_64"))]
         direct_weight_grad(g, f, &input[..imgs * in_len], dy, pw);
     } else {
         let cols = &mut cols[..rows * kkc];
@@ -1579,6 +1589,7 @@ fn conv_backward_chunk_with(
     }
 }
 
+pub mod dense;
 #[cfg(target_arch = "x86_64")]
 #[macro_use]
 mod direct;
@@ -1742,8 +1753,8 @@ mod tests {
     }
 
     /// The Winograd F(2x2, 3x3) forward against im2col + GEMM: 1 to 4 vectors of filters (and
-    /// a 4 + 1 split), 16 to 48 channels, each activation, the seed CNN's cropped second
-    /// convolution (15x15x32 -> 12x12x64), partial chunks.
+    /// a 4 + 1 split), 16 to 64 channels, each activation, the seed CNN's cropped second
+    /// convolution (15x15x32 -> 12x12x64), cropped odd sizes, partial chunks.
     #[test]
     fn winograd_forward_matches_im2col_gemm() {
         if !avx512() {
@@ -1763,6 +1774,8 @@ mod tests {
             (geom(6, 6, 16, 3, 1), 16, Activation::Linear, 2),
             (geom(8, 10, 48, 3, 1), 80, Activation::Relu, 1),
             (geom(6, 8, 32, 3, 1), 32, Activation::Relu, 6),
+            (crop(geom(11, 13, 16, 3, 1), 8, 4), 48, Activation::Selu, 3),
+            (crop(geom(7, 10, 64, 3, 1), 4, 8), 80, Activation::Linear, 2),
         ];
         for (g, f, act, n) in cases {
             assert!(conv_winograd(&g, f), "{g:?}");
@@ -1779,6 +1792,187 @@ mod tests {
             let mut o3 = vec![0.0; n * p * f];
             conv_forward(&g, f, act, &w, &b, &x, &mut [], &mut o3);
             assert_eq!(o1, o3, "batch and chunk forward");
+        }
+    }
+
+    /// The Winograd F(2x2, 3x3) backward (weight and input gradients in the Winograd domain)
+    /// against im2col + GEMM: the seed CNN's cropped second convolution (15x15x32 -> 12x12x64,
+    /// the last input row and column get zero), odd input sizes with cropped outputs, 1 to 4
+    /// vectors of channels and filters (and 4 + 1 splits), partial chunks; then geometries the
+    /// Winograd kernels do not take (channels or filters not multiples of 16, odd outputs,
+    /// stride 2, same padding) must still match through their fallbacks.
+    #[test]
+    fn winograd_backward_matches_im2col_gemm() {
+        if !avx512() {
+            eprintln!("no AVX-512 on this CPU: the Winograd backward is never used here");
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(23);
+        let crop = |g: ConvGeom, ho: usize, wo: usize| ConvGeom { ho, wo, ..g };
+        // Same padding (stride 1): one row and column of zeros on each side.
+        let same = |g: ConvGeom| ConvGeom {
+            pad_top: 1,
+            pad_left: 1,
+            ho: g.h,
+            wo: g.w,
+            ..g
+        };
+        let cases = [
+            (
+                crop(geom(15, 15, 32, 3, 1), 12, 12),
+                64,
+                Activation::Relu,
+                7,
+                true,
+            ),
+            (
+                crop(geom(11, 9, 16, 3, 1), 8, 6),
+                48,
+                Activation::Selu,
+                3,
+                true,
+            ),
+            (
+                crop(geom(7, 13, 48, 3, 1), 4, 10),
+                80,
+                Activation::Linear,
+                2,
+                true,
+            ),
+            (geom(6, 8, 80, 3, 1), 16, Activation::Relu, 6, true),
+            (geom(10, 10, 64, 3, 1), 32, Activation::Relu, 1, true),
+            (
+                crop(geom(11, 13, 16, 3, 1), 8, 8),
+                48,
+                Activation::Selu,
+                3,
+                true,
+            ),
+            (
+                crop(geom(9, 7, 32, 3, 1), 4, 4),
+                64,
+                Activation::Relu,
+                6,
+                true,
+            ),
+            (geom(9, 9, 24, 3, 1), 32, Activation::Relu, 3, false),
+            (geom(10, 10, 16, 3, 1), 40, Activation::Relu, 2, false),
+            (geom(9, 9, 16, 3, 1), 32, Activation::Relu, 2, false),
+            (geom(11, 11, 16, 3, 2), 32, Activation::Relu, 2, false),
+            (same(geom(8, 8, 16, 3, 1)), 32, Activation::Relu, 2, false),
+        ];
+        for (g, f, act, n, wino) in cases {
+            assert_eq!(conv_winograd(&g, f), wino, "{g:?} f {f}");
+            let (p, kkc) = (g.positions(), g.kkc());
+            let x = random(n * g.in_len(), &mut rng);
+            let w = random(kkc * f, &mut rng);
+            let y: Vec<f32> = random(n * p * f, &mut rng)
+                .into_iter()
+                .map(|v| v.max(0.0))
+                .collect();
+            let dy0 = random(n * p * f, &mut rng);
+            let mut res = Vec::new();
+            for direct in [conv_direct(&g, f), false] {
+                let mut dy = dy0.clone();
+                let (mut dw, mut db) = (vec![0.0; kkc * f], vec![0.0; f]);
+                let mut dx = vec![f32::NAN; n * g.in_len()];
+                let mut cols = vec![0.0; n * p * kkc];
+                let mut dcols = vec![0.0; n * p * kkc];
+                conv_backward_with(
+                    direct,
+                    &g,
+                    f,
+                    act,
+                    &w,
+                    &x,
+                    &y,
+                    &mut dy,
+                    &mut cols,
+                    &mut dw,
+                    &mut db,
+                    Some((&mut dx, &mut dcols)),
+                    false,
+                );
+                res.push((dw, db, dx));
+            }
+            assert_close("winograd weight gradient", &res[0].0, &res[1].0);
+            assert_close("winograd bias gradient", &res[0].1, &res[1].1);
+            assert_close("winograd input gradient", &res[0].2, &res[1].2);
+        }
+    }
+
+    /// The dense kernels against the GEMM: forward (with bias and activation), weight, bias
+    /// and input gradients, on the seed CNN's head (100 x 2304 by 2304 x 10), sizes that are
+    /// not multiples of 16 or of the row and input blocks, one row, and thread counts 1 and 3
+    /// (bit-identical).
+    #[test]
+    fn dense_kernels_match_gemm() {
+        let mut rng = ChaCha8Rng::seed_from_u64(29);
+        for (rows, inp, units, act) in [
+            (100, 2304, 10, Activation::Softmax),
+            (37, 413, 7, Activation::Relu),
+            (1, 20, 3, Activation::Selu),
+            (51, 16, 17, Activation::Linear),
+        ] {
+            let x = random(rows * inp, &mut rng);
+            let w = random(inp * units, &mut rng);
+            let b = random(units, &mut rng);
+            let dy = random(rows * units, &mut rng);
+            let mut want = vec![0.0; rows * units];
+            matmul_st(
+                rows,
+                units,
+                inp,
+                &mut want,
+                Mat::rows(&x, inp),
+                Mat::rows(&w, units),
+                false,
+            );
+            bias_act_rows(&mut want, &b, act);
+            let mut want_dw = vec![0.0; inp * units];
+            let (dyv, xt) = (Mat::rows(&dy, units), Mat::rows_t(&x, inp));
+            matmul_st(inp, units, rows, &mut want_dw, xt, dyv, false);
+            let mut want_dx = vec![0.0; rows * inp];
+            matmul_st(
+                rows,
+                inp,
+                units,
+                &mut want_dx,
+                dyv,
+                Mat::rows_t(&w, units),
+                false,
+            );
+            let mut want_db = vec![0.0; units];
+            col_sums(&dy, &mut want_db);
+            let mut runs = Vec::new();
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                runs.push(pool.install(|| {
+                    let mut wt = vec![0.0; inp * units];
+                    dense::transpose(&w, inp, units, &mut wt);
+                    let mut out = vec![f32::NAN; rows * units];
+                    dense::forward(&x, &wt, &b, act, inp, &mut out);
+                    let mut dw = vec![f32::NAN; inp * units];
+                    dense::weight_grad(&x, &dy, inp, units, &mut dw);
+                    let mut dx = vec![f32::NAN; rows * inp];
+                    dense::input_grad(&dy, &wt, units, inp, &mut dx);
+                    let mut db = vec![f32::NAN; units];
+                    dense::bias_grad(&dy, &mut db);
+                    (out, dw, dx, db)
+                }));
+            }
+            let (out, dw, dx, db) = &runs[0];
+            assert_close("dense forward", out, &want);
+            assert_close("dense weight gradient", dw, &want_dw);
+            assert_close("dense input gradient", dx, &want_dx);
+            assert_close("dense bias gradient", db, &want_db);
+            let same =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            let (o3, dw3, dx3, db3) = &runs[1];
+            assert!(same(out, o3) && same(dw, dw3) && same(dx, dx3) && same(db, db3));
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use crate::kernels::{self, ConvGeom, Mat, PoolGeom};
+use crate::kernels::{self, ConvGeom, PoolGeom};
 use crate::NnError;
 
 /// Activation applied after a layer's affine part.
@@ -474,6 +474,8 @@ pub(crate) struct Workspace {
     pub parts: Vec<Vec<f32>>,
     /// Per-thread im2col and `dcols` blocks of the image segment (one chunk of images each).
     pub scratch: ScratchPool,
+    /// A dense layer's kernel transposed (`units x inp`), rebuilt by each pass that reads it.
+    pub dense_wt: Vec<f32>,
     /// When `Some`, backward also computes the gradient with respect to the input (tests).
     pub input_grad: Option<Vec<f32>>,
     pub fwd_cap: usize,
@@ -817,16 +819,10 @@ impl Model {
             let out = &mut rest[0][..batch * out_lens[i]];
             match l.kind {
                 Kind::Dense { inp, units, act } => {
-                    kernels::matmul(
-                        batch,
-                        units,
-                        inp,
-                        out,
-                        Mat::rows(input, inp),
-                        Mat::rows(&l.params[0].value, units),
-                        false,
-                    );
-                    kernels::bias_act(out, &l.params[1].value, act, 64);
+                    grow(&mut ws.dense_wt, inp * units);
+                    let wt = &mut ws.dense_wt[..inp * units];
+                    kernels::dense::transpose(&l.params[0].value, inp, units, wt);
+                    kernels::dense::forward(input, wt, &l.params[1].value, act, inp, out);
                 }
                 // Only the leading layers take images: they are the segment, done above.
                 Kind::Conv { .. } | Kind::Pool { .. } | Kind::Flatten => {}
@@ -873,27 +869,21 @@ impl Model {
                 Kind::Dense { inp, units, act } => {
                     kernels::act_backward(dy, y, act);
                     let (kp, bp) = l.params.split_at_mut(1);
-                    kernels::bias_grad(dy, &mut bp[0].grad);
-                    kernels::matmul(
-                        inp,
-                        units,
-                        batch,
-                        &mut kp[0].grad,
-                        Mat::rows_t(input, inp),
-                        Mat::rows(dy, units),
-                        false,
+                    kernels::dense::bias_grad(dy, &mut bp[0].grad);
+                    let Param { value, grad, .. } = &mut kp[0];
+                    grow(&mut ws.dense_wt, inp * units);
+                    let wt = &mut ws.dense_wt[..inp * units];
+                    let dy = &*dy;
+                    // Both gradients in one parallel region.
+                    rayon::join(
+                        || kernels::dense::weight_grad(input, dy, inp, units, grad),
+                        || {
+                            if let Some(dx) = dx {
+                                kernels::dense::transpose(value, inp, units, wt);
+                                kernels::dense::input_grad(dy, wt, units, inp, dx);
+                            }
+                        },
                     );
-                    if let Some(dx) = dx {
-                        kernels::matmul(
-                            batch,
-                            inp,
-                            units,
-                            dx,
-                            Mat::rows(dy, units),
-                            Mat::rows_t(&kp[0].value, units),
-                            false,
-                        );
-                    }
                 }
                 // Only the leading layers take images: they are the segment, done below.
                 Kind::Conv { .. } | Kind::Pool { .. } => {}
@@ -1215,7 +1205,7 @@ fn backward_segment(
             .collect(),
         None => (0..chunks).map(|_| None).collect(),
     };
-    // The direct input-gradient kernels' weight layout, once per step.
+    // The input-gradient kernels' weight layout (direct or Winograd), once per step.
     let wts: Vec<Vec<f32>> = layers
         .iter()
         .zip(&kinds)

@@ -4,7 +4,10 @@
 //! (`B^T d B`), then for each of the 16 tile elements one small GEMM (tiles x channels times
 //! channels x filters) runs with that element's transformed weights (`G g G^T`, from
 //! [`weights`]) in L1, and the output transform (`A^T m A`) adds the bias and the activation.
-//! The order of every sum is fixed by the geometry.
+//! The backward ([`backward`]) runs in the same domain: the weight gradient as one GEMM per
+//! tile element of the transformed input tiles and output gradients (`A dY A^T`), and the
+//! input gradient as the transpose of the forward (`B (U^T (A dY A^T)) B^T`, each tile added
+//! into its input window). The order of every sum is fixed by the geometry.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -325,29 +328,51 @@ unsafe fn du_block<const V: usize, const R: usize>(
     }
 }
 
-/// The weight gradient of `n` images `x` against `dy` (`n x ho x wo x f`) in the Winograd
-/// domain: `du[e][ch][o]` (`16 x c x f`, overwritten) = the sum over images and tiles of
-/// `(B^T d B)[e][ch] * (A dY A^T)[e][o]`; [`weights_from_u`] turns it into the HWIO gradient.
+/// The weights `w` (HWIO) transformed as [`weights`] and transposed for the input gradient of
+/// [`backward`]: `ut[(e * f + o) * c + ch]` = `u[(e * c + ch) * f + o]`.
+pub(super) fn dx_weights(c: usize, f: usize, w: &[f32]) -> Vec<f32> {
+    let u = weights(c, f, w);
+    let mut ut = vec![0.0f32; E * f * c];
+    for (src, dst) in u.chunks_exact(c * f).zip(ut.chunks_exact_mut(f * c)) {
+        for (ch, row) in src.chunks_exact(f).enumerate() {
+            for (o, v) in row.iter().enumerate() {
+                dst[o * c + ch] = *v;
+            }
+        }
+    }
+    ut
+}
+
+/// The gradients of `n` images `x` from the pre-activation gradient `dy` (`n x ho x wo x f`),
+/// in the Winograd domain. Weights: `du[e][ch][o]` (`16 x c x f`, overwritten) = the sum over
+/// images and tiles of `(B^T d B)[e][ch] * (A dY A^T)[e][o]`; [`weights_from_u`] turns it into
+/// the HWIO gradient. Input, when `dx` = `(ut, dx)` is given (`ut` from [`dx_weights`], `dx`
+/// the `n` images, overwritten): the transpose of [`forward`], each tile's
+/// `B (U^T (A dY A^T)) B^T` added into its 4 x 4 input window, tiles in order (the input rows
+/// and columns past the last window get zero).
 ///
 /// # Safety
-/// As [`forward`]; `dy` and `du` long enough.
+/// As [`forward`]; `dy`, `du`, `ut` (`16 f c`) and `dx` long enough.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::needless_range_loop)]
-pub(super) unsafe fn weight_grad_u(
+pub(super) unsafe fn backward(
     g: &ConvGeom,
     f: usize,
     x: &[f32],
     dy: &[f32],
     n: usize,
     du: &mut [f32],
+    mut dx: Option<(&[f32], &mut [f32])>,
 ) {
     let c = g.c;
-    let (th, tw) = (g.ho / 2, g.wo / 2);
-    let tiles = th * tw;
+    let tiles = (g.ho / 2) * (g.wo / 2);
     assert!(
         x.len() >= n * g.in_len() && dy.len() >= n * g.positions() * f && du.len() >= E * c * f
     );
     du[..E * c * f].fill(0.0);
+    if let Some((ut, dx)) = dx.as_mut() {
+        assert!(ut.len() >= E * f * c && dx.len() >= n * g.in_len());
+        dx[..n * g.in_len()].fill(0.0);
+    }
     SCRATCH.with(|s| {
         let (vt, q) = &mut *s.borrow_mut();
         if vt.len() < E * tiles * c {
@@ -359,62 +384,144 @@ pub(super) unsafe fn weight_grad_u(
         let (vp, qp, dp) = (vt.as_mut_ptr(), q.as_mut_ptr(), du.as_mut_ptr());
         for im in 0..n {
             input_transform(g, x.as_ptr().add(im * g.in_len()), vp);
-            // Output-gradient transform: q[e][t][o] = (A dY A^T)[e].
-            let dyi = dy.as_ptr().add(im * g.positions() * f);
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let t = ty * tw + tx;
-                    for fv in (0..f).step_by(16) {
-                        let at = |r: usize, cc: usize| {
-                            _mm512_loadu_ps(dyi.add(((2 * ty + r) * g.wo + 2 * tx + cc) * f + fv))
-                        };
-                        let y = [[at(0, 0), at(0, 1)], [at(1, 0), at(1, 1)]];
-                        // A (4 x 2) times y (2 x 2): rows y0, y0 + y1, y0 - y1, -y1.
-                        let mut z = [[_mm512_setzero_ps(); 2]; 4];
-                        for cc in 0..2 {
-                            z[0][cc] = y[0][cc];
-                            z[1][cc] = _mm512_add_ps(y[0][cc], y[1][cc]);
-                            z[2][cc] = _mm512_sub_ps(y[0][cc], y[1][cc]);
-                            z[3][cc] = _mm512_sub_ps(_mm512_setzero_ps(), y[1][cc]);
-                        }
-                        for (i, zr) in z.iter().enumerate() {
-                            let row = [
-                                zr[0],
-                                _mm512_add_ps(zr[0], zr[1]),
-                                _mm512_sub_ps(zr[0], zr[1]),
-                                _mm512_sub_ps(_mm512_setzero_ps(), zr[1]),
-                            ];
-                            for (j, v) in row.iter().enumerate() {
-                                let e = i * 4 + j;
-                                _mm512_storeu_ps(qp.add((e * tiles + t) * f + fv), *v);
+            grad_transform(g, f, dy.as_ptr().add(im * g.positions() * f), qp);
+            du_gemm(c, f, tiles, vp, qp, dp);
+            if let Some((ut, dx)) = dx.as_mut() {
+                // The input tiles are used: `vt` now takes the transformed input gradient,
+                // `dv[t][e][ch]`, as the forward's products (filters and channels swapped).
+                for e in 0..E {
+                    let mut cb = 0;
+                    while cb < c {
+                        let v = ((c - cb) / 16).min(4);
+                        with_v!(v, V => {
+                            let mut t0 = 0;
+                            while t0 < tiles {
+                                let r = (tiles - t0).min(block_tiles(V));
+                                with_len!(r, P => gemm_block::<V, P>(
+                                    f, c, tiles, qp, ut.as_ptr(), vp, e, t0, cb
+                                ));
+                                t0 += r;
                             }
-                        }
+                        });
+                        cb += 16 * v;
                     }
                 }
-            }
-            for e in 0..E {
-                let mut fb = 0;
-                while fb < f {
-                    let v = ((f - fb) / 16).min(4);
-                    with_v!(v, V => {
-                        let mut c0 = 0;
-                        while c0 < c {
-                            let r = (c - c0).min(block_tiles(V));
-                            with_len!(r, R => du_block::<V, R>(
-                                c, f, tiles, vp, qp, dp, e, c0, fb
-                            ));
-                            c0 += r;
-                        }
-                    });
-                    fb += 16 * v;
-                }
+                input_grad_transform(g, vp, dx.as_mut_ptr().add(im * g.in_len()));
             }
         }
     });
 }
 
+/// Output-gradient transform of one image's `dy` (`ho x wo x f` at `dyi`): `q[e][t][o]` =
+/// `(A dY A^T)[e]` of tile `t` (`16 x tiles x f` values at `qp`).
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn grad_transform(g: &ConvGeom, f: usize, dyi: *const f32, qp: *mut f32) {
+    let (th, tw) = (g.ho / 2, g.wo / 2);
+    let tiles = th * tw;
+    for ty in 0..th {
+        for tx in 0..tw {
+            let t = ty * tw + tx;
+            for fv in (0..f).step_by(16) {
+                let at = |r: usize, cc: usize| {
+                    _mm512_loadu_ps(dyi.add(((2 * ty + r) * g.wo + 2 * tx + cc) * f + fv))
+                };
+                let y = [[at(0, 0), at(0, 1)], [at(1, 0), at(1, 1)]];
+                // A (4 x 2) times y (2 x 2): rows y0, y0 + y1, y0 - y1, -y1.
+                let mut z = [[_mm512_setzero_ps(); 2]; 4];
+                for cc in 0..2 {
+                    z[0][cc] = y[0][cc];
+                    z[1][cc] = _mm512_add_ps(y[0][cc], y[1][cc]);
+                    z[2][cc] = _mm512_sub_ps(y[0][cc], y[1][cc]);
+                    z[3][cc] = _mm512_sub_ps(_mm512_setzero_ps(), y[1][cc]);
+                }
+                for (i, zr) in z.iter().enumerate() {
+                    let row = [
+                        zr[0],
+                        _mm512_add_ps(zr[0], zr[1]),
+                        _mm512_sub_ps(zr[0], zr[1]),
+                        _mm512_sub_ps(_mm512_setzero_ps(), zr[1]),
+                    ];
+                    for (j, v) in row.iter().enumerate() {
+                        let e = i * 4 + j;
+                        _mm512_storeu_ps(qp.add((e * tiles + t) * f + fv), *v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds one image's weight gradient into `du` (`16 x c x f`): per tile element, the sum over
+/// tiles of `vt[e][t][ch] * q[e][t][o]`.
+#[target_feature(enable = "avx512f")]
+unsafe fn du_gemm(c: usize, f: usize, tiles: usize, vp: *const f32, qp: *const f32, dp: *mut f32) {
+    for e in 0..E {
+        let mut fb = 0;
+        while fb < f {
+            let v = ((f - fb) / 16).min(4);
+            with_v!(v, V => {
+                let mut c0 = 0;
+                while c0 < c {
+                    let r = (c - c0).min(block_tiles(V));
+                    with_len!(r, R => du_block::<V, R>(
+                        c, f, tiles, vp, qp, dp, e, c0, fb
+                    ));
+                    c0 += r;
+                }
+            });
+            fb += 16 * v;
+        }
+    }
+}
+
+/// Inverse input transform of one image's input gradient: each tile's `B dV B^T` (from
+/// `dv[t][e][ch]` at `dvp`) added into its 4 x 4 window of `dx` (the image, `h x w x c`).
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn input_grad_transform(g: &ConvGeom, dvp: *const f32, dx: *mut f32) {
+    let c = g.c;
+    let (th, tw) = (g.ho / 2, g.wo / 2);
+    // B (4 x 4) times the rows (or columns) r0..r3: r0, r1 - r2 + r3, r1 + r2 - r0, -r3.
+    let b = |r: [__m512; 4]| {
+        [
+            r[0],
+            _mm512_add_ps(_mm512_sub_ps(r[1], r[2]), r[3]),
+            _mm512_sub_ps(_mm512_add_ps(r[1], r[2]), r[0]),
+            _mm512_sub_ps(_mm512_setzero_ps(), r[3]),
+        ]
+    };
+    for ty in 0..th {
+        for tx in 0..tw {
+            let t = ty * tw + tx;
+            let base = dx.add(((2 * ty) * g.w + 2 * tx) * c);
+            for cv in (0..c).step_by(16) {
+                let mut m = [[_mm512_setzero_ps(); 4]; 4];
+                for (i, row) in m.iter_mut().enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = _mm512_loadu_ps(dvp.add((t * E + i * 4 + j) * c + cv));
+                    }
+                }
+                let mut s = [[_mm512_setzero_ps(); 4]; 4];
+                for j in 0..4 {
+                    let col = b([m[0][j], m[1][j], m[2][j], m[3][j]]);
+                    for i in 0..4 {
+                        s[i][j] = col[i];
+                    }
+                }
+                for (i, r) in s.iter().enumerate() {
+                    for (j, v) in b(*r).iter().enumerate() {
+                        let p = base.add((i * g.w + j) * c + cv);
+                        _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *v));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The HWIO weight gradient `dw` (`3 x 3 x c x f`, overwritten) from its Winograd-domain form
-/// `du` ([`weight_grad_u`], summed over chunks): `G^T dU G` for each channel and filter.
+/// `du` ([`backward`], summed over chunks): `G^T dU G` for each channel and filter.
 pub(super) fn weights_from_u(c: usize, f: usize, du: &[f32], dw: &mut [f32]) {
     for ch in 0..c {
         for t in 0..9 {
