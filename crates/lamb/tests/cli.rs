@@ -248,15 +248,17 @@ fn sigkill_mid_epoch_loses_at_most_that_epoch() {
     let Some(data) = data() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    // 30 short epochs (1000 images, ~50 ms each where the engine is fast): the kill, 200 ms
+    // after epoch 1, lands long before the last one.
     let mut c = lamb(tmp.path());
-    c.args(["train", "--epochs", "3", "--seed", "7"]);
+    c.args(["train", "--epochs", "30", "--seed", "7"]);
     small(&mut c, &data, &a);
     ok(&mut c);
     let mut c = lamb(tmp.path());
-    c.args(["train", "--epochs", "3", "--seed", "7"]);
+    c.args(["train", "--epochs", "30", "--seed", "7"]);
     small(&mut c, &data, &b);
     let (mut child, rx) = spawn(&mut c);
-    wait_line(&rx, "Epoch 1/3");
+    wait_line(&rx, "Epoch 1/30");
     std::thread::sleep(Duration::from_millis(200));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();

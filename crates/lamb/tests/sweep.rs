@@ -146,8 +146,11 @@ fn ctrl_c_stops_the_runs_resumably_and_the_same_command_finishes_them() {
     let Some(data) = data() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let grid = tmp.path().join("grid.toml");
-    // One longer run: 3000 images in batches of 20 (150 steps per epoch), 2 epochs.
+    // One longer run: 3000 images in batches of 20 (150 steps per epoch), 30 epochs: a few
+    // seconds even where the engine is fast (2 epochs took 0.3 s, shorter than the wait
+    // below), so the interrupt lands mid-run.
     let long = GRID
+        .replace("\nepochs = 2\n", "\nepochs = 30\n")
         .replace("batch-sizes = [20, 100]", "batch-sizes = [20]")
         .replace("train-images = 400", "train-images = 3000")
         .replace(
