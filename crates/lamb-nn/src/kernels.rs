@@ -409,6 +409,22 @@ fn bias_act_rows(o: &mut [f32], bias: &[f32], act: Activation) {
 }
 }
 
+/// Applies `act` in place to values that already hold their bias (`Softmax`: left as logits).
+pub(crate) fn act_rows(o: &mut [f32], act: Activation) {
+    act_rows_st(o, act);
+}
+
+simd_fn! {
+/// [`act_rows`], vectorised.
+fn act_rows_st(o: &mut [f32], act: Activation) {
+    match act {
+        Activation::Relu => o.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Selu => o.iter_mut().for_each(|v| *v = selu(*v)),
+        Activation::Linear | Activation::Softmax => {}
+    }
+}
+}
+
 /// Multiplies the gradient `dy` by the activation's derivative, computed from the output `y`.
 pub fn act_backward(dy: &mut [f32], y: &[f32], act: Activation) {
     const CHUNK: usize = 1 << 14;
@@ -1285,9 +1301,6 @@ pub(crate) fn conv_pool_forward_chunk(
                                 mode,
                             )
                         };
-                        if mode == direct::Fuse::Nothing {
-                            bias_act_rows(band, b, act);
-                        }
                         let o = (img * pg.ho + r) * per_row;
                         maxpool_forward_arg(
                             &bg,
@@ -1295,6 +1308,11 @@ pub(crate) fn conv_pool_forward_chunk(
                             &mut out[o..o + per_row],
                             &mut arg[o..o + per_row],
                         );
+                        if mode == direct::Fuse::Nothing {
+                            // Adding a channel's bias and SELU are increasing, so they
+                            // commute with the max: applied to the pooled quarter only.
+                            bias_act_rows(&mut out[o..o + per_row], b, act);
+                        }
                     }
                 }
             });

@@ -1078,7 +1078,8 @@ fn forward_segment(
                         // A convolution below a pooling: its input is never transient.
                         let input: &[f32] = if i == 0 { x } else { &*prev[i - 1] };
                         let out = &mut tbuf[..imgs * run_len(&kinds[i])];
-                        run_forward(l, &kinds[i], &us[i], input, out, cols, arg);
+                        let kind = without_pooled_act(&kinds[i]);
+                        run_forward(l, &kind, &us[i], input, out, cols, arg);
                     } else {
                         let input: &[f32] = if i == 0 {
                             x
@@ -1088,6 +1089,11 @@ fn forward_segment(
                             &*prev[i - 1]
                         };
                         run_forward(l, &kinds[i], &us[i], input, &mut *cur[0], cols, arg);
+                        if i > 0 && transient[i - 1] {
+                            if let Some(act) = pooled_act(&kinds[i - 1]) {
+                                kernels::act_rows(&mut *cur[0], act);
+                            }
+                        }
                     }
                     secs[i] += t.elapsed().as_secs_f64();
                 }
@@ -1096,6 +1102,28 @@ fn forward_segment(
         })
         .collect();
     share_time(&mut ws.fwd_secs[..seg], t0.elapsed().as_secs_f64(), &secs);
+}
+
+/// The activation of a transient convolution that runs after its pooling instead: SELU is
+/// increasing, so it commutes with the max and then costs a quarter (ReLU is fused into the
+/// convolution kernels at no cost, so it stays there).
+fn pooled_act(kind: &Kind) -> Option<Activation> {
+    match kind {
+        Kind::Conv {
+            act: Activation::Selu,
+            ..
+        } => Some(Activation::Selu),
+        _ => None,
+    }
+}
+
+/// `kind` without the activation that [`pooled_act`] moves past the pooling.
+fn without_pooled_act(kind: &Kind) -> Kind {
+    let mut k = kind.clone();
+    if let (Kind::Conv { act, .. }, Some(_)) = (&mut k, pooled_act(kind)) {
+        *act = Activation::Linear;
+    }
+    k
 }
 
 /// One image-segment layer's forward on a chunk of images, with the geometry of `kind` (`u`:
