@@ -878,12 +878,19 @@ pub fn conv_winograd(g: &ConvGeom, filters: usize) -> bool {
 /// The HWIO weights `w` transformed for the Winograd forward (`16 x c x f` values); empty
 /// unless [`conv_winograd`] (with empty weights the forward runs the direct kernels).
 pub fn winograd_weights(g: &ConvGeom, filters: usize, w: &[f32]) -> Vec<f32> {
+    let mut u = Vec::new();
+    winograd_weights_into(g, filters, w, &mut u);
+    u
+}
+
+/// [`winograd_weights`] into `u` (overwritten, its allocation reused).
+pub fn winograd_weights_into(g: &ConvGeom, filters: usize, w: &[f32], u: &mut Vec<f32>) {
+    u.clear();
     #[cfg(target_arch = "x86_64")]
     if conv_winograd(g, filters) {
-        return winograd::weights(g.c, filters, &w[..g.kkc() * filters]);
+        winograd::weights_into(g.c, filters, &w[..g.kkc() * filters], u);
     }
     let _ = (g, filters, w);
-    Vec::new()
 }
 
 /// [`conv_forward`] of the images in `input` on the calling thread (`cols`: their im2col
@@ -1031,15 +1038,23 @@ pub fn conv_direct_dx(g: &ConvGeom, filters: usize) -> bool {
 /// transformed weights, `16*f*c` values). Empty unless [`conv_direct_dx`] (nothing else reads
 /// it).
 pub fn dx_weights(g: &ConvGeom, f: usize, w: &[f32]) -> Vec<f32> {
+    let mut wt = Vec::new();
+    dx_weights_into(g, f, w, &mut wt);
+    wt
+}
+
+/// [`dx_weights`] into `wt` (overwritten, its allocation reused).
+pub fn dx_weights_into(g: &ConvGeom, f: usize, w: &[f32], wt: &mut Vec<f32>) {
+    wt.clear();
     if !conv_direct_dx(g, f) {
-        return Vec::new();
+        return;
     }
     #[cfg(target_arch = "x86_64")]
     if conv_winograd(g, f) {
-        return winograd::dx_weights(g.c, f, &w[..g.kkc() * f]);
+        return winograd::dx_weights_into(g.c, f, &w[..g.kkc() * f], wt);
     }
     let (kk, c) = (g.k * g.k, g.c);
-    let mut wt = vec![0.0f32; kk * f * c];
+    wt.resize(kk * f * c, 0.0);
     for (src, dst) in w[..kk * c * f]
         .chunks_exact(c * f)
         .zip(wt.chunks_exact_mut(f * c))
@@ -1050,7 +1065,6 @@ pub fn dx_weights(g: &ConvGeom, f: usize, w: &[f32]) -> Vec<f32> {
             }
         }
     }
-    wt
 }
 
 /// Input gradient `dx` (overwritten, the images of `dy`) from the pre-activation gradient
@@ -1190,7 +1204,7 @@ fn conv_backward_with(
             .enumerate()
             .for_each(|(c, ((part, dyc), colc))| work(c, part, dyc, colc, None)),
     }
-    sum_partials_with(direct, g, f, &parts, dw, db);
+    sum_partials_with(direct, g, f, &parts, &mut Vec::new(), dw, db);
 }
 
 /// Largest `k*k*c*filters` for which a convolution and the pooling above it run fused
@@ -1444,15 +1458,17 @@ pub fn conv_part_len(g: &ConvGeom, filters: usize) -> usize {
 
 /// `dw` and `db` (overwritten) as the sums, in order, of the per-chunk partials written by
 /// [`conv_backward_chunk`] (each [`conv_part_len`] values: weights then bias); a
-/// Winograd-domain weight gradient is transformed after the sum.
+/// Winograd-domain weight gradient is summed in `du` (a scratch, its allocation reused) and
+/// transformed after the sum.
 pub(crate) fn sum_conv_partials(
     g: &ConvGeom,
     filters: usize,
     parts: &[f32],
+    du: &mut Vec<f32>,
     dw: &mut [f32],
     db: &mut [f32],
 ) {
-    sum_partials_with(conv_direct(g, filters), g, filters, parts, dw, db)
+    sum_partials_with(conv_direct(g, filters), g, filters, parts, du, dw, db)
 }
 
 fn sum_partials_with(
@@ -1460,16 +1476,16 @@ fn sum_partials_with(
     g: &ConvGeom,
     f: usize,
     parts: &[f32],
+    du: &mut Vec<f32>,
     dw: &mut [f32],
     db: &mut [f32],
 ) {
     let nw = part_w_len(direct, g, f);
-    let mut du = if winograd_dw(direct, g, f) {
-        vec![0.0f32; nw]
-    } else {
-        Vec::new()
-    };
-    let acc: &mut [f32] = if du.is_empty() { &mut *dw } else { &mut du };
+    du.clear();
+    if winograd_dw(direct, g, f) {
+        du.resize(nw, 0.0);
+    }
+    let acc: &mut [f32] = if du.is_empty() { &mut *dw } else { &mut du[..] };
     // Blocks of weights in parallel; each value still sums the chunks in order.
     const BLOCK: usize = 4096;
     acc[..nw]
@@ -1487,7 +1503,7 @@ fn sum_partials_with(
     }
     #[cfg(target_arch = "x86_64")]
     if !du.is_empty() {
-        winograd::weights_from_u(g.c, f, &du, dw);
+        winograd::weights_from_u(g.c, f, du, dw);
     }
 }
 

@@ -483,6 +483,20 @@ pub(crate) struct Workspace {
     /// Seconds spent per layer in forward and backward since the last reset.
     pub fwd_secs: Vec<f64>,
     pub bwd_secs: Vec<f64>,
+    /// How the image segment runs, rebuilt by each pass.
+    pub plan: SegmentPlan,
+    /// Per image-segment layer, a convolution's [`kernels::winograd_weights`] (forward) and
+    /// [`kernels::dx_weights`] (backward), rebuilt by each pass.
+    pub us: Vec<Vec<f32>>,
+    pub wts: Vec<Vec<f32>>,
+    /// Scratch of [`kernels::sum_conv_partials`].
+    pub du: Vec<f32>,
+    /// Per chunk of images, the CPU seconds of each image-segment layer (chunk-major).
+    pub chunk_secs: Vec<f64>,
+    /// Spare allocations of the passes' per-chunk slice lists ([`recycle`]).
+    pub lists: [Vec<[usize; 2]>; 4],
+    /// Spare allocation of the optimizer's parameter views ([`recycle`]).
+    pub views: Vec<[usize; 8]>,
 }
 
 impl Workspace {
@@ -541,35 +555,22 @@ fn stores_argmax(l: &Layer) -> bool {
     matches!(l.kind, Kind::Pool { g } if g.p <= kernels::MAX_ARG_POOL)
 }
 
-/// For each layer of an image segment, whether its output lives only in a chunk's scratch
+/// Whether layer `i` of an image segment has an output that lives only in a chunk's scratch
 /// during the forward pass: a convolution whose output feeds a pooling that stores its argmax
 /// (nothing reads that output later: the pooling's backward fuses the activation derivative,
 /// computed from the pooled maximum).
-fn transient_outputs(layers: &[Layer]) -> Vec<bool> {
-    (0..layers.len())
-        .map(|i| {
-            matches!(layers[i].kind, Kind::Conv { .. })
-                && layers.get(i + 1).is_some_and(stores_argmax)
-        })
-        .collect()
+fn is_transient(layers: &[Layer], i: usize) -> bool {
+    matches!(layers[i].kind, Kind::Conv { .. }) && layers.get(i + 1).is_some_and(stores_argmax)
 }
 
-/// The geometry each layer of an image segment runs with: a transient convolution
-/// ([`transient_outputs`]) computes only the outputs its pooling's windows cover (the others
-/// are never read and get a zero gradient, so they add nothing to any gradient), and that
-/// pooling reads exactly them.
-fn run_kinds(layers: &[Layer]) -> Vec<Kind> {
-    let transient = transient_outputs(layers);
-    let mut kinds: Vec<Kind> = layers.iter().map(|l| l.kind.clone()).collect();
-    for i in 0..layers.len() {
-        let pg = match (&layers[i + 1..].first(), transient[i]) {
-            (
-                Some(Layer {
-                    kind: Kind::Pool { g },
-                    ..
-                }),
-                true,
-            ) => *g,
+/// Sets `kinds` (an image segment's layer kinds) to the geometry each layer runs with: a
+/// transient convolution ([`is_transient`]) computes only the outputs its pooling's windows
+/// cover (the others are never read and get a zero gradient, so they add nothing to any
+/// gradient), and that pooling reads exactly them.
+fn run_kinds(kinds: &mut [Kind], transient: &[bool]) {
+    for i in 0..kinds.len() {
+        let pg = match (kinds.get(i + 1), transient[i]) {
+            (Some(Kind::Pool { g }), true) => *g,
             _ => continue,
         };
         let (ho, wo) = (pg.ho * pg.p, pg.wo * pg.p);
@@ -582,21 +583,54 @@ fn run_kinds(layers: &[Layer]) -> Vec<Kind> {
             g.w = wo;
         }
     }
-    kinds
 }
 
-/// For each layer of an image segment (run as `kinds`), whether it is a transient convolution
-/// that runs fused with the pooling above it ([`kernels::conv_pool_fused`]); `input_grad`:
-/// whether the segment's first layer computes an input gradient (backward pass).
-fn fused_convs(kinds: &[Kind], transient: &[bool], input_grad: bool) -> Vec<bool> {
-    (0..kinds.len())
-        .map(|i| match (&kinds[i], kinds.get(i + 1)) {
-            (Kind::Conv { g, filters, .. }, Some(Kind::Pool { g: pg })) if transient[i] => {
-                kernels::conv_pool_fused(g, *filters, pg, i > 0 || input_grad)
-            }
-            _ => false,
-        })
-        .collect()
+/// Whether layer `i` of an image segment (run as `kinds`) is a transient convolution that
+/// runs fused with the pooling above it ([`kernels::conv_pool_fused`]); `input_grad`: whether
+/// the segment's first layer computes an input gradient (backward pass).
+fn is_fused(kinds: &[Kind], transient: &[bool], input_grad: bool, i: usize) -> bool {
+    match (&kinds[i], kinds.get(i + 1)) {
+        (Kind::Conv { g, filters, .. }, Some(Kind::Pool { g: pg })) if transient[i] => {
+            kernels::conv_pool_fused(g, *filters, pg, i > 0 || input_grad)
+        }
+        _ => false,
+    }
+}
+
+/// How the layers of an image segment run, per layer: whether its output is transient
+/// ([`is_transient`]), the geometry it runs with ([`run_kinds`]) and whether it is a
+/// convolution fused with the pooling above ([`is_fused`]).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SegmentPlan {
+    transient: Vec<bool>,
+    kinds: Vec<Kind>,
+    fused: Vec<bool>,
+}
+
+impl SegmentPlan {
+    /// Rebuilds the plan of `layers` in place; `input_grad` as [`is_fused`].
+    fn update(&mut self, layers: &[Layer], input_grad: bool) {
+        let n = layers.len();
+        self.transient.clear();
+        self.transient
+            .extend((0..n).map(|i| is_transient(layers, i)));
+        self.kinds.clear();
+        self.kinds.extend(layers.iter().map(|l| l.kind.clone()));
+        run_kinds(&mut self.kinds, &self.transient);
+        self.fused.clear();
+        let (kinds, transient) = (&self.kinds, &self.transient);
+        self.fused
+            .extend((0..n).map(|i| is_fused(kinds, transient, input_grad, i)));
+    }
+}
+
+/// Reuses the allocation of `v` (emptied) for a vector of `U`, of the same size and alignment
+/// as `T` (std collects in place): a per-pass list of borrowed slices keeps one allocation,
+/// stored as plain words between passes.
+pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    const { assert!(size_of::<T>() == size_of::<U>() && align_of::<T>() == align_of::<U>()) };
+    v.clear();
+    v.into_iter().map(|_| unreachable!()).collect()
 }
 
 /// Values per image of a layer's output when it runs as `kind` (0 for Flatten and Dense,
@@ -748,10 +782,10 @@ impl Model {
         grow(&mut self.ws.x, batch * in_len);
         grow(&mut self.ws.y, batch);
         let seg = self.image_segment();
-        let transient = transient_outputs(&self.layers[..seg]);
         for (i, (out, len)) in self.ws.out.iter_mut().zip(&self.out_lens).enumerate() {
-            let flat = matches!(self.layers[i].kind, Kind::Flatten);
-            if !transient.get(i).copied().unwrap_or(false) && !flat {
+            // Transient outputs live in the chunks' scratch; Flatten layers are views.
+            let transient = i < seg && is_transient(&self.layers[..seg], i);
+            if !transient && !matches!(self.layers[i].kind, Kind::Flatten) {
                 grow(out, batch * len);
             }
             if i < seg && stores_argmax(&self.layers[i]) {
@@ -934,49 +968,49 @@ fn source(layers: &[Layer], i: usize) -> Option<usize> {
 }
 
 /// Adds a segment's wall time to per-layer timers in proportion to the CPU time each layer
-/// took inside the chunks (the layers of a chunk interleave, so only this split is meaningful).
-fn share_time(timers: &mut [f64], wall: f64, per_chunk: &[Vec<f64>]) {
-    let mut cpu = vec![0.0f64; timers.len()];
-    for t in per_chunk {
-        for (c, v) in cpu.iter_mut().zip(t) {
-            *c += v;
-        }
-    }
-    let total: f64 = cpu.iter().sum();
+/// took inside the chunks (`per_chunk`: chunk-major, one value per layer and chunk; the layers
+/// of a chunk interleave, so only this split is meaningful).
+fn share_time(timers: &mut [f64], wall: f64, per_chunk: &[f64]) {
+    let n = timers.len();
+    let cpu = |i: usize| per_chunk.iter().skip(i).step_by(n).sum::<f64>();
+    let total: f64 = (0..n).map(cpu).sum();
     if total > 0.0 {
-        for (t, c) in timers.iter_mut().zip(&cpu) {
-            *t += wall * c / total;
+        for (i, t) in timers.iter_mut().enumerate() {
+            *t += wall * cpu(i) / total;
         }
     }
 }
 
-/// One chunk's slices of a per-layer batch buffer (`per_image` values per image), one entry
-/// per chunk; an empty slice for every chunk when `per_image` is 0.
-fn split_chunks<T>(buf: &mut [T], per_image: usize, batch: usize) -> Vec<&mut [T]> {
-    let chunks = batch.div_ceil(kernels::CONV_CHUNK);
-    if per_image == 0 {
-        return (0..chunks).map(|_| <&mut [T]>::default()).collect();
-    }
-    buf[..batch * per_image]
-        .chunks_mut(kernels::CONV_CHUNK * per_image)
-        .collect()
+/// Zeroed per-chunk layer timers for `chunks` chunks of `seg` layers (in `secs`, reused).
+fn chunk_timers(secs: &mut Vec<f64>, chunks: usize, seg: usize) -> &mut [f64] {
+    secs.clear();
+    secs.resize(chunks * seg, 0.0);
+    secs
 }
 
-/// Read-only [`split_chunks`].
-fn split_chunks_ro<T>(buf: &[T], per_image: usize, batch: usize) -> Vec<&[T]> {
-    let chunks = batch.div_ceil(kernels::CONV_CHUNK);
-    if per_image == 0 {
-        return (0..chunks).map(|_| <&[T]>::default()).collect();
+/// The first `batch` images of `buf` (`per_image` values each) in chunks of
+/// [`kernels::CONV_CHUNK`] images.
+fn chunks_of<T>(buf: &mut [T], per_image: usize, batch: usize) -> std::slice::ChunksMut<'_, T> {
+    buf[..batch * per_image].chunks_mut(kernels::CONV_CHUNK * per_image)
+}
+
+/// Read-only [`chunks_of`].
+fn chunks_of_ro<T>(buf: &[T], per_image: usize, batch: usize) -> std::slice::Chunks<'_, T> {
+    buf[..batch * per_image].chunks(kernels::CONV_CHUNK * per_image)
+}
+
+/// Puts the `c`-th item of `chunks` at `list[c * seg + i]`: layer `i`'s slices in a
+/// chunk-major list of `seg` slices per chunk of images.
+fn place<S>(list: &mut [S], seg: usize, i: usize, chunks: impl Iterator<Item = S>) {
+    for (slot, s) in list[i..].iter_mut().step_by(seg).zip(chunks) {
+        *slot = s;
     }
-    buf[..batch * per_image]
-        .chunks(kernels::CONV_CHUNK * per_image)
-        .collect()
 }
 
 /// Forward of the image segment `layers` (the model's first layers) over chunks of images.
-/// A convolution whose output feeds a pooling ([`transient_outputs`]) writes it into the
+/// A convolution whose output feeds a pooling ([`is_transient`]) writes it into the
 /// chunk's scratch, where the pooling reads it (in cache); other outputs, and each pooling's
-/// argmax, go to the workspace.
+/// argmax, go to the workspace. Allocates nothing once the workspace has grown.
 fn forward_segment(
     layers: &[Layer],
     out_lens: &[usize],
@@ -987,10 +1021,19 @@ fn forward_segment(
     let t0 = Instant::now();
     let seg = layers.len();
     let chunks = batch.div_ceil(kernels::CONV_CHUNK);
-    let transient = transient_outputs(layers);
-    let kinds = run_kinds(layers);
-    let mut outs: Vec<Vec<&mut [f32]>> = (0..chunks).map(|_| Vec::new()).collect();
-    let mut args: Vec<Vec<&mut [u8]>> = (0..chunks).map(|_| Vec::new()).collect();
+    ws.plan.update(layers, false);
+    let SegmentPlan {
+        transient,
+        kinds,
+        fused,
+    } = &ws.plan;
+    // Each chunk's slices of the layer outputs and pooling argmaxes, `seg` per chunk (empty
+    // for transient outputs and layers without an argmax).
+    let [outs_spare, args_spare, ..] = &mut ws.lists;
+    let mut outs: Vec<&mut [f32]> = recycle(std::mem::take(outs_spare));
+    let mut args: Vec<&mut [u8]> = recycle(std::mem::take(args_spare));
+    outs.resize_with(chunks * seg, Default::default);
+    args.resize_with(chunks * seg, Default::default);
     for (i, (out, arg)) in ws
         .out
         .iter_mut()
@@ -998,35 +1041,25 @@ fn forward_segment(
         .take(seg)
         .enumerate()
     {
-        let len = if transient[i] { 0 } else { out_lens[i] };
-        for (c, s) in split_chunks(out, len, batch).into_iter().enumerate() {
-            outs[c].push(s);
+        if !transient[i] {
+            place(&mut outs, seg, i, chunks_of(out, out_lens[i], batch));
         }
-        let alen = if stores_argmax(&layers[i]) {
-            out_lens[i]
-        } else {
-            0
-        };
-        for (c, s) in split_chunks(arg, alen, batch).into_iter().enumerate() {
-            args[c].push(s);
+        if stores_argmax(&layers[i]) {
+            place(&mut args, seg, i, chunks_of(arg, out_lens[i], batch));
         }
     }
-    let xs: Vec<&[f32]> = ws.x[..batch * in0]
-        .chunks(kernels::CONV_CHUNK * in0)
-        .collect();
-    let (cols_len, _) = scratch_lens(&kinds, false);
-    let fused = fused_convs(&kinds, &transient, false);
+    let (cols_len, _) = scratch_lens(kinds, false);
     // The Winograd forward's weight layout, once per pass.
-    let us: Vec<Vec<f32>> = layers
-        .iter()
-        .zip(&kinds)
-        .map(|(l, kind)| match *kind {
+    ws.us.resize_with(seg, Vec::new);
+    for ((l, kind), u) in layers.iter().zip(kinds).zip(&mut ws.us) {
+        match *kind {
             Kind::Conv { g, filters, .. } => {
-                kernels::winograd_weights(&g, filters, &l.params[0].value)
+                kernels::winograd_weights_into(&g, filters, &l.params[0].value, u)
             }
-            _ => Vec::new(),
-        })
-        .collect();
+            _ => u.clear(),
+        }
+    }
+    let us = &ws.us;
     let t_len = (0..seg)
         .filter(|&i| transient[i])
         .map(|i| kernels::CONV_CHUNK * run_len(&kinds[i]))
@@ -1034,15 +1067,15 @@ fn forward_segment(
         .unwrap_or(0);
     ws.scratch.ensure_threads();
     let scratch = &ws.scratch;
-    let secs: Vec<Vec<f64>> = outs
-        .par_iter_mut()
-        .zip(args.par_iter_mut())
-        .zip(xs.par_iter())
-        .map(|((outs, args), x)| {
+    ws.x[..batch * in0]
+        .par_chunks(kernels::CONV_CHUNK * in0)
+        .zip(outs.par_chunks_mut(seg))
+        .zip(args.par_chunks_mut(seg))
+        .zip(chunk_timers(&mut ws.chunk_secs, chunks, seg).par_chunks_mut(seg))
+        .for_each(|(((x, outs), args), secs)| {
             scratch.with(cols_len + t_len, |buf| {
                 let (cols, tbuf) = buf.split_at_mut(cols_len);
                 let imgs = x.len() / in0;
-                let mut secs = vec![0.0f64; seg];
                 for (i, l) in layers.iter().enumerate() {
                     if i > 0 && fused[i - 1] {
                         // Done with the convolution below.
@@ -1097,11 +1130,15 @@ fn forward_segment(
                     }
                     secs[i] += t.elapsed().as_secs_f64();
                 }
-                secs
             })
-        })
-        .collect();
-    share_time(&mut ws.fwd_secs[..seg], t0.elapsed().as_secs_f64(), &secs);
+        });
+    *outs_spare = recycle(outs);
+    *args_spare = recycle(args);
+    share_time(
+        &mut ws.fwd_secs[..seg],
+        t0.elapsed().as_secs_f64(),
+        &ws.chunk_secs,
+    );
 }
 
 /// The activation of a transient convolution that runs after its pooling instead: SELU is
@@ -1165,7 +1202,8 @@ fn run_forward(
 
 /// Backward of the image segment `layers` over the same chunks as [`forward_segment`], from
 /// the gradient in `ws.dout[layers.len() - 1]`. Every gradient inside the segment lives only
-/// in the chunk's scratch (made and used by the same chunk, in cache).
+/// in the chunk's scratch (made and used by the same chunk, in cache). Allocates nothing once
+/// the workspace has grown.
 fn backward_segment(
     layers: &mut [Layer],
     out_lens: &[usize],
@@ -1176,8 +1214,13 @@ fn backward_segment(
     let t0 = Instant::now();
     let seg = layers.len();
     let chunks = batch.div_ceil(kernels::CONV_CHUNK);
-    let transient = transient_outputs(layers);
-    let kinds = run_kinds(layers);
+    let input_grad = ws.input_grad.is_some();
+    ws.plan.update(layers, input_grad);
+    let SegmentPlan {
+        transient,
+        kinds,
+        fused,
+    } = &ws.plan;
     // Per-chunk partial weight and bias gradients of each convolution, in chunk order (every
     // chunk overwrites its own).
     let mut parts = std::mem::take(&mut ws.parts);
@@ -1187,88 +1230,86 @@ fn backward_segment(
             grow(part, chunks * kernels::conv_part_len(g, *filters));
         }
     }
-    let mut part_slices: Vec<Vec<&mut [f32]>> = (0..chunks).map(|_| Vec::new()).collect();
-    let mut ys: Vec<Vec<&[f32]>> = (0..chunks).map(|_| Vec::new()).collect();
-    let mut args: Vec<Vec<&[u8]>> = (0..chunks).map(|_| Vec::new()).collect();
+    // Each chunk's slices of the partial gradients, stored layer outputs and pooling argmaxes,
+    // `seg` per chunk (empty where a layer has none), and of the input gradient.
+    let [parts_spare, args_spare, ys_spare, in_grads_spare] = &mut ws.lists;
+    let mut part_slices: Vec<&mut [f32]> = recycle(std::mem::take(parts_spare));
+    let mut args: Vec<&[u8]> = recycle(std::mem::take(args_spare));
+    let mut ys: Vec<&[f32]> = recycle(std::mem::take(ys_spare));
+    let mut in_grads: Vec<Option<&mut [f32]>> = recycle(std::mem::take(in_grads_spare));
+    part_slices.resize_with(chunks * seg, Default::default);
+    args.resize_with(chunks * seg, Default::default);
+    ys.resize_with(chunks * seg, Default::default);
     for (i, (l, part)) in layers.iter().zip(parts.iter_mut()).enumerate() {
-        let per_part = match &kinds[i] {
-            Kind::Conv { g, filters, .. } => kernels::conv_part_len(g, *filters),
-            _ => 0,
-        };
-        let len = if transient[i] { 0 } else { out_lens[i] };
-        for (yc, s) in ys.iter_mut().zip(split_chunks_ro(&ws.out[i], len, batch)) {
-            yc.push(s);
+        if !transient[i] {
+            place(
+                &mut ys,
+                seg,
+                i,
+                chunks_of_ro(&ws.out[i], out_lens[i], batch),
+            );
         }
-        let alen = if stores_argmax(l) { out_lens[i] } else { 0 };
-        for (ac, s) in args
-            .iter_mut()
-            .zip(split_chunks_ro(&ws.arg[i], alen, batch))
-        {
-            ac.push(s);
+        if stores_argmax(l) {
+            place(
+                &mut args,
+                seg,
+                i,
+                chunks_of_ro(&ws.arg[i], out_lens[i], batch),
+            );
         }
-        if per_part == 0 {
-            for p in part_slices.iter_mut() {
-                p.push(<&mut [f32]>::default());
-            }
-        } else {
-            for (c, s) in part[..chunks * per_part].chunks_mut(per_part).enumerate() {
-                part_slices[c].push(s);
-            }
+        if let Kind::Conv { g, filters, .. } = &kinds[i] {
+            let per_part = kernels::conv_part_len(g, *filters);
+            place(
+                &mut part_slices,
+                seg,
+                i,
+                part[..chunks * per_part].chunks_mut(per_part),
+            );
         }
     }
-    let mut dtops = split_chunks(&mut ws.dout[seg - 1], out_lens[seg - 1], batch);
-    let xs: Vec<&[f32]> = ws.x[..batch * in0]
-        .chunks(kernels::CONV_CHUNK * in0)
-        .collect();
-    let (cols_len, dcols_len) = scratch_lens(&kinds, ws.input_grad.is_some());
-    let fused = fused_convs(&kinds, &transient, ws.input_grad.is_some());
+    match ws.input_grad.as_mut() {
+        Some(g) => in_grads.extend(chunks_of(g, in0, batch).map(Some)),
+        None => in_grads.resize_with(chunks, || None),
+    }
+    let (cols_len, dcols_len) = scratch_lens(kinds, input_grad);
     let d_len: usize = kinds[..seg - 1]
         .iter()
         .map(|k| kernels::CONV_CHUNK * run_len(k))
         .sum();
-    let mut in_grads: Vec<Option<&mut [f32]>> = match ws.input_grad.as_mut() {
-        Some(g) => g[..batch * in0]
-            .chunks_mut(kernels::CONV_CHUNK * in0)
-            .map(Some)
-            .collect(),
-        None => (0..chunks).map(|_| None).collect(),
-    };
     // The input-gradient kernels' weight layout (direct or Winograd), once per step.
-    let wts: Vec<Vec<f32>> = layers
-        .iter()
-        .zip(&kinds)
-        .enumerate()
-        .map(|(i, (l, kind))| match *kind {
-            Kind::Conv { g, filters, .. }
-                if i > 0 || in_grads.first().is_some_and(Option::is_some) =>
-            {
-                kernels::dx_weights(&g, filters, &l.params[0].value)
+    ws.wts.resize_with(seg, Vec::new);
+    for (i, ((l, kind), wt)) in layers.iter().zip(kinds).zip(&mut ws.wts).enumerate() {
+        match *kind {
+            Kind::Conv { g, filters, .. } if i > 0 || input_grad => {
+                kernels::dx_weights_into(&g, filters, &l.params[0].value, wt)
             }
-            _ => Vec::new(),
-        })
-        .collect();
+            _ => wt.clear(),
+        }
+    }
+    let wts = &ws.wts;
     ws.scratch.ensure_threads();
     let scratch = &ws.scratch;
     let layers_ro: &[Layer] = layers;
-    let secs: Vec<Vec<f64>> = dtops
-        .par_iter_mut()
-        .zip(part_slices.par_iter_mut())
+    let (ys_all, args_all) = (&ys, &args);
+    let top = out_lens[seg - 1];
+    ws.dout[seg - 1][..batch * top]
+        .par_chunks_mut(kernels::CONV_CHUNK * top)
+        .zip(ws.x[..batch * in0].par_chunks(kernels::CONV_CHUNK * in0))
+        .zip(part_slices.par_chunks_mut(seg))
         .zip(in_grads.par_iter_mut())
+        .zip(chunk_timers(&mut ws.chunk_secs, chunks, seg).par_chunks_mut(seg))
         .enumerate()
-        .map(|(c, ((dtop, parts), in_grad))| {
+        .for_each(|(c, ((((dtop, x), parts), in_grad), secs))| {
+            let ys = &ys_all[c * seg..][..seg];
+            let args = &args_all[c * seg..][..seg];
             scratch.with(cols_len + dcols_len + d_len, |buf| {
                 let (cols, rest) = buf.split_at_mut(cols_len);
-                let (dcols, mut dbuf) = rest.split_at_mut(dcols_len);
-                let imgs = dtop.len() / out_lens[seg - 1];
-                // The output gradient of each layer of the chunk: scratch below the top.
-                let mut douts: Vec<&mut [f32]> = Vec::with_capacity(seg);
-                for kind in &kinds[..seg - 1] {
-                    let (d, more) = std::mem::take(&mut dbuf).split_at_mut(imgs * run_len(kind));
-                    douts.push(d);
-                    dbuf = more;
-                }
-                douts.push(&mut **dtop);
-                let mut secs = vec![0.0f64; seg];
+                let (dcols, dbuf) = rest.split_at_mut(dcols_len);
+                let imgs = dtop.len() / top;
+                // The output gradient of each layer below the top: in the scratch, layer `i`'s
+                // from `off(i)`.
+                let off =
+                    |i: usize| -> usize { kinds[..i].iter().map(|k| imgs * run_len(k)).sum() };
                 // Set when a pooling layer already multiplied its input gradient by the
                 // activation derivative of the convolution below it (fused).
                 let mut act_done = false;
@@ -1279,8 +1320,12 @@ fn backward_segment(
                     }
                     let t = Instant::now();
                     let l = &layers_ro[i];
-                    let (dlow, dcur) = douts.split_at_mut(i);
-                    let dy = &mut *dcur[0];
+                    let (dlow, dhigh) = dbuf.split_at_mut(off(i));
+                    let dy: &mut [f32] = if i + 1 == seg {
+                        &mut *dtop
+                    } else {
+                        &mut dhigh[..imgs * run_len(&kinds[i])]
+                    };
                     if let (
                         true,
                         Kind::Conv {
@@ -1296,9 +1341,9 @@ fn backward_segment(
                         let dx: Option<&mut [f32]> = if i == 1 {
                             in_grad.as_deref_mut()
                         } else {
-                            Some(&mut *dlow[i - 2])
+                            Some(&mut dlow[off(i - 2)..off(i - 1)])
                         };
-                        let input: &[f32] = if i == 1 { xs[c] } else { ys[c][i - 2] };
+                        let input: &[f32] = if i == 1 { x } else { ys[i - 2] };
                         kernels::conv_pool_backward_chunk(
                             g,
                             *filters,
@@ -1306,8 +1351,8 @@ fn backward_segment(
                             &wts[i - 1],
                             input,
                             pg,
-                            ys[c][i],
-                            args[c][i],
+                            ys[i],
+                            args[i],
                             dy,
                             &mut *parts[i - 1],
                             dx,
@@ -1318,12 +1363,12 @@ fn backward_segment(
                     let dx: Option<&mut [f32]> = if i == 0 {
                         in_grad.as_deref_mut()
                     } else {
-                        Some(&mut *dlow[i - 1])
+                        Some(&mut dlow[off(i - 1)..])
                     };
                     // The layer's input: stored unless it is a transient convolution output,
                     // which only a pooling with a stored argmax reads (and it does not need it).
-                    let input: &[f32] = if i == 0 { xs[c] } else { ys[c][i - 1] };
-                    let y = ys[c][i];
+                    let input: &[f32] = if i == 0 { x } else { ys[i - 1] };
+                    let y = ys[i];
                     match kinds[i] {
                         Kind::Conv {
                             g, filters, act, ..
@@ -1348,7 +1393,7 @@ fn backward_segment(
                             };
                             if let Some(dx) = dx {
                                 if stores_argmax(l) {
-                                    kernels::maxpool_backward_arg(&g, args[c][i], y, dy, below, dx);
+                                    kernels::maxpool_backward_arg(&g, args[i], y, dy, below, dx);
                                 } else {
                                     kernels::maxpool_backward_chunk(&g, input, y, dy, below, dx);
                                 }
@@ -1360,12 +1405,13 @@ fn backward_segment(
                     }
                     secs[i] += t.elapsed().as_secs_f64();
                 }
-                secs
             })
-        })
-        .collect();
-    drop(part_slices);
-    for ((l, part), kind) in layers.iter_mut().zip(&parts).zip(&kinds) {
+        });
+    *parts_spare = recycle(part_slices);
+    *args_spare = recycle(args);
+    *ys_spare = recycle(ys);
+    *in_grads_spare = recycle(in_grads);
+    for ((l, part), kind) in layers.iter_mut().zip(&parts).zip(kinds) {
         if let Kind::Conv { g, filters, .. } = kind {
             let (kp, bp) = l.params.split_at_mut(1);
             let used = chunks * kernels::conv_part_len(g, *filters);
@@ -1373,11 +1419,16 @@ fn backward_segment(
                 g,
                 *filters,
                 &part[..used],
+                &mut ws.du,
                 &mut kp[0].grad,
                 &mut bp[0].grad,
             );
         }
     }
     ws.parts = parts;
-    share_time(&mut ws.bwd_secs[..seg], t0.elapsed().as_secs_f64(), &secs);
+    share_time(
+        &mut ws.bwd_secs[..seg],
+        t0.elapsed().as_secs_f64(),
+        &ws.chunk_secs,
+    );
 }

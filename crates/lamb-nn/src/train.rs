@@ -10,6 +10,7 @@ use lamb_optim::{Optimizer, ParamMut, StepOutcome, TensorTelemetry};
 use serde::{Deserialize, Serialize};
 
 use crate::kernels;
+use crate::model::recycle;
 use crate::{local_gradients, GradientAccumulator, Model, NnError};
 
 /// Loss and accuracy over a dataset.
@@ -365,15 +366,16 @@ impl Model {
             });
         }
         self.backward(batch);
-        let mut views: Vec<ParamMut<'_>> = self
-            .layers
-            .iter_mut()
-            .flat_map(|l| l.params.iter_mut())
-            .map(|p| ParamMut::new(&p.name, &p.shape, &mut p.value, &p.grad))
-            .collect();
-        let outcome =
-            opt.step(&mut views)
-                .map_err(|cause| NnError::Optimizer { epoch, step, cause })?;
+        let mut views: Vec<ParamMut<'_>> = recycle(std::mem::take(&mut self.ws.views));
+        views.extend(
+            self.layers
+                .iter_mut()
+                .flat_map(|l| l.params.iter_mut())
+                .map(|p| ParamMut::new(&p.name, &p.shape, &mut p.value, &p.grad)),
+        );
+        let outcome = opt.step(&mut views);
+        self.ws.views = recycle(views);
+        let outcome = outcome.map_err(|cause| NnError::Optimizer { epoch, step, cause })?;
         Ok(StepMetrics {
             loss_sum,
             correct,

@@ -3,7 +3,7 @@
 //! multiplications than the direct sum. Per image: the input tiles are transformed
 //! (`B^T d B`), then for each of the 16 tile elements one small GEMM (tiles x channels times
 //! channels x filters) runs with that element's transformed weights (`G g G^T`, from
-//! [`weights`]) in L1, and the output transform (`A^T m A`) adds the bias and the activation.
+//! [`weights_into`]) in L1, and the output transform (`A^T m A`) adds the bias and the activation.
 //! The backward ([`backward`]) runs in the same domain: the weight gradient as one GEMM per
 //! tile element of the transformed input tiles and output gradients (`A dY A^T`), and the
 //! input gradient as the transpose of the forward (`B (U^T (A dY A^T)) B^T`, each tile added
@@ -37,10 +37,12 @@ fn coef(e: usize, t: usize) -> f32 {
     G[e / 4][t / 3] * G[e % 4][t % 3]
 }
 
-/// The weights `w` (HWIO, 3 x 3 x c x f) transformed for [`forward`]: `u[(e * c + ch) * f + o]`
-/// = `(G g G^T)[e]` of the 3 x 3 kernel `g` of input channel `ch` and filter `o`.
-pub(super) fn weights(c: usize, f: usize, w: &[f32]) -> Vec<f32> {
-    let mut u = vec![0.0f32; E * c * f];
+/// The weights `w` (HWIO, 3 x 3 x c x f) transformed for [`forward`] into `u` (overwritten,
+/// its allocation reused): `u[(e * c + ch) * f + o]` = `(G g G^T)[e]` of the 3 x 3 kernel `g`
+/// of input channel `ch` and filter `o`.
+pub(super) fn weights_into(c: usize, f: usize, w: &[f32], u: &mut Vec<f32>) {
+    u.clear();
+    u.resize(E * c * f, 0.0);
     for ch in 0..c {
         for e in 0..E {
             let dst = &mut u[(e * c + ch) * f..][..f];
@@ -55,7 +57,6 @@ pub(super) fn weights(c: usize, f: usize, w: &[f32]) -> Vec<f32> {
             }
         }
     }
-    u
 }
 
 /// Vectors of 16 filters per GEMM block, and tiles per block for that many (~24 accumulators).
@@ -125,7 +126,7 @@ pub(super) fn applies(g: &ConvGeom, f: usize) -> bool {
 }
 
 /// Forward of `n` images `x` into `out` (`n x ho x wo x f`, overwritten) with the transformed
-/// weights `u` from [`weights`], bias `b` and the fused activation `fuse`.
+/// weights `u` from [`weights_into`], bias `b` and the fused activation `fuse`.
 ///
 /// # Safety
 /// AVX-512F available; [`applies`]; `x` (`n` images), `u` (`16 c f`), `b` (`f`) and `out`
@@ -328,25 +329,33 @@ unsafe fn du_block<const V: usize, const R: usize>(
     }
 }
 
-/// The weights `w` (HWIO) transformed as [`weights`] and transposed for the input gradient of
-/// [`backward`]: `ut[(e * f + o) * c + ch]` = `u[(e * c + ch) * f + o]`.
-pub(super) fn dx_weights(c: usize, f: usize, w: &[f32]) -> Vec<f32> {
-    let u = weights(c, f, w);
-    let mut ut = vec![0.0f32; E * f * c];
-    for (src, dst) in u.chunks_exact(c * f).zip(ut.chunks_exact_mut(f * c)) {
-        for (ch, row) in src.chunks_exact(f).enumerate() {
-            for (o, v) in row.iter().enumerate() {
-                dst[o * c + ch] = *v;
+thread_local! {
+    /// Per-thread untransposed weights of [`dx_weights_into`], reused across calls.
+    static U: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The weights `w` (HWIO) transformed as [`weights_into`] and transposed for the input gradient
+/// of [`backward`] into `ut` (overwritten, its allocation reused): `ut[(e * f + o) * c + ch]`
+/// = `u[(e * c + ch) * f + o]`.
+pub(super) fn dx_weights_into(c: usize, f: usize, w: &[f32], ut: &mut Vec<f32>) {
+    U.with_borrow_mut(|u| {
+        weights_into(c, f, w, u);
+        ut.clear();
+        ut.resize(E * f * c, 0.0);
+        for (src, dst) in u.chunks_exact(c * f).zip(ut.chunks_exact_mut(f * c)) {
+            for (ch, row) in src.chunks_exact(f).enumerate() {
+                for (o, v) in row.iter().enumerate() {
+                    dst[o * c + ch] = *v;
+                }
             }
         }
-    }
-    ut
+    })
 }
 
 /// The gradients of `n` images `x` from the pre-activation gradient `dy` (`n x ho x wo x f`),
 /// in the Winograd domain. Weights: `du[e][ch][o]` (`16 x c x f`, overwritten) = the sum over
 /// images and tiles of `(B^T d B)[e][ch] * (A dY A^T)[e][o]`; [`weights_from_u`] turns it into
-/// the HWIO gradient. Input, when `dx` = `(ut, dx)` is given (`ut` from [`dx_weights`], `dx`
+/// the HWIO gradient. Input, when `dx` = `(ut, dx)` is given (`ut` from [`dx_weights_into`], `dx`
 /// the `n` images, overwritten): the transpose of [`forward`], each tile's
 /// `B (U^T (A dY A^T)) B^T` added into its 4 x 4 input window, tiles in order (the input rows
 /// and columns past the last window get zero).
