@@ -17,18 +17,19 @@ use crate::atomic::write_atomic;
 use exec::{Execution, Tally};
 use spec::{Preset, SweepSpec};
 
-/// Training images per second of one engine thread when every core runs one: the small
-/// preset's runs on the 2-core development machine (2 runs x 1 thread, 2026-12-01) trained at
-/// 2,500-3,300 images/s each (15-20 s per 50,000-image epoch). Used only for `--dry-run`.
-const TRAIN_IMAGES_PER_THREAD_SECOND: f64 = 2500.0;
+/// Training images per second of one engine thread when every core runs one: two
+/// `lamb train --threads 1` runs side by side on the 2-core development machine (2026-12-01,
+/// the direct/Winograd engine) trained at 16,700-18,500 images/s each (2.7-3.0 s per
+/// 50,000-image epoch at batch 100, 1000 and 5000). Used only for `--dry-run`.
+const TRAIN_IMAGES_PER_THREAD_SECOND: f64 = 17_000.0;
 /// A validation image costs about this fraction of a training image (forward only; measured
-/// 1.0-1.5 s per 10,000 images in the same runs).
-const VALIDATION_COST: f64 = 0.25;
+/// 0.21-0.25 s per 10,000 images in the same runs).
+const VALIDATION_COST: f64 = 0.4;
 
 /// Flags of `lamb sweep`.
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
-    /// Built-in grid: small (about an hour on 2 cores) or full (for bigger machines)
+    /// Built-in grid: small (about 10 minutes on 2 cores) or full (for bigger machines)
     /// [default: small].
     #[arg(long, value_enum, conflicts_with = "config")]
     pub preset: Option<Preset>,
@@ -217,6 +218,11 @@ fn print_dry_run(spec: &SweepSpec, plans: &[spec::RunPlan], ex: &Execution) {
     let work = plans.len() as f64 * spec.epochs as f64 * (train + VALIDATION_COST * test);
     let busy = (ex.jobs * ex.threads).min(cores()) as f64;
     let hours = work / (TRAIN_IMAGES_PER_THREAD_SECOND * busy) / 3600.0;
+    let cost = if hours < 1.0 {
+        format!("{:.0} min", (hours * 60.0).max(1.0))
+    } else {
+        format!("{hours:.1} h")
+    };
     println!(
         "{} runs ({} optimizers x batch sizes {:?} x {} learning rates), {} epochs each, {} at a time with {} thread(s)",
         plans.len(),
@@ -228,7 +234,7 @@ fn print_dry_run(spec: &SweepSpec, plans: &[spec::RunPlan], ex: &Execution) {
         ex.threads
     );
     println!(
-        "Expected cost: about {hours:.1} h here ({} cores busy, at {TRAIN_IMAGES_PER_THREAD_SECOND} training images per second per thread, measured on a 2-core development machine); it scales with 1 / busy cores.",
+        "Expected cost: about {cost} here ({} cores busy, at {TRAIN_IMAGES_PER_THREAD_SECOND} training images per second per thread, measured on a 2-core development machine); it scales with 1 / busy cores.",
         busy
     );
     for p in plans {

@@ -86,7 +86,7 @@ pub struct SweepSpec {
 /// Built-in sweeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
-    /// About an hour on a 2-core machine: 5 optimizers x batch 100/1000/5000 x 4 learning
+    /// About 10 minutes on a 2-core machine: 5 optimizers x batch 100/1000/5000 x 4 learning
     /// rates, 6 epochs on the full data (60 runs).
     Small,
     /// The full grid for bigger machines: 5 optimizers x 7 batch sizes x 5 learning rates,
