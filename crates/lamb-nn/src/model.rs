@@ -449,11 +449,19 @@ impl ScratchPool {
         f(&mut buf[..len])
     }
 
-    /// Makes sure there is one buffer per thread of the current rayon pool.
-    fn ensure_threads(&mut self) {
+    /// Makes sure there is one buffer per thread of the current rayon pool, each of at least
+    /// `len` values. Sized here, before a pass, so that no buffer grows inside one: a thread
+    /// that got no chunk in earlier steps would otherwise allocate in a later one.
+    fn ensure(&mut self, len: usize) {
         let n = rayon::current_num_threads().max(1);
         if self.0.len() < n {
             self.0.resize_with(n, Default::default);
+        }
+        for m in &mut self.0 {
+            let buf = m.get_mut().unwrap_or_else(|e| e.into_inner());
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
         }
     }
 }
@@ -1065,7 +1073,7 @@ fn forward_segment(
         .map(|i| kernels::CONV_CHUNK * run_len(&kinds[i]))
         .max()
         .unwrap_or(0);
-    ws.scratch.ensure_threads();
+    ws.scratch.ensure(cols_len + t_len);
     let scratch = &ws.scratch;
     ws.x[..batch * in0]
         .par_chunks(kernels::CONV_CHUNK * in0)
@@ -1287,7 +1295,7 @@ fn backward_segment(
         }
     }
     let wts = &ws.wts;
-    ws.scratch.ensure_threads();
+    ws.scratch.ensure(cols_len + dcols_len + d_len);
     let scratch = &ws.scratch;
     let layers_ro: &[Layer] = layers;
     let (ys_all, args_all) = (&ys, &args);
