@@ -7,7 +7,7 @@
 //! sums of the batch reductions, then summed across shards). After 20 steps the weights must
 //! agree to `LAMB_W_TOL` = 5e-5 absolute with LAMB (measured 4e-6: its Adam-style
 //! `m / (sqrt(v) + eps)` magnifies relative gradient differences of near-zero gradients; the
-//! weights move by up to ~2e-2) and `SGD_W_TOL` = 1e-6 with SGD (measured 4e-8), and the final
+//! weights move by up to ~2e-2) and `SGD_W_TOL` = 1e-6 with SGD (measured 1.5e-8), and the final
 //! losses to `LOSS_TOL` = 1e-4 (measured 1e-8). Accuracies are counts over 100 test images, so
 //! a prediction sitting on a decision boundary may flip: they may differ by at most one image
 //! (`ACC_TOL` = 0.01 + rounding; measured equal).
@@ -119,12 +119,16 @@ fn assert_equivalent(a: &Path, b: &Path, w_tol: f32, what: &str) {
 }
 
 /// LAMB (the default) and SGD: LAMB's update hardly changes when every gradient is scaled by
-/// the same factor (a forgotten `1/K`), SGD's does.
+/// the same factor (a forgotten `1/K`), SGD's does. SGD at lr 0.01 (momentum 0.9): at lr 0.05
+/// a summation-order difference of 1e-8 sometimes flips a ReLU or a pooling winner and the
+/// trajectories part (weights 6e-5..2e-3 apart after 20 steps on 5 of 7 seeds without
+/// momentum; 1e-4..1e-2 on seeds 1-4 with it, where seed 42 happened to pass). At 0.01 the
+/// 7 seeds tried (42, 1-6) stay within 1.5e-8..4.3e-7, and the loss still moves (>= 0.011).
 const OPTIMIZERS: [(&str, &[&str], f32); 2] = [
     ("lamb", &[], LAMB_W_TOL),
     (
         "sgd",
-        &["--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9"],
+        &["--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9"],
         SGD_W_TOL,
     ),
 ];
