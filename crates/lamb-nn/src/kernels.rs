@@ -409,6 +409,24 @@ fn bias_act_rows(o: &mut [f32], bias: &[f32], act: Activation) {
 }
 }
 
+/// The bias and activation the direct and Winograd kernels apply as they store: none for
+/// SELU, which the caller applies afterwards with [`bias_act_rows`] (vectorised there).
+#[cfg(target_arch = "x86_64")]
+fn epilogue(act: Activation) -> direct::Fuse {
+    match act {
+        Activation::Relu => direct::Fuse::BiasRelu,
+        Activation::Linear | Activation::Softmax => direct::Fuse::Bias,
+        Activation::Selu => direct::Fuse::Nothing,
+    }
+}
+
+/// Whether a convolution that feeds a max-pool applies `act` after the pooling, to the pooled
+/// quarter of its outputs: SELU (like adding a channel's bias) is increasing, so it commutes
+/// with the max. ReLU stays in the kernels' [`epilogue`], where it costs nothing.
+pub(crate) fn act_after_pool(act: Activation) -> bool {
+    act == Activation::Selu
+}
+
 /// Applies `act` in place to values that already hold their bias (`Softmax`: left as logits).
 pub(crate) fn act_rows(o: &mut [f32], act: Activation) {
     act_rows_st(o, act);
@@ -935,11 +953,7 @@ fn conv_forward_chunk_with(
                 u.len() >= 16 * g.c * f && b.len() >= f && input.len() >= n * g.in_len(),
                 "conv_forward: Winograd weights, bias or input too short"
             );
-            let mode = match act {
-                Activation::Relu => direct::Fuse::BiasRelu,
-                Activation::Linear | Activation::Softmax => direct::Fuse::Bias,
-                Activation::Selu => direct::Fuse::Nothing,
-            };
+            let mode = epilogue(act);
             // SAFETY: `conv_winograd` checked AVX-512 and the geometry; lengths checked
             // above and `out` sliced to `n` images.
             unsafe { winograd::forward(g, f, u, b, input, n, out, mode) };
@@ -990,11 +1004,7 @@ fn direct_forward(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        let mode = match act {
-            Activation::Relu => direct::Fuse::BiasRelu,
-            Activation::Linear | Activation::Softmax => direct::Fuse::Bias,
-            Activation::Selu => direct::Fuse::Nothing,
-        };
+        let mode = epilogue(act);
         // SAFETY: `conv_direct` checked AVX-512, `f % 16 == 0` and that every window lies
         // inside the image; the buffer lengths were checked above.
         unsafe { direct::forward(g, f, w, b, x, n, out, mode) };
@@ -1039,29 +1049,40 @@ pub fn conv_direct_dx(g: &ConvGeom, filters: usize) -> bool {
 /// it).
 pub fn dx_weights(g: &ConvGeom, f: usize, w: &[f32]) -> Vec<f32> {
     let mut wt = Vec::new();
-    dx_weights_into(g, f, w, &mut wt);
+    dx_weights_into(g, f, w, &winograd_weights(g, f, w), &mut wt);
     wt
 }
 
-/// [`dx_weights`] into `wt` (overwritten, its allocation reused).
-pub fn dx_weights_into(g: &ConvGeom, f: usize, w: &[f32], wt: &mut Vec<f32>) {
+/// [`dx_weights`] into `wt` (overwritten, its allocation reused), from the weights `w` or,
+/// where Winograd applies, their transform `u` from [`winograd_weights`] (the forward pass's,
+/// so the backward pass does not transform them again).
+pub fn dx_weights_into(g: &ConvGeom, f: usize, w: &[f32], u: &[f32], wt: &mut Vec<f32>) {
     wt.clear();
     if !conv_direct_dx(g, f) {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if conv_winograd(g, f) {
-        return winograd::dx_weights_into(g.c, f, &w[..g.kkc() * f], wt);
-    }
-    let (kk, c) = (g.k * g.k, g.c);
-    wt.resize(kk * f * c, 0.0);
-    for (src, dst) in w[..kk * c * f]
-        .chunks_exact(c * f)
-        .zip(wt.chunks_exact_mut(f * c))
+    // Per kernel position (or Winograd element), a `c x f` block to transpose to `f x c`.
+    let (src, blocks) = if conv_winograd(g, f) {
+        (u, 16)
+    } else {
+        (w, g.k * g.k)
+    };
+    let len = blocks * g.c * f;
+    assert!(src.len() >= len, "dx_weights: weights too short");
+    wt.resize(len, 0.0);
+    transpose_blocks(&src[..len], g.c, f, wt);
+}
+
+/// Transposes each `rows x cols` block of `src` (row-major, blocks one after another) into
+/// the same block of `dst` as `cols x rows`: `dst[b][o][r]` = `src[b][r][o]`.
+pub(crate) fn transpose_blocks(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    for (s, d) in src
+        .chunks_exact(rows * cols)
+        .zip(dst.chunks_exact_mut(rows * cols))
     {
-        for (ch, row) in src.chunks_exact(f).enumerate() {
+        for (r, row) in s.chunks_exact(cols).enumerate() {
             for (o, v) in row.iter().enumerate() {
-                dst[o * c + ch] = *v;
+                d[o * rows + r] = *v;
             }
         }
     }
@@ -1291,10 +1312,10 @@ pub(crate) fn conv_pool_forward_chunk(
     with_band(band_pos * f, |band| {
         #[cfg(target_arch = "x86_64")]
         {
-            let mode = match act {
-                Activation::Relu => direct::Fuse::BiasRelu,
-                Activation::Linear | Activation::Softmax => direct::Fuse::Bias,
-                Activation::Selu => direct::Fuse::Nothing,
+            let mode = if act_after_pool(act) {
+                direct::Fuse::Nothing
+            } else {
+                epilogue(act)
             };
             direct::with_window_offsets(g, n, |offs| {
                 for img in 0..n {
@@ -1322,9 +1343,7 @@ pub(crate) fn conv_pool_forward_chunk(
                             &mut out[o..o + per_row],
                             &mut arg[o..o + per_row],
                         );
-                        if mode == direct::Fuse::Nothing {
-                            // Adding a channel's bias and SELU are increasing, so they
-                            // commute with the max: applied to the pooled quarter only.
+                        if act_after_pool(act) {
                             bias_act_rows(&mut out[o..o + per_row], b, act);
                         }
                     }

@@ -482,8 +482,9 @@ pub(crate) struct Workspace {
     pub parts: Vec<Vec<f32>>,
     /// Per-thread im2col and `dcols` blocks of the image segment (one chunk of images each).
     pub scratch: ScratchPool,
-    /// A dense layer's kernel transposed (`units x inp`), rebuilt by each pass that reads it.
-    pub dense_wt: Vec<f32>,
+    /// Per layer, a dense layer's kernel transposed (`units x inp`): made by the forward
+    /// pass, read by the backward pass that follows it (same weights).
+    pub dense_wt: Vec<Vec<f32>>,
     /// When `Some`, backward also computes the gradient with respect to the input (tests).
     pub input_grad: Option<Vec<f32>>,
     pub fwd_cap: usize,
@@ -493,8 +494,9 @@ pub(crate) struct Workspace {
     pub bwd_secs: Vec<f64>,
     /// How the image segment runs, rebuilt by each pass.
     pub plan: SegmentPlan,
-    /// Per image-segment layer, a convolution's [`kernels::winograd_weights`] (forward) and
-    /// [`kernels::dx_weights`] (backward), rebuilt by each pass.
+    /// Per image-segment layer, a convolution's [`kernels::winograd_weights`] (made by the
+    /// forward pass; the backward pass, which always follows it with the same weights, reads
+    /// it too) and [`kernels::dx_weights`] (backward).
     pub us: Vec<Vec<f32>>,
     pub wts: Vec<Vec<f32>>,
     /// Scratch of [`kernels::sum_conv_partials`].
@@ -861,8 +863,10 @@ impl Model {
             let out = &mut rest[0][..batch * out_lens[i]];
             match l.kind {
                 Kind::Dense { inp, units, act } => {
-                    grow(&mut ws.dense_wt, inp * units);
-                    let wt = &mut ws.dense_wt[..inp * units];
+                    grow(&mut ws.dense_wt, layers.len());
+                    let wt = &mut ws.dense_wt[i];
+                    grow(wt, inp * units);
+                    let wt = &mut wt[..inp * units];
                     kernels::dense::transpose(&l.params[0].value, inp, units, wt);
                     kernels::dense::forward(input, wt, &l.params[1].value, act, inp, out);
                 }
@@ -912,16 +916,14 @@ impl Model {
                     kernels::act_backward(dy, y, act);
                     let (kp, bp) = l.params.split_at_mut(1);
                     kernels::dense::bias_grad(dy, &mut bp[0].grad);
-                    let Param { value, grad, .. } = &mut kp[0];
-                    grow(&mut ws.dense_wt, inp * units);
-                    let wt = &mut ws.dense_wt[..inp * units];
+                    let grad = &mut kp[0].grad;
+                    let wt = &ws.dense_wt[i][..inp * units];
                     let dy = &*dy;
                     // Both gradients in one parallel region.
                     rayon::join(
                         || kernels::dense::weight_grad(input, dy, inp, units, grad),
                         || {
                             if let Some(dx) = dx {
-                                kernels::dense::transpose(value, inp, units, wt);
                                 kernels::dense::input_grad(dy, wt, units, inp, dx);
                             }
                         },
@@ -1149,15 +1151,11 @@ fn forward_segment(
     );
 }
 
-/// The activation of a transient convolution that runs after its pooling instead: SELU is
-/// increasing, so it commutes with the max and then costs a quarter (ReLU is fused into the
-/// convolution kernels at no cost, so it stays there).
+/// The activation of a transient convolution that runs after its pooling instead
+/// ([`kernels::act_after_pool`]).
 fn pooled_act(kind: &Kind) -> Option<Activation> {
-    match kind {
-        Kind::Conv {
-            act: Activation::Selu,
-            ..
-        } => Some(Activation::Selu),
+    match *kind {
+        Kind::Conv { act, .. } if kernels::act_after_pool(act) => Some(act),
         _ => None,
     }
 }
@@ -1285,11 +1283,13 @@ fn backward_segment(
         .map(|k| kernels::CONV_CHUNK * run_len(k))
         .sum();
     // The input-gradient kernels' weight layout (direct or Winograd), once per step.
+    // Winograd's come from the forward pass's transform of the same weights (`ws.us`).
     ws.wts.resize_with(seg, Vec::new);
-    for (i, ((l, kind), wt)) in layers.iter().zip(kinds).zip(&mut ws.wts).enumerate() {
+    let layer_weights = layers.iter().zip(kinds).zip(&ws.us);
+    for (i, (((l, kind), u), wt)) in layer_weights.zip(&mut ws.wts).enumerate() {
         match *kind {
             Kind::Conv { g, filters, .. } if i > 0 || input_grad => {
-                kernels::dx_weights_into(&g, filters, &l.params[0].value, wt)
+                kernels::dx_weights_into(&g, filters, &l.params[0].value, u, wt)
             }
             _ => wt.clear(),
         }

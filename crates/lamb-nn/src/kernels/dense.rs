@@ -17,11 +17,7 @@ const INPUTS: usize = 400;
 
 /// `wt` (`units x inp`, overwritten) = the transpose of the kernel `w` (`inp x units`).
 pub fn transpose(w: &[f32], inp: usize, units: usize, wt: &mut [f32]) {
-    for (i, row) in w[..inp * units].chunks_exact(units).enumerate() {
-        for (u, v) in row.iter().enumerate() {
-            wt[u * inp + i] = *v;
-        }
-    }
+    super::transpose_blocks(&w[..inp * units], inp, units, &mut wt[..inp * units]);
 }
 
 /// `out` (`rows x units`) = `act(x W + bias)` for `x` (`rows x inp`) and the kernel `W`, read

@@ -329,33 +329,10 @@ unsafe fn du_block<const V: usize, const R: usize>(
     }
 }
 
-thread_local! {
-    /// Per-thread untransposed weights of [`dx_weights_into`], reused across calls.
-    static U: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The weights `w` (HWIO) transformed as [`weights_into`] and transposed for the input gradient
-/// of [`backward`] into `ut` (overwritten, its allocation reused): `ut[(e * f + o) * c + ch]`
-/// = `u[(e * c + ch) * f + o]`.
-pub(super) fn dx_weights_into(c: usize, f: usize, w: &[f32], ut: &mut Vec<f32>) {
-    U.with_borrow_mut(|u| {
-        weights_into(c, f, w, u);
-        ut.clear();
-        ut.resize(E * f * c, 0.0);
-        for (src, dst) in u.chunks_exact(c * f).zip(ut.chunks_exact_mut(f * c)) {
-            for (ch, row) in src.chunks_exact(f).enumerate() {
-                for (o, v) in row.iter().enumerate() {
-                    dst[o * c + ch] = *v;
-                }
-            }
-        }
-    })
-}
-
 /// The gradients of `n` images `x` from the pre-activation gradient `dy` (`n x ho x wo x f`),
 /// in the Winograd domain. Weights: `du[e][ch][o]` (`16 x c x f`, overwritten) = the sum over
 /// images and tiles of `(B^T d B)[e][ch] * (A dY A^T)[e][o]`; [`weights_from_u`] turns it into
-/// the HWIO gradient. Input, when `dx` = `(ut, dx)` is given (`ut` from [`dx_weights_into`], `dx`
+/// the HWIO gradient. Input, when `dx` = `(ut, dx)` is given (`ut`: the [`weights_into`] transform transposed to `16 x f x c` by `super::dx_weights_into`, `dx`
 /// the `n` images, overwritten): the transpose of [`forward`], each tile's
 /// `B (U^T (A dY A^T)) B^T` added into its 4 x 4 input window, tiles in order (the input rows
 /// and columns past the last window get zero).
