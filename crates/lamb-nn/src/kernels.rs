@@ -518,11 +518,22 @@ pub struct PoolGeom {
     pub wo: usize,
 }
 
+impl PoolGeom {
+    /// Input values per image.
+    pub fn in_len(&self) -> usize {
+        self.h * self.w * self.c
+    }
+    /// Output values per image.
+    pub fn out_len(&self) -> usize {
+        self.ho * self.wo * self.c
+    }
+}
+
 /// Max pooling of a batch: each output is the maximum of its window (the first maximum in
 /// window order, `v > max` comparisons, so a NaN is taken only in a window's first position).
 pub fn maxpool_forward(g: &PoolGeom, input: &[f32], out: &mut [f32]) {
-    let per_in = g.h * g.w * g.c;
-    let per_out = g.ho * g.wo * g.c;
+    let per_in = g.in_len();
+    let per_out = g.out_len();
     out.par_chunks_mut(per_out)
         .zip(input.par_chunks(per_in))
         .for_each(|(o, img)| maxpool_one(g, img, o));
@@ -530,8 +541,8 @@ pub fn maxpool_forward(g: &PoolGeom, input: &[f32], out: &mut [f32]) {
 
 /// [`maxpool_forward`] of the images in `input` on the calling thread.
 pub(crate) fn maxpool_forward_chunk(g: &PoolGeom, input: &[f32], out: &mut [f32]) {
-    let per_in = g.h * g.w * g.c;
-    let per_out = g.ho * g.wo * g.c;
+    let per_in = g.in_len();
+    let per_out = g.out_len();
     for (o, img) in out.chunks_mut(per_out).zip(input.chunks(per_in)) {
         maxpool_one(g, img, o);
     }
@@ -546,8 +557,8 @@ pub(crate) fn maxpool_backward_chunk(
     below: Option<Activation>,
     dx: &mut [f32],
 ) {
-    let per_in = g.h * g.w * g.c;
-    let per_out = g.ho * g.wo * g.c;
+    let per_in = g.in_len();
+    let per_out = g.out_len();
     for (((dx, x), y), dy) in dx
         .chunks_mut(per_in)
         .zip(input.chunks(per_in))
@@ -595,8 +606,8 @@ pub fn maxpool_backward(
     below: Option<Activation>,
     dx: &mut [f32],
 ) {
-    let per_in = g.h * g.w * g.c;
-    let per_out = g.ho * g.wo * g.c;
+    let per_in = g.in_len();
+    let per_out = g.out_len();
     dx.par_chunks_mut(per_in)
         .zip(input.par_chunks(per_in))
         .zip(output.par_chunks(per_out))
@@ -634,7 +645,7 @@ fn maxpool_back_one(g: &PoolGeom, x: &[f32], y: &[f32], dy: &[f32], below: Optio
     #[cfg(target_arch = "x86_64")]
     {
         if g.c.is_multiple_of(16) && std::is_x86_feature_detected!("avx512f") {
-            let (per_in, per_out) = (g.h * g.w * g.c, g.ho * g.wo * g.c);
+            let (per_in, per_out) = (g.in_len(), g.out_len());
             assert!(x.len() >= per_in && dx.len() >= per_in);
             assert!(y.len() >= per_out && dy.len() >= per_out);
             // SAFETY: AVX-512F detected; lengths checked above.
@@ -2183,7 +2194,7 @@ mod tests {
                 ho: 2,
                 wo: 3,
             };
-            let (per_in, per_out) = (g.h * g.w * g.c, g.ho * g.wo * g.c);
+            let (per_in, per_out) = (g.in_len(), g.out_len());
             // Values on a coarse grid so that windows hold ties; one NaN first in a window and
             // one NaN elsewhere in another.
             let mut x: Vec<f32> = (0..per_in)

@@ -648,7 +648,7 @@ pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
 fn run_len(kind: &Kind) -> usize {
     match kind {
         Kind::Conv { g, filters, .. } => g.positions() * filters,
-        Kind::Pool { g } => g.ho * g.wo * g.c,
+        Kind::Pool { g } => g.out_len(),
         Kind::Flatten | Kind::Dense { .. } => 0,
     }
 }

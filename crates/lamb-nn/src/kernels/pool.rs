@@ -34,8 +34,8 @@ fn vector_path(g: &PoolGeom) -> bool {
 /// When `g.p` exceeds [`MAX_ARG_POOL`] or a buffer is shorter than its images need.
 pub fn maxpool_forward_arg(g: &PoolGeom, input: &[f32], out: &mut [f32], arg: &mut [u8]) {
     assert!(g.p <= MAX_ARG_POOL, "pool {} over {MAX_ARG_POOL}", g.p);
-    let per_in = g.h * g.w * g.c;
-    let per_out = g.ho * g.wo * g.c;
+    let per_in = g.in_len();
+    let per_out = g.out_len();
     let n = input.len() / per_in;
     assert!(out.len() >= n * per_out && arg.len() >= n * per_out);
     let vector = vector_path(g);
@@ -99,8 +99,8 @@ pub fn maxpool_backward_arg(
     below: Option<Activation>,
     dx: &mut [f32],
 ) {
-    let per_in = g.h * g.w * g.c;
-    let per_out = g.ho * g.wo * g.c;
+    let per_in = g.in_len();
+    let per_out = g.out_len();
     let n = dy.len() / per_out;
     assert!(arg.len() >= n * per_out && output.len() >= n * per_out && dx.len() >= n * per_in);
     let vector = vector_path(g);
@@ -138,7 +138,7 @@ fn zero_uncovered(g: &PoolGeom, dx: &mut [f32]) {
         }
     }
     if rows < g.h {
-        dx[rows * g.w * g.c..g.h * g.w * g.c].fill(0.0);
+        dx[rows * g.w * g.c..g.in_len()].fill(0.0);
     }
 }
 
