@@ -80,9 +80,6 @@ pub const SELU_ALPHA: f32 = 1.673_263_2;
 /// SELU scale, as Keras.
 pub const SELU_SCALE: f32 = 1.050_701;
 
-/// Rows per chunk of the bias-gradient reduction (fixed, thread-count independent).
-const BIAS_CHUNK_ROWS: usize = 2048;
-
 /// How GEMMs are threaded: through the current rayon pool when it has more than one thread.
 fn parallelism() -> gemm::Parallelism {
     if rayon::current_num_threads() > 1 {
@@ -476,24 +473,8 @@ fn act_backward_st(dy: &mut [f32], y: &[f32], act: Activation) {
 }
 }
 
-/// Column sums of `dz` (rows of `db.len()` values) into `db`, with a fixed chunking.
-pub fn bias_grad(dz: &[f32], db: &mut [f32]) {
-    let n = db.len();
-    let partials: Vec<Vec<f32>> = dz
-        .par_chunks(BIAS_CHUNK_ROWS * n)
-        .map(|chunk| {
-            let mut acc = vec![0.0f32; n];
-            col_sums(chunk, &mut acc);
-            acc
-        })
-        .collect();
-    db.fill(0.0);
-    for p in &partials {
-        small_add(db, p);
-    }
-}
-
 simd_fn! {
+/// Adds the rows of `chunk` (rows of `acc.len()` values) into `acc`, in order.
 fn col_sums(chunk: &[f32], acc: &mut [f32]) {
     for row in chunk.chunks_exact(acc.len()) {
         small_add(acc, row);

@@ -182,7 +182,7 @@ fn gemm_results_do_not_depend_on_thread_count() {
                 false,
             );
             let mut db = vec![0.0f32; n];
-            kernels::bias_grad(&dy, &mut db);
+            kernels::dense::bias_grad(&dy, &mut db);
             [fwd, dw, dx, db].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
         })
     };
