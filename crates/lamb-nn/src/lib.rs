@@ -9,6 +9,7 @@
 
 pub mod bench;
 mod error;
+pub mod files;
 #[cfg(test)]
 mod grad_tests;
 mod grads;

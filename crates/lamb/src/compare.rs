@@ -98,7 +98,7 @@ impl CompareFile {
     /// Parses a compare config's TOML text.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
         let mut table: toml::Table =
-            toml::from_str(text).with_context(|| format!("invalid config file {origin}"))?;
+            toml::from_str(text).map_err(|e| crate::config::toml_error(&e, text, origin))?;
         let mut side = |name: &str| -> Result<Settings> {
             match table.remove(name) {
                 None => Ok(Settings::default()),
@@ -124,8 +124,7 @@ impl CompareFile {
 
     /// Reads a compare config file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+        let text = crate::config::read_config_text(path)?;
         Self::from_toml(&text, &path.display().to_string())
     }
 }
@@ -208,23 +207,20 @@ pub fn compare(file: &CompareFile, flags: &CompareSettings, stop: Arc<AtomicBool
     let mode = Mode::from_flags(lamb_cfg.quiet, lamb_cfg.json);
     let top = Progress::new(mode, "", lamb_cfg.epochs);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let data = run::load_data(
-        lamb_cfg.data.as_deref(),
-        lamb_cfg.limit_train,
-        lamb_cfg.limit_test,
-    )?;
+    let data = crate::loading(|| {
+        run::load_data(
+            lamb_cfg.data.as_deref(),
+            lamb_cfg.limit_train,
+            lamb_cfg.limit_test,
+        )
+    })?;
     let mut results = Vec::new();
     for (tag, cfg) in [("lamb", &lamb_cfg), ("adam", &adam_cfg)] {
+        // A run directory from an earlier, interrupted `lamb compare` of the same settings is
+        // resumed; one that never reached its first checkpoint starts again.
         let resume = run::holds_run(&cfg.out);
         if resume {
-            // A run directory from an earlier, interrupted `lamb compare` of the same settings.
             let ck = cfg.out.join(checkpoint::FILE);
-            if !ck.exists() {
-                bail!(
-                    "{} holds a run without checkpoint; remove it or choose another --out",
-                    cfg.out.display()
-                );
-            }
             let c = Checkpoint::load(&ck)?;
             if c.progress.epoch >= cfg.epochs
                 && c.progress.step == 0

@@ -269,6 +269,48 @@ pub struct Settings {
     pub json: bool,
 }
 
+/// The largest config or grid file read (real ones are a few hundred bytes).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a TOML config or grid file: a regular file (not a FIFO or device) of at most
+/// [`MAX_CONFIG_BYTES`], in UTF-8.
+pub fn read_config_text(path: &Path) -> Result<String> {
+    let bytes = lamb_nn::files::read_capped(path, MAX_CONFIG_BYTES, "config file")
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "config file {} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// A TOML error as one short message: the place (line, column), what is wrong, and at most
+/// 80 characters of the line around it (a 10 MB line is not echoed).
+pub fn toml_error(e: &toml::de::Error, text: &str, origin: &str) -> anyhow::Error {
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("invalid config file {origin}: {}", e.message());
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let col = text[line_start..start].chars().count() + 1;
+    let line = &text[line_start..line_end];
+    let excerpt: String = if line.chars().count() <= 80 {
+        line.to_string()
+    } else {
+        let skip = col.saturating_sub(40);
+        let cut: String = line.chars().skip(skip).take(80).collect();
+        format!("{}{cut}...", if skip > 0 { "..." } else { "" })
+    };
+    anyhow::anyhow!(
+        "invalid config file {origin}, line {line_no}, column {col}: {}\n  | {excerpt}",
+        e.message().trim_end()
+    )
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -276,13 +318,12 @@ fn is_false(b: &bool) -> bool {
 impl Settings {
     /// Parses a TOML config file's text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        toml::from_str(text).with_context(|| format!("invalid config file {origin}"))
+        toml::from_str(text).map_err(|e| toml_error(&e, text, origin))
     }
 
-    /// Reads and parses a TOML config file.
+    /// Reads and parses a TOML config file (a regular file of at most [`MAX_CONFIG_BYTES`]).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+        let text = read_config_text(path)?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
@@ -481,9 +522,27 @@ impl RunConfig {
                 bail!("`{k}` = 0: must be at least 1");
             }
         }
+        if self.seed > i64::MAX as u64 {
+            bail!(
+                "`seed` = {}: must be between 0 and {} (config.toml records it as a TOML \
+                 integer, which is 64-bit signed)",
+                self.seed,
+                i64::MAX
+            );
+        }
         let h = &self.hyper;
         if !(h.lr.is_finite() && h.lr > 0.0) {
-            bail!("`lr` = {}: must be a finite number > 0", h.lr);
+            bail!("`lr` = {:e}: must be a finite number > 0", h.lr);
+        }
+        if !((h.lr as f32).is_normal() && h.lr >= f64::from(f32::MIN_POSITIVE)) {
+            bail!(
+                "`lr` = {:e}: outside the range of the optimizers' f32 arithmetic (it would be {}); \
+                 must be between {:e} and {:e}",
+                h.lr,
+                h.lr as f32,
+                f32::MIN_POSITIVE,
+                f32::MAX
+            );
         }
         for (k, v) in [("beta1", h.beta1), ("beta2", h.beta2)] {
             if let Some(b) = v {
@@ -513,6 +572,14 @@ impl RunConfig {
             bail!(
                 "`warmup-epochs` = {}: must be a finite number >= 0",
                 sc.warmup_epochs
+            );
+        }
+        if sc.warmup_epochs > self.epochs as f64 {
+            bail!(
+                "`warmup-epochs` = {}: longer than the run (`epochs` = {}): the learning rate \
+                 would never reach `lr`; must be at most `epochs`",
+                sc.warmup_epochs,
+                self.epochs
             );
         }
         if sc.depends_on_length() && sc.warmup_epochs >= self.epochs as f64 {

@@ -169,12 +169,16 @@ pub struct RunPlan {
     pub lr: f64,
 }
 
+/// The most runs one sweep holds (the full preset has 175).
+pub const MAX_RUNS: usize = 10_000;
+
 impl SweepSpec {
     /// Reads a sweep file (TOML).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::config::read_config_text(path)
             .with_context(|| format!("reading sweep file {}", path.display()))?;
         let spec: SweepSpec = toml::from_str(&text)
+            .map_err(|e| crate::config::toml_error(&e, &text, &path.display().to_string()))
             .with_context(|| format!("invalid sweep file {}", path.display()))?;
         spec.validate()
             .with_context(|| format!("invalid sweep file {}", path.display()))?;
@@ -220,6 +224,20 @@ impl SweepSpec {
         }
         if self.epochs == 0 {
             bail!("`epochs` = 0: must be at least 1");
+        }
+        let runs = self
+            .batch_sizes
+            .len()
+            .saturating_mul(self.optimizers.len())
+            .saturating_mul(self.lr_multipliers.len());
+        if runs > MAX_RUNS {
+            bail!(
+                "the grid has {} batch sizes x {} optimizers x {} learning rates = {runs} runs; \
+                 a sweep holds at most {MAX_RUNS} (split it into several sweeps)",
+                self.batch_sizes.len(),
+                self.optimizers.len(),
+                self.lr_multipliers.len()
+            );
         }
         let mut ids: Vec<String> = self.plan().into_iter().map(|p| p.id).collect();
         let n = ids.len();
