@@ -14,14 +14,16 @@
 //! `torch_adam/b_adamw_*`.
 
 use crate::common::{bias_correction, complement, safe, scalar, Counters};
-use crate::patterns::Patterns;
+use crate::describe::{check_ranges, configure, settings_of, Field, Hyperparameter, Key, Preset};
+use crate::patterns::{Exclusions, LayerAdaptation};
 use crate::reduce::{abs_bits, bits_finite, bits_value, combine, Lanes, Partial, CHUNK, LANES};
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
 use crate::slots::{first_bad_gradient, Registry};
-use crate::validate;
+use crate::validate::Range;
 use crate::{
-    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
+    OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -251,22 +253,17 @@ multiversion! {
 #[derive(Debug, Clone)]
 pub struct Adam {
     cfg: AdamConfig,
-    decay_excl: Patterns,
+    decay_excl: Exclusions,
     reg: Registry<Plan>,
     count: Counters,
 }
 
 impl Adam {
     /// Validates every hyperparameter.
-    pub fn new(cfg: AdamConfig) -> Result<Self, OptimError> {
-        validate::learning_rate("learning_rate", cfg.learning_rate)?;
+    pub fn new(mut cfg: AdamConfig) -> Result<Self, OptimError> {
+        check_ranges(&DESCRIPTION, &mut cfg, fields)?;
         cfg.schedule.validate()?;
-        validate::beta("beta_1", cfg.beta_1)?;
-        validate::beta("beta_2", cfg.beta_2)?;
-        validate::positive("epsilon", cfg.epsilon)?;
-        validate::non_negative("weight_decay_rate", cfg.weight_decay_rate)?;
-        let decay_excl =
-            Patterns::compile("exclude_from_weight_decay", &cfg.exclude_from_weight_decay)?;
+        let decay_excl = Exclusions::new(&cfg.exclude_from_weight_decay, &[])?;
         Ok(Self {
             cfg,
             decay_excl,
@@ -426,7 +423,9 @@ impl Optimizer for Adam {
         let Adam {
             decay_excl, reg, ..
         } = self;
-        let fresh = reg.establish(params, |n| (!decay_excl.matches(n), false));
+        let fresh = reg.establish(params, |n| {
+            decay_excl.classify(LayerAdaptation::Never, 0.0, n)
+        });
         let result = self.try_step(params, t);
         self.count
             .finish(result, self.cfg.non_finite, fresh, &mut self.reg)
@@ -462,9 +461,149 @@ impl Optimizer for Adam {
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
         let mut reg = self.reg.clone();
         let excl = &self.decay_excl;
-        reg.load(self.name(), state, |n| (!excl.matches(n), false))?;
+        reg.load(self.name(), state, |n| {
+            excl.classify(LayerAdaptation::Never, 0.0, n)
+        })?;
         self.reg = reg;
         self.count = Counters::loaded(state);
         Ok(())
     }
+}
+
+/// The hyperparameters of Adam and AdamW.
+const ADAM_HYPERPARAMETERS: &[Hyperparameter] = &[
+    Hyperparameter {
+        key: Key::LearningRate,
+        range: Some(Range::NonNegative),
+        doc: "Learning rate.",
+    },
+    Hyperparameter {
+        key: Key::Beta1,
+        range: Some(Range::Fraction),
+        doc: "First-moment decay.",
+    },
+    Hyperparameter {
+        key: Key::Beta2,
+        range: Some(Range::Fraction),
+        doc: "Second-moment decay.",
+    },
+    Hyperparameter {
+        key: Key::Epsilon,
+        range: Some(Range::Positive),
+        doc: "Added to sqrt(v) (keras: un-corrected; pytorch: bias-corrected).",
+    },
+    Hyperparameter {
+        key: Key::WeightDecayRate,
+        range: Some(Range::NonNegative),
+        doc: "adam: L2 decay added to the gradient (g += wd*w); adamw: decoupled, \
+              w *= 1 - lr*wd before the step.",
+    },
+    Hyperparameter {
+        key: Key::ExcludeFromWeightDecay,
+        range: None,
+        doc: "Regexes searched in tensor names; matching tensors are not decayed.",
+    },
+    Hyperparameter {
+        key: Key::Schedule,
+        range: None,
+        doc: "Learning-rate schedule.",
+    },
+    Hyperparameter {
+        key: Key::NonFinite,
+        range: None,
+        doc: "What a non-finite gradient or update does: error, skip_step or unchecked.",
+    },
+];
+
+/// The PyTorch preset of Adam and AdamW.
+const PYTORCH: Preset = Preset {
+    name: "pytorch",
+    aliases: &["torch"],
+    reference: "torch.optim.Adam / AdamW",
+    verified: "golden files torch_adam/a_adam_*, torch_adam/b_adamw_*",
+};
+
+/// Adam's description.
+pub(crate) static DESCRIPTION: Description = Description {
+    kind: OptimizerKind::Adam,
+    name: "adam",
+    summary: "Adam (Kingma & Ba 2015) with L2 weight decay; Keras or PyTorch epsilon placement",
+    trust_ratio: false,
+    hyperparameters: ADAM_HYPERPARAMETERS,
+    presets: &[
+        Preset {
+            name: "keras",
+            aliases: &["tf", "tensorflow"],
+            reference: "tf.keras 2.15 Adam",
+            verified: "golden file tfa/adam_a_keras_defaults",
+        },
+        PYTORCH,
+    ],
+    build,
+    effective: |spec| Ok(settings_of(&DESCRIPTION, &mut adam_config(spec)?, fields)),
+    config,
+};
+
+/// AdamW's description.
+pub(crate) static DESCRIPTION_ADAMW: Description = Description {
+    kind: OptimizerKind::Adamw,
+    name: "adamw",
+    summary:
+        "AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay, PyTorch semantics",
+    trust_ratio: false,
+    hyperparameters: ADAM_HYPERPARAMETERS,
+    presets: &[PYTORCH],
+    build,
+    effective: |spec| {
+        Ok(settings_of(
+            &DESCRIPTION_ADAMW,
+            &mut adam_config(spec)?,
+            fields,
+        ))
+    },
+    config,
+};
+
+fn build(spec: &OptimizerSpec) -> Result<Box<dyn Optimizer>, OptimError> {
+    Ok(Box::new(Adam::new(adam_config(spec)?)?))
+}
+
+fn config(spec: &OptimizerSpec) -> Result<serde_json::Value, OptimError> {
+    Ok(serde_json::to_value(adam_config(spec)?).unwrap_or_default())
+}
+
+/// Which [`AdamConfig`] field each of Adam's hyperparameters is.
+fn fields(c: &mut AdamConfig) -> Vec<(Key, Field<'_>)> {
+    vec![
+        (Key::LearningRate, Field::Number(&mut c.learning_rate)),
+        (Key::Beta1, Field::Number(&mut c.beta_1)),
+        (Key::Beta2, Field::Number(&mut c.beta_2)),
+        (Key::Epsilon, Field::Number(&mut c.epsilon)),
+        (
+            Key::WeightDecayRate,
+            Field::Number(&mut c.weight_decay_rate),
+        ),
+        (
+            Key::ExcludeFromWeightDecay,
+            Field::Patterns(&mut c.exclude_from_weight_decay),
+        ),
+        (Key::Schedule, Field::Schedule(&mut c.schedule)),
+        (Key::NonFinite, Field::NonFinite(&mut c.non_finite)),
+    ]
+}
+
+/// The Adam configuration a spec describes (`kind` adam, the default, or adamw).
+pub fn adam_config(spec: &OptimizerSpec) -> Result<AdamConfig, OptimError> {
+    let adamw = spec.kind == Some(OptimizerKind::Adamw);
+    let d = if adamw {
+        &DESCRIPTION_ADAMW
+    } else {
+        &DESCRIPTION
+    };
+    let preset = |p: &Preset| match (adamw, p.name) {
+        (true, _) => AdamConfig::adamw(),
+        (false, "pytorch") => AdamConfig::pytorch(),
+        _ => AdamConfig::keras(),
+    };
+    configure(spec, d, preset, fields)
 }

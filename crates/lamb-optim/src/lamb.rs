@@ -22,14 +22,17 @@
 use crate::common::{
     bias_correction, clip_divisor, complement, global_norm, gradient_norms, safe, scalar, Counters,
 };
-use crate::patterns::Exclusions;
+use crate::describe::{check_ranges, configure, settings_of, Field, Hyperparameter, Key, Preset};
+use crate::patterns::{Exclusions, LayerAdaptation};
 use crate::reduce::{abs_bits, combine, for_blocks, reduce_chunks, Lanes, Partial, CHUNK, LANES};
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
 use crate::slots::{first_bad_gradient, Registry, StateBuf};
 use crate::validate;
+use crate::validate::Range;
 use crate::{
-    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
+    OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -47,22 +50,6 @@ pub enum BiasCorrection {
     StepSize,
     /// No correction (cybertronai pytorch-lamb, torch_optimizer default).
     None,
-}
-
-/// Which tensors get the trust ratio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LayerAdaptation {
-    /// Every tensor not matched by `exclude_from_layer_adaptation` (or, when that list is
-    /// empty, by `exclude_from_weight_decay`): tensorflow-addons.
-    Exclusions,
-    /// Every tensor (optax, pytorch-lamb, NVLAMB, DeepSpeed; timm `always_adapt=True`).
-    All,
-    /// Only tensors that are weight-decayed with a non-zero rate (timm `always_adapt=False`,
-    /// apex `use_nvlamb=False`).
-    DecayedOnly,
-    /// No tensor (pytorch-lamb `adam=True`: ratio forced to 1).
-    Never,
 }
 
 /// Named LAMB implementations. [`LambConfig::preset`] sets their formula switches and
@@ -96,26 +83,31 @@ pub enum LambPreset {
     DeepSpeed,
 }
 
+impl LambPreset {
+    /// Every preset, in the order of [`DESCRIPTION`]'s presets.
+    const ALL: [LambPreset; 7] = [
+        LambPreset::Tfa,
+        LambPreset::Nvlamb,
+        LambPreset::PytorchLamb,
+        LambPreset::TorchOptimizer,
+        LambPreset::Timm,
+        LambPreset::Optax,
+        LambPreset::DeepSpeed,
+    ];
+
+    /// The preset a description entry names.
+    fn of(p: &Preset) -> Self {
+        let i = DESCRIPTION.presets.iter().position(|q| q == p).unwrap_or(0);
+        Self::ALL[i]
+    }
+}
+
 impl FromStr for LambPreset {
     type Err = OptimError;
     /// Accepts `tfa`, `nvlamb`, `pytorch-lamb`, `torch-optimizer`, `timm`, `optax`,
-    /// `deepspeed` (and `_` for `-`, any case).
+    /// `deepspeed` and their aliases in [`DESCRIPTION`] (and `_` for `-`, any case).
     fn from_str(s: &str) -> Result<Self, OptimError> {
-        match s.to_ascii_lowercase().replace('_', "-").as_str() {
-            "tfa" | "tensorflow-addons" => Ok(Self::Tfa),
-            "nvlamb" | "apex" => Ok(Self::Nvlamb),
-            "pytorch-lamb" | "cybertronai" => Ok(Self::PytorchLamb),
-            "torch-optimizer" => Ok(Self::TorchOptimizer),
-            "timm" => Ok(Self::Timm),
-            "optax" => Ok(Self::Optax),
-            "deepspeed" => Ok(Self::DeepSpeed),
-            _ => Err(OptimError::InvalidHyperparameter {
-                name: "preset",
-                value: s.to_string(),
-                valid: "one of tfa, nvlamb, pytorch-lamb, torch-optimizer, timm, optax, deepspeed"
-                    .into(),
-            }),
-        }
+        Ok(Self::of(DESCRIPTION.preset(s)?))
     }
 }
 
@@ -733,17 +725,10 @@ pub struct Lamb {
 
 impl Lamb {
     /// Validates every hyperparameter and compiles the exclusion patterns.
-    pub fn new(cfg: LambConfig) -> Result<Self, OptimError> {
-        validate::learning_rate("learning_rate", cfg.learning_rate)?;
+    pub fn new(mut cfg: LambConfig) -> Result<Self, OptimError> {
+        check_ranges(&DESCRIPTION, &mut cfg, fields)?;
         cfg.schedule.validate()?;
-        validate::beta("beta_1", cfg.beta_1)?;
-        validate::beta("beta_2", cfg.beta_2)?;
-        validate::positive("epsilon", cfg.epsilon)?;
-        validate::non_negative("epsilon_root", cfg.epsilon_root)?;
-        validate::non_negative("weight_decay_rate", cfg.weight_decay_rate)?;
-        if let Some(n) = cfg.max_grad_norm {
-            validate::positive("max_grad_norm", n)?;
-        }
+        Range::NonNegative.check("epsilon_root", cfg.epsilon_root)?;
         if let Some((lo, hi)) = cfg.weight_norm_clamp {
             validate::clamp_range("weight_norm_clamp", lo, hi)?;
         }
@@ -770,12 +755,8 @@ impl Lamb {
 
     fn classify(&self) -> impl Fn(&str) -> (bool, bool) + '_ {
         move |name: &str| {
-            classify_with(
-                &self.excl,
-                self.cfg.layer_adaptation,
-                self.cfg.weight_decay_rate,
-                name,
-            )
+            self.excl
+                .classify(self.cfg.layer_adaptation, self.cfg.weight_decay_rate, name)
         }
     }
 
@@ -934,7 +915,7 @@ impl Optimizer for Lamb {
         self.reg.check(params, t)?;
         let Lamb { cfg, excl, reg, .. } = self;
         let fresh = reg.establish(params, |n| {
-            classify_with(excl, cfg.layer_adaptation, cfg.weight_decay_rate, n)
+            excl.classify(cfg.layer_adaptation, cfg.weight_decay_rate, n)
         });
         let result = self.try_step(params, t);
         self.count
@@ -978,13 +959,161 @@ impl Optimizer for Lamb {
     }
 }
 
-fn classify_with(excl: &Exclusions, mode: LayerAdaptation, wd: f32, name: &str) -> (bool, bool) {
-    let decay = excl.decays(name);
-    let adapt = match mode {
-        LayerAdaptation::Exclusions => excl.adapts(name),
-        LayerAdaptation::All => true,
-        LayerAdaptation::DecayedOnly => decay && wd != 0.0,
-        LayerAdaptation::Never => false,
-    };
-    (decay, adapt)
+/// LAMB's description: hyperparameters, presets and how a spec becomes a [`LambConfig`].
+pub(crate) static DESCRIPTION: Description = Description {
+    kind: OptimizerKind::Lamb,
+    name: "lamb",
+    summary: "LAMB (You et al. 2019): Adam's direction rescaled per tensor by the trust ratio ||w||/||u||",
+    trust_ratio: true,
+    hyperparameters: &[
+        Hyperparameter {
+            key: Key::LearningRate,
+            range: Some(Range::NonNegative),
+            doc: "Base learning rate (the peak of warmup schedules).",
+        },
+        Hyperparameter {
+            key: Key::Beta1,
+            range: Some(Range::Fraction),
+            doc: "First-moment decay.",
+        },
+        Hyperparameter {
+            key: Key::Beta2,
+            range: Some(Range::Fraction),
+            doc: "Second-moment decay.",
+        },
+        Hyperparameter {
+            key: Key::Epsilon,
+            range: Some(Range::Positive),
+            doc: "Added to sqrt(v_hat) in the direction's denominator.",
+        },
+        Hyperparameter {
+            key: Key::WeightDecayRate,
+            range: Some(Range::NonNegative),
+            doc: "Decoupled weight decay: wd*w is added to the Adam direction before the trust \
+                  ratio (u += wd*w), so it counts in ||u||.",
+        },
+        Hyperparameter {
+            key: Key::ExcludeFromWeightDecay,
+            range: None,
+            doc: "Regexes searched in tensor names; matching tensors are not decayed.",
+        },
+        Hyperparameter {
+            key: Key::ExcludeFromLayerAdaptation,
+            range: None,
+            doc: "Regexes of tensors that keep ratio 1 where the preset adapts by exclusion \
+                  lists (tfa); empty: the weight-decay list.",
+        },
+        Hyperparameter {
+            key: Key::MaxGradNorm,
+            range: Some(Range::Positive),
+            doc: "Global gradient-norm clipping before the moments: g /= max(G/max, 1).",
+        },
+        Hyperparameter {
+            key: Key::TrustClip,
+            range: None,
+            doc: "Cap the trust ratio at 1 (LAMBC, timm trust_clip).",
+        },
+        Hyperparameter {
+            key: Key::Schedule,
+            range: None,
+            doc: "Learning-rate schedule.",
+        },
+        Hyperparameter {
+            key: Key::NonFinite,
+            range: None,
+            doc: "What a non-finite gradient or update does: error, skip_step or unchecked.",
+        },
+        Hyperparameter {
+            key: Key::StepMemory,
+            range: None,
+            doc: "Scratch memory traded for step speed: fast or lean (bit-identical results).",
+        },
+    ],
+    presets: &[
+        Preset {
+            name: "tfa",
+            aliases: &["tensorflow-addons"],
+            reference: "tensorflow-addons 0.23 LAMB",
+            verified: "golden files tfa/",
+        },
+        Preset {
+            name: "nvlamb",
+            aliases: &["apex"],
+            reference: "NVIDIA apex FusedLAMB(use_nvlamb=True)",
+            verified: "documented formula only (CUDA-only reference)",
+        },
+        Preset {
+            name: "pytorch-lamb",
+            aliases: &["cybertronai"],
+            reference: "cybertronai pytorch-lamb Lamb",
+            verified: "golden files pytorch_lamb/",
+        },
+        Preset {
+            name: "torch-optimizer",
+            aliases: &[],
+            reference: "torch_optimizer 0.3 Lamb",
+            verified: "golden files torch_optimizer/",
+        },
+        Preset {
+            name: "timm",
+            aliases: &[],
+            reference: "timm 1.0 Lamb",
+            verified: "golden files timm/",
+        },
+        Preset {
+            name: "optax",
+            aliases: &[],
+            reference: "optax 0.2 lamb",
+            verified: "golden files optax/",
+        },
+        Preset {
+            name: "deepspeed",
+            aliases: &[],
+            reference: "DeepSpeed FusedLamb",
+            verified: "documented formula only (CUDA-only reference)",
+        },
+    ],
+    build: |spec| Ok(Box::new(Lamb::new(lamb_config(spec)?)?)),
+    effective: |spec| Ok(settings_of(&DESCRIPTION, &mut lamb_config(spec)?, fields)),
+    config: |spec| Ok(serde_json::to_value(lamb_config(spec)?).unwrap_or_default()),
+};
+
+/// Which [`LambConfig`] field each of LAMB's hyperparameters is.
+fn fields(c: &mut LambConfig) -> Vec<(Key, Field<'_>)> {
+    vec![
+        (Key::LearningRate, Field::Number(&mut c.learning_rate)),
+        (Key::Beta1, Field::Number(&mut c.beta_1)),
+        (Key::Beta2, Field::Number(&mut c.beta_2)),
+        (Key::Epsilon, Field::Number(&mut c.epsilon)),
+        (
+            Key::WeightDecayRate,
+            Field::Number(&mut c.weight_decay_rate),
+        ),
+        (
+            Key::ExcludeFromWeightDecay,
+            Field::Patterns(&mut c.exclude_from_weight_decay),
+        ),
+        (
+            Key::ExcludeFromLayerAdaptation,
+            Field::Patterns(&mut c.exclude_from_layer_adaptation),
+        ),
+        (
+            Key::MaxGradNorm,
+            Field::OptionalNumber(&mut c.max_grad_norm),
+        ),
+        (Key::TrustClip, Field::Switch(&mut c.trust_clip)),
+        (Key::Schedule, Field::Schedule(&mut c.schedule)),
+        (Key::NonFinite, Field::NonFinite(&mut c.non_finite)),
+        (Key::StepMemory, Field::StepMemory(&mut c.step_memory)),
+    ]
+}
+
+/// The LAMB configuration a spec describes (preset, then overrides).
+pub fn lamb_config(spec: &OptimizerSpec) -> Result<LambConfig, OptimError> {
+    configure(
+        spec,
+        &DESCRIPTION,
+        |p| LambConfig::preset(LambPreset::of(p)),
+        fields,
+    )
 }

@@ -21,17 +21,18 @@
 //! `optax/*lars*`.
 
 use crate::common::{complement, safe, scalar, Counters};
-use crate::lamb::LayerAdaptation;
-use crate::patterns::Exclusions;
+use crate::describe::{check_ranges, configure, settings_of, Field, Hyperparameter, Key, Preset};
+use crate::patterns::{Exclusions, LayerAdaptation};
 use crate::reduce::{
     abs_bits, bits_value, combine, for_blocks, lockstep_chunks, Lanes, Partial, CHUNK, GROUP, LANES,
 };
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
 use crate::slots::{first_bad_gradient, Registry};
-use crate::validate;
+use crate::validate::Range;
 use crate::{
-    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
+    OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -47,19 +48,21 @@ pub enum LarsPreset {
     Optax,
 }
 
+impl LarsPreset {
+    /// The preset a description entry names.
+    fn of(p: &Preset) -> Self {
+        match p.name {
+            "optax" => Self::Optax,
+            _ => Self::Timm,
+        }
+    }
+}
+
 impl FromStr for LarsPreset {
     type Err = OptimError;
-    /// `timm` or `optax`.
+    /// `timm` or `optax` (any case).
     fn from_str(s: &str) -> Result<Self, OptimError> {
-        match s.to_ascii_lowercase().as_str() {
-            "timm" => Ok(Self::Timm),
-            "optax" => Ok(Self::Optax),
-            _ => Err(OptimError::InvalidHyperparameter {
-                name: "preset",
-                value: s.to_string(),
-                valid: "lars: timm or optax".into(),
-            }),
-        }
+        Ok(Self::of(DESCRIPTION.preset(s)?))
     }
 }
 
@@ -87,7 +90,8 @@ pub struct LarsConfig {
     pub dampening: f32,
     /// Nesterov momentum. Default false.
     pub nesterov: bool,
-    /// Weight decay added to the gradient before the ratio. Default 0.
+    /// L2 weight decay added to the gradient before the trust ratio (`d = g + wd*w`, not
+    /// decoupled); the ratio's norm includes it. Default 0.
     pub weight_decay_rate: f32,
     /// Trust coefficient `tc` (> 0). Default 1e-3.
     pub trust_coefficient: f32,
@@ -301,14 +305,9 @@ pub struct Lars {
 
 impl Lars {
     /// Validates every hyperparameter and compiles the exclusion patterns.
-    pub fn new(cfg: LarsConfig) -> Result<Self, OptimError> {
-        validate::learning_rate("learning_rate", cfg.learning_rate)?;
+    pub fn new(mut cfg: LarsConfig) -> Result<Self, OptimError> {
+        check_ranges(&DESCRIPTION, &mut cfg, fields)?;
         cfg.schedule.validate()?;
-        validate::beta("momentum", cfg.momentum)?;
-        validate::unit_interval("dampening", cfg.dampening)?;
-        validate::non_negative("weight_decay_rate", cfg.weight_decay_rate)?;
-        validate::positive("trust_coefficient", cfg.trust_coefficient)?;
-        validate::non_negative("epsilon", cfg.epsilon)?;
         if cfg.nesterov && cfg.momentum == 0.0 {
             return Err(OptimError::InvalidHyperparameter {
                 name: "nesterov",
@@ -465,17 +464,6 @@ impl Lars {
     }
 }
 
-fn classify(excl: &Exclusions, mode: LayerAdaptation, wd: f32, name: &str) -> (bool, bool) {
-    let decay = excl.decays(name);
-    let adapt = match mode {
-        LayerAdaptation::Exclusions => excl.adapts(name),
-        LayerAdaptation::All => true,
-        LayerAdaptation::DecayedOnly => decay && wd != 0.0,
-        LayerAdaptation::Never => false,
-    };
-    (decay, adapt)
-}
-
 impl Optimizer for Lars {
     fn name(&self) -> &'static str {
         self.name
@@ -486,7 +474,7 @@ impl Optimizer for Lars {
         self.reg.check(params, t)?;
         let Lars { cfg, excl, reg, .. } = self;
         let fresh = reg.establish(params, |n| {
-            classify(excl, cfg.layer_adaptation, cfg.weight_decay_rate, n)
+            excl.classify(cfg.layer_adaptation, cfg.weight_decay_rate, n)
         });
         let result = self.try_step(params, t);
         self.count
@@ -524,12 +512,142 @@ impl Optimizer for Lars {
         let mut reg = self.reg.clone();
         let (excl, cfg) = (&self.excl, &self.cfg);
         reg.load(self.name, state, |n| {
-            classify(excl, cfg.layer_adaptation, cfg.weight_decay_rate, n)
+            excl.classify(cfg.layer_adaptation, cfg.weight_decay_rate, n)
         })?;
         self.reg = reg;
         self.count = Counters::loaded(state);
         Ok(())
     }
+}
+
+/// LARS's description: hyperparameters, presets and how a spec becomes a [`LarsConfig`].
+pub(crate) static DESCRIPTION: Description = Description {
+    kind: OptimizerKind::Lars,
+    name: "lars",
+    summary: "LARS (You et al. 2017): SGD with momentum, each tensor's step scaled by tc*||w||/||g + wd*w||",
+    trust_ratio: true,
+    hyperparameters: &[
+        Hyperparameter {
+            key: Key::LearningRate,
+            range: Some(Range::NonNegative),
+            doc: "Base learning rate.",
+        },
+        Hyperparameter {
+            key: Key::Momentum,
+            range: Some(Range::Fraction),
+            doc: "Momentum.",
+        },
+        Hyperparameter {
+            key: Key::Dampening,
+            range: Some(Range::UnitInterval),
+            doc: "Dampening of the momentum buffer (timm form only).",
+        },
+        Hyperparameter {
+            key: Key::Nesterov,
+            range: None,
+            doc: "Nesterov momentum (needs momentum > 0).",
+        },
+        Hyperparameter {
+            key: Key::WeightDecayRate,
+            range: Some(Range::NonNegative),
+            doc: "L2 weight decay added to the gradient before the trust ratio (d = g + wd*w, \
+                  not decoupled); the ratio's norm includes it.",
+        },
+        Hyperparameter {
+            key: Key::TrustCoefficient,
+            range: Some(Range::Positive),
+            doc: "Trust coefficient tc of the ratio tc*||w||/||d||.",
+        },
+        Hyperparameter {
+            key: Key::Epsilon,
+            range: Some(Range::NonNegative),
+            doc: "Added to the ratio's denominator.",
+        },
+        Hyperparameter {
+            key: Key::TrustClip,
+            range: None,
+            doc: "LARC clipping: r = min(r/lr, 1).",
+        },
+        Hyperparameter {
+            key: Key::ExcludeFromWeightDecay,
+            range: None,
+            doc: "Regexes searched in tensor names; matching tensors are not decayed.",
+        },
+        Hyperparameter {
+            key: Key::ExcludeFromLayerAdaptation,
+            range: None,
+            doc: "Regexes of tensors that keep ratio 1 where the preset adapts by exclusion \
+                  lists (optax); empty: the weight-decay list.",
+        },
+        Hyperparameter {
+            key: Key::Schedule,
+            range: None,
+            doc: "Learning-rate schedule.",
+        },
+        Hyperparameter {
+            key: Key::NonFinite,
+            range: None,
+            doc: "What a non-finite gradient or update does: error or skip_step (unchecked \
+                  checks as error).",
+        },
+    ],
+    presets: &[
+        Preset {
+            name: "timm",
+            aliases: &[],
+            reference: "timm 1.0 Lars",
+            verified: "golden files timm/*lars*",
+        },
+        Preset {
+            name: "optax",
+            aliases: &[],
+            reference: "optax 0.2 lars",
+            verified: "golden files optax/*lars*",
+        },
+    ],
+    build: |spec| Ok(Box::new(Lars::new(lars_config(spec)?)?)),
+    effective: |spec| Ok(settings_of(&DESCRIPTION, &mut lars_config(spec)?, fields)),
+    config: |spec| Ok(serde_json::to_value(lars_config(spec)?).unwrap_or_default()),
+};
+
+/// Which [`LarsConfig`] field each of LARS's hyperparameters is.
+fn fields(c: &mut LarsConfig) -> Vec<(Key, Field<'_>)> {
+    vec![
+        (Key::LearningRate, Field::Number(&mut c.learning_rate)),
+        (Key::Momentum, Field::Number(&mut c.momentum)),
+        (Key::Dampening, Field::Number(&mut c.dampening)),
+        (Key::Nesterov, Field::Switch(&mut c.nesterov)),
+        (
+            Key::WeightDecayRate,
+            Field::Number(&mut c.weight_decay_rate),
+        ),
+        (
+            Key::TrustCoefficient,
+            Field::Number(&mut c.trust_coefficient),
+        ),
+        (Key::Epsilon, Field::Number(&mut c.epsilon)),
+        (Key::TrustClip, Field::Switch(&mut c.trust_clip)),
+        (
+            Key::ExcludeFromWeightDecay,
+            Field::Patterns(&mut c.exclude_from_weight_decay),
+        ),
+        (
+            Key::ExcludeFromLayerAdaptation,
+            Field::Patterns(&mut c.exclude_from_layer_adaptation),
+        ),
+        (Key::Schedule, Field::Schedule(&mut c.schedule)),
+        (Key::NonFinite, Field::NonFinite(&mut c.non_finite)),
+    ]
+}
+
+/// The LARS configuration a spec describes (preset, then overrides).
+pub fn lars_config(spec: &OptimizerSpec) -> Result<LarsConfig, OptimError> {
+    configure(
+        spec,
+        &DESCRIPTION,
+        |p| LarsConfig::preset(LarsPreset::of(p)),
+        fields,
+    )
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@
 //! ```
 //! It runs on the LARS engine with no tensor adapted.
 
-use crate::lamb::LayerAdaptation;
+use crate::describe::{configure, settings_of, Field, Hyperparameter, Key, Preset};
 use crate::lars::{Lars, LarsConfig, LarsForm};
+use crate::patterns::LayerAdaptation;
+use crate::validate::Range;
 use crate::{
-    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, Schedule, StepOutcome,
-    TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
+    OptimizerState, ParamMut, Schedule, StepOutcome, TensorTelemetry,
 };
 use serde::{Deserialize, Serialize};
 
@@ -112,4 +114,89 @@ impl Optimizer for Sgd {
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
         self.inner.load_state(state)
     }
+}
+
+/// SGD's description: hyperparameters, presets and how a spec becomes an [`SgdConfig`].
+pub(crate) static DESCRIPTION: Description = Description {
+    kind: OptimizerKind::Sgd,
+    name: "sgd",
+    summary: "SGD with optional (Nesterov) momentum and L2 weight decay, PyTorch semantics",
+    trust_ratio: false,
+    hyperparameters: &[
+        Hyperparameter {
+            key: Key::LearningRate,
+            range: Some(Range::NonNegative),
+            doc: "Learning rate.",
+        },
+        Hyperparameter {
+            key: Key::Momentum,
+            range: Some(Range::Fraction),
+            doc: "Momentum.",
+        },
+        Hyperparameter {
+            key: Key::Dampening,
+            range: Some(Range::UnitInterval),
+            doc: "Dampening of the momentum buffer.",
+        },
+        Hyperparameter {
+            key: Key::Nesterov,
+            range: None,
+            doc: "Nesterov momentum (needs momentum > 0).",
+        },
+        Hyperparameter {
+            key: Key::WeightDecayRate,
+            range: Some(Range::NonNegative),
+            doc: "L2 weight decay added to the gradient (d = g + wd*w).",
+        },
+        Hyperparameter {
+            key: Key::ExcludeFromWeightDecay,
+            range: None,
+            doc: "Regexes searched in tensor names; matching tensors are not decayed.",
+        },
+        Hyperparameter {
+            key: Key::Schedule,
+            range: None,
+            doc: "Learning-rate schedule.",
+        },
+        Hyperparameter {
+            key: Key::NonFinite,
+            range: None,
+            doc: "What a non-finite gradient or update does: error or skip_step (unchecked \
+                  checks as error).",
+        },
+    ],
+    presets: &[Preset {
+        name: "pytorch",
+        aliases: &["torch"],
+        reference: "torch.optim.SGD",
+        verified: "golden files torch_adam/c_sgd_*",
+    }],
+    build: |spec| Ok(Box::new(Sgd::new(sgd_config(spec)?)?)),
+    effective: |spec| Ok(settings_of(&DESCRIPTION, &mut sgd_config(spec)?, fields)),
+    config: |spec| Ok(serde_json::to_value(sgd_config(spec)?).unwrap_or_default()),
+};
+
+/// Which [`SgdConfig`] field each of SGD's hyperparameters is.
+fn fields(c: &mut SgdConfig) -> Vec<(Key, Field<'_>)> {
+    vec![
+        (Key::LearningRate, Field::Number(&mut c.learning_rate)),
+        (Key::Momentum, Field::Number(&mut c.momentum)),
+        (Key::Dampening, Field::Number(&mut c.dampening)),
+        (Key::Nesterov, Field::Switch(&mut c.nesterov)),
+        (
+            Key::WeightDecayRate,
+            Field::Number(&mut c.weight_decay_rate),
+        ),
+        (
+            Key::ExcludeFromWeightDecay,
+            Field::Patterns(&mut c.exclude_from_weight_decay),
+        ),
+        (Key::Schedule, Field::Schedule(&mut c.schedule)),
+        (Key::NonFinite, Field::NonFinite(&mut c.non_finite)),
+    ]
+}
+
+/// The SGD configuration a spec describes.
+pub fn sgd_config(spec: &OptimizerSpec) -> Result<SgdConfig, OptimError> {
+    configure(spec, &DESCRIPTION, |_| SgdConfig::default(), fields)
 }
