@@ -13,17 +13,16 @@
 //! Verified against the golden files `tfa/adam_a_keras_defaults`, `torch_adam/a_adam_*` and
 //! `torch_adam/b_adamw_*`.
 
-use crate::common::{bias_correction, complement, safe, scalar, Counters};
+use crate::common::{bias_correction, complement, first_bad_update, safe, scalar, Core, Family};
 use crate::describe::{check_ranges, configure, settings_of, Field, Hyperparameter, Key, Preset};
-use crate::patterns::{Exclusions, LayerAdaptation};
+use crate::patterns::LayerAdaptation;
 use crate::reduce::{abs_bits, bits_finite, bits_value, combine, Lanes, Partial, CHUNK, LANES};
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
-use crate::slots::{first_bad_gradient, Registry};
+use crate::slots::first_bad_gradient;
 use crate::validate::Range;
 use crate::{
-    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
-    OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec, ParamMut,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -120,7 +119,7 @@ impl AdamConfig {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct Plan {
+pub(crate) struct Plan {
     l2: f32,
     decay: f32,
 }
@@ -253,9 +252,7 @@ multiversion! {
 #[derive(Debug, Clone)]
 pub struct Adam {
     cfg: AdamConfig,
-    decay_excl: Exclusions,
-    reg: Registry<Plan>,
-    count: Counters,
+    core: Core<Plan>,
 }
 
 impl Adam {
@@ -263,13 +260,14 @@ impl Adam {
     pub fn new(mut cfg: AdamConfig) -> Result<Self, OptimError> {
         check_ranges(&DESCRIPTION, &mut cfg, fields)?;
         cfg.schedule.validate()?;
-        let decay_excl = Exclusions::new(&cfg.exclude_from_weight_decay, &[])?;
-        Ok(Self {
-            cfg,
-            decay_excl,
-            reg: Registry::new(&["m", "v"]),
-            count: Counters::default(),
-        })
+        let core = Core::new(
+            &["m", "v"],
+            &cfg.exclude_from_weight_decay,
+            &[],
+            LayerAdaptation::Never,
+            cfg.weight_decay_rate,
+        )?;
+        Ok(Self { cfg, core })
     }
 
     /// The configuration.
@@ -277,7 +275,7 @@ impl Adam {
         &self.cfg
     }
 
-    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+    fn attempt(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
         let lr = self.current_learning_rate();
         let cfg = &self.cfg;
         let f64s = cfg.f64_scalars;
@@ -298,7 +296,7 @@ impl Adam {
             eps: cfg.epsilon,
         };
         let (wd, decoupled) = (cfg.weight_decay_rate, cfg.decoupled_weight_decay);
-        for ts in &mut self.reg.tensors {
+        for ts in &mut self.core.reg.tensors {
             let on = ts.decay && wd != 0.0;
             ts.plan = Plan {
                 l2: if on && !decoupled { wd } else { 0.0 },
@@ -312,7 +310,8 @@ impl Adam {
         if cfg.non_finite != NonFinitePolicy::Unchecked {
             self.check_pass(params, t, &coef, keras)?;
         }
-        self.reg
+        self.core
+            .reg
             .tensors
             .par_iter_mut()
             .zip(params.par_iter_mut())
@@ -334,7 +333,7 @@ impl Adam {
                     });
                 ts.buf_max[0] = bits_value(combine(&ts.partials).gbits);
             });
-        for tel in self.reg.telemetry.iter_mut() {
+        for tel in self.core.reg.telemetry.iter_mut() {
             tel.weight_norm = 0.0;
             tel.update_norm = 0.0;
             tel.trust_ratio = 1.0;
@@ -354,7 +353,8 @@ impl Adam {
         keras: bool,
     ) -> Result<(), OptimError> {
         let coef = *coef;
-        self.reg
+        self.core
+            .reg
             .tensors
             .par_iter_mut()
             .zip(params.par_iter())
@@ -374,10 +374,10 @@ impl Adam {
                     });
                 ts.total = combine(&ts.partials);
             });
-        if let Some(e) = first_bad_gradient(&self.reg, params, t) {
+        if let Some(e) = first_bad_gradient(&self.core.reg, params, t) {
             return Err(e);
         }
-        for (ts, p) in self.reg.tensors.iter().zip(params.iter()) {
+        for (ts, p) in self.core.reg.tensors.iter().zip(params.iter()) {
             // |g'| <= |g| + l2*|w|; m' is a convex combination of m and g'; |sqrt(v')+eps| >= eps.
             let gmax = bits_value(ts.total.gbits) + ts.plan.l2 as f64 * bits_value(ts.total.xbits);
             let mb = ts.buf_max[0].max(gmax) * (1.0 + 1e-5);
@@ -385,31 +385,30 @@ impl Adam {
             let bounded = gmax < 1e18 && safe(delta) && (ts.plan.decay as f64).abs() <= 1.0;
             if !bounded {
                 let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
-                for i in 0..ts.len {
+                first_bad_update(&ts.name, t, ts.len, |i| {
                     let (m2, v2, nw) = if keras {
                         elem::<true>(&coef, ts.plan, p.grad[i], m[i], v[i], p.value[i])
                     } else {
                         elem::<false>(&coef, ts.plan, p.grad[i], m[i], v[i], p.value[i])
                     };
-                    if !(m2.is_finite() && v2.is_finite() && nw.is_finite()) {
-                        return Err(OptimError::NonFinite {
-                            what: "update",
-                            name: ts.name.clone(),
-                            step: t,
-                            index: i,
-                            value: nw,
-                        });
-                    }
-                }
+                    (m2.is_finite() && v2.is_finite() && nw.is_finite(), nw)
+                })?;
             }
         }
-        debug_assert!(self.reg.tensors.iter().all(|t| bits_finite(t.total.gbits)));
+        debug_assert!(self
+            .core
+            .reg
+            .tensors
+            .iter()
+            .all(|t| bits_finite(t.total.gbits)));
         Ok(())
     }
 }
 
-impl Optimizer for Adam {
-    fn name(&self) -> &'static str {
+impl Family for Adam {
+    type Plan = Plan;
+
+    fn label(&self) -> &'static str {
         if self.cfg.decoupled_weight_decay {
             "adamw"
         } else {
@@ -417,56 +416,24 @@ impl Optimizer for Adam {
         }
     }
 
-    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
-        let t = self.count.step + 1;
-        self.reg.check(params, t)?;
-        let Adam {
-            decay_excl, reg, ..
-        } = self;
-        let fresh = reg.establish(params, |n| {
-            decay_excl.classify(LayerAdaptation::Never, 0.0, n)
-        });
-        let result = self.try_step(params, t);
-        self.count
-            .finish(result, self.cfg.non_finite, fresh, &mut self.reg)
+    fn core(&self) -> &Core<Plan> {
+        &self.core
     }
 
-    fn telemetry(&self) -> &[TensorTelemetry] {
-        if self.count.telemetry_valid {
-            &self.reg.telemetry
-        } else {
-            &[]
-        }
+    fn core_mut(&mut self) -> &mut Core<Plan> {
+        &mut self.core
     }
 
-    fn steps(&self) -> u64 {
-        self.count.step
+    fn schedule(&self) -> (f32, &Schedule) {
+        (self.cfg.learning_rate, &self.cfg.schedule)
     }
 
-    fn skipped_steps(&self) -> u64 {
-        self.count.skipped
+    fn non_finite(&self) -> NonFinitePolicy {
+        self.cfg.non_finite
     }
 
-    fn current_learning_rate(&self) -> f32 {
-        self.cfg
-            .schedule
-            .learning_rate(self.cfg.learning_rate, self.count.step + 1)
-    }
-
-    fn state(&self) -> OptimizerState {
-        self.reg
-            .to_state(self.name(), self.count.step, self.count.skipped)
-    }
-
-    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
-        let mut reg = self.reg.clone();
-        let excl = &self.decay_excl;
-        reg.load(self.name(), state, |n| {
-            excl.classify(LayerAdaptation::Never, 0.0, n)
-        })?;
-        self.reg = reg;
-        self.count = Counters::loaded(state);
-        Ok(())
+    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+        self.attempt(params, t)
     }
 }
 

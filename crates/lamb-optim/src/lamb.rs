@@ -20,19 +20,19 @@
 //! ```
 
 use crate::common::{
-    bias_correction, clip_divisor, complement, global_norm, gradient_norms, safe, scalar, Counters,
+    bias_correction, clip_divisor, complement, first_bad_update, global_norm, gradient_norms, safe,
+    scalar, Core, Family,
 };
 use crate::describe::{check_ranges, configure, settings_of, Field, Hyperparameter, Key, Preset};
-use crate::patterns::{Exclusions, LayerAdaptation};
+use crate::patterns::LayerAdaptation;
 use crate::reduce::{abs_bits, combine, for_blocks, reduce_chunks, Lanes, Partial, CHUNK, LANES};
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
-use crate::slots::{first_bad_gradient, Registry, StateBuf};
+use crate::slots::{first_bad_gradient, StateBuf};
 use crate::validate;
 use crate::validate::Range;
 use crate::{
-    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
-    OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec, ParamMut,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -283,7 +283,7 @@ impl LambConfig {
 
 /// Per-step scalars of one tensor.
 #[derive(Debug, Clone, Copy, Default)]
-struct Plan {
+pub(crate) struct Plan {
     wd: f32,
     k: f32,
     ratio: f32,
@@ -716,9 +716,7 @@ fn write_tensor(coef: &Coef, ts: &mut Slot, p: &mut ParamMut<'_>) {
 #[derive(Debug, Clone)]
 pub struct Lamb {
     cfg: LambConfig,
-    excl: Exclusions,
-    reg: Registry<Plan>,
-    count: Counters,
+    core: Core<Plan>,
     /// One per tensor, used with [`StepMemory::Fast`].
     scratch: Vec<Scratch>,
 }
@@ -735,15 +733,16 @@ impl Lamb {
         if let Some((lo, hi)) = cfg.trust_ratio_clamp {
             validate::clamp_range("trust_ratio_clamp", lo, hi)?;
         }
-        let excl = Exclusions::new(
+        let core = Core::new(
+            &["m", "v"],
             &cfg.exclude_from_weight_decay,
             &cfg.exclude_from_layer_adaptation,
+            cfg.layer_adaptation,
+            cfg.weight_decay_rate,
         )?;
         Ok(Self {
             cfg,
-            excl,
-            reg: Registry::new(&["m", "v"]),
-            count: Counters::default(),
+            core,
             scratch: Vec::new(),
         })
     }
@@ -751,13 +750,6 @@ impl Lamb {
     /// The configuration.
     pub fn config(&self) -> &LambConfig {
         &self.cfg
-    }
-
-    fn classify(&self) -> impl Fn(&str) -> (bool, bool) + '_ {
-        move |name: &str| {
-            self.excl
-                .classify(self.cfg.layer_adaptation, self.cfg.weight_decay_rate, name)
-        }
     }
 
     fn coef(&self, t: u64, gscale: f32) -> Coef {
@@ -787,21 +779,21 @@ impl Lamb {
         }
     }
 
-    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+    fn attempt(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
         let lr = self.current_learning_rate();
         let mut gscale = 1.0f32;
         if let Some(max_norm) = self.cfg.max_grad_norm {
-            gradient_norms(&mut self.reg, params);
+            gradient_norms(&mut self.core.reg, params);
             if self.cfg.non_finite != NonFinitePolicy::Unchecked {
-                if let Some(e) = first_bad_gradient(&self.reg, params, t) {
+                if let Some(e) = first_bad_gradient(&self.core.reg, params, t) {
                     return Err(e);
                 }
             }
-            gscale = (1.0 / clip_divisor(global_norm(&self.reg), max_norm)) as f32;
+            gscale = (1.0 / clip_divisor(global_norm(&self.core.reg), max_norm)) as f32;
         }
         let coef = self.coef(t, gscale);
         let wd_rate = self.cfg.weight_decay_rate;
-        for ts in &mut self.reg.tensors {
+        for ts in &mut self.core.reg.tensors {
             ts.plan.wd = if ts.decay { wd_rate } else { 0.0 };
         }
         let step_size = match self.cfg.bias_correction {
@@ -812,9 +804,8 @@ impl Lamb {
             }
             _ => scalar(lr, self.cfg.f64_scalars),
         };
-        let Lamb {
-            cfg, reg, scratch, ..
-        } = self;
+        let Lamb { cfg, core, scratch } = self;
+        let reg = &mut core.reg;
         let fast = cfg.step_memory == StepMemory::Fast;
         let checked = cfg.non_finite != NonFinitePolicy::Unchecked;
         if fast {
@@ -859,22 +850,16 @@ impl Lamb {
                 if checked && !bounded {
                     let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
                     let w = &*p.value;
-                    for j in 0..ts.len {
+                    first_bad_update(&ts.name, t, ts.len, |j| {
                         let (m2, v2, u) = match scratch.get(i) {
                             Some(sc) if fast => (sc.m[j], sc.v[j], sc.u[j]),
                             _ => elem(&coef, ts.plan.wd, p.grad[j], m[j], v[j], w[j]),
                         };
                         let nw = w[j] - k * u;
-                        if !(m2.is_finite() && v2.is_finite() && u.is_finite() && nw.is_finite()) {
-                            return Err(OptimError::NonFinite {
-                                what: "update",
-                                name: ts.name.clone(),
-                                step: t,
-                                index: j,
-                                value: if u.is_finite() { nw } else { u },
-                            });
-                        }
-                    }
+                        let finite =
+                            m2.is_finite() && v2.is_finite() && u.is_finite() && nw.is_finite();
+                        (finite, if u.is_finite() { nw } else { u })
+                    })?;
                 }
             }
             // Checked: every value is finite. Commit.
@@ -895,7 +880,13 @@ impl Lamb {
                     .for_each(|(ts, p)| write_tensor(&coef, ts, p));
             }
         }
-        for (tel, ts) in self.reg.telemetry.iter_mut().zip(&self.reg.tensors) {
+        for (tel, ts) in self
+            .core
+            .reg
+            .telemetry
+            .iter_mut()
+            .zip(&self.core.reg.tensors)
+        {
             tel.weight_norm = ts.plan.wn;
             tel.update_norm = ts.plan.un;
             tel.trust_ratio = ts.plan.ratio;
@@ -905,57 +896,31 @@ impl Lamb {
     }
 }
 
-impl Optimizer for Lamb {
-    fn name(&self) -> &'static str {
+impl Family for Lamb {
+    type Plan = Plan;
+
+    fn label(&self) -> &'static str {
         "lamb"
     }
 
-    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
-        let t = self.count.step + 1;
-        self.reg.check(params, t)?;
-        let Lamb { cfg, excl, reg, .. } = self;
-        let fresh = reg.establish(params, |n| {
-            excl.classify(cfg.layer_adaptation, cfg.weight_decay_rate, n)
-        });
-        let result = self.try_step(params, t);
-        self.count
-            .finish(result, self.cfg.non_finite, fresh, &mut self.reg)
+    fn core(&self) -> &Core<Plan> {
+        &self.core
     }
 
-    fn telemetry(&self) -> &[TensorTelemetry] {
-        if self.count.telemetry_valid {
-            &self.reg.telemetry
-        } else {
-            &[]
-        }
+    fn core_mut(&mut self) -> &mut Core<Plan> {
+        &mut self.core
     }
 
-    fn steps(&self) -> u64 {
-        self.count.step
+    fn schedule(&self) -> (f32, &Schedule) {
+        (self.cfg.learning_rate, &self.cfg.schedule)
     }
 
-    fn skipped_steps(&self) -> u64 {
-        self.count.skipped
+    fn non_finite(&self) -> NonFinitePolicy {
+        self.cfg.non_finite
     }
 
-    fn current_learning_rate(&self) -> f32 {
-        self.cfg
-            .schedule
-            .learning_rate(self.cfg.learning_rate, self.count.step + 1)
-    }
-
-    fn state(&self) -> OptimizerState {
-        self.reg
-            .to_state(self.name(), self.count.step, self.count.skipped)
-    }
-
-    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
-        let classify = self.classify();
-        let mut reg = self.reg.clone();
-        reg.load("lamb", state, classify)?;
-        self.reg = reg;
-        self.count = Counters::loaded(state);
-        Ok(())
+    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+        self.attempt(params, t)
     }
 }
 

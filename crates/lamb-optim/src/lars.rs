@@ -20,19 +20,18 @@
 //! exclusion lists). Both are verified against the golden files `timm/*lars*` and
 //! `optax/*lars*`.
 
-use crate::common::{complement, safe, scalar, Counters};
+use crate::common::{complement, first_bad_update, safe, scalar, Core, Family};
 use crate::describe::{check_ranges, configure, settings_of, Field, Hyperparameter, Key, Preset};
-use crate::patterns::{Exclusions, LayerAdaptation};
+use crate::patterns::LayerAdaptation;
 use crate::reduce::{
     abs_bits, bits_value, combine, for_blocks, lockstep_chunks, Lanes, Partial, CHUNK, GROUP, LANES,
 };
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
-use crate::slots::{first_bad_gradient, Registry};
+use crate::slots::first_bad_gradient;
 use crate::validate::Range;
 use crate::{
-    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
-    OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec, ParamMut,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -160,7 +159,7 @@ impl LarsConfig {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct Plan {
+pub(crate) struct Plan {
     wd: f32,
     ratio: f32,
     wn: f32,
@@ -297,10 +296,7 @@ multiversion! {
 #[derive(Debug, Clone)]
 pub struct Lars {
     cfg: LarsConfig,
-    excl: Exclusions,
-    reg: Registry<Plan>,
-    count: Counters,
-    name: &'static str,
+    core: Core<Plan>,
 }
 
 impl Lars {
@@ -315,23 +311,14 @@ impl Lars {
                 valid: "requires momentum > 0".into(),
             });
         }
-        let excl = Exclusions::new(
+        let core = Core::new(
+            &["momentum"],
             &cfg.exclude_from_weight_decay,
             &cfg.exclude_from_layer_adaptation,
+            cfg.layer_adaptation,
+            cfg.weight_decay_rate,
         )?;
-        Ok(Self {
-            cfg,
-            excl,
-            reg: Registry::new(&["momentum"]),
-            count: Counters::default(),
-            name: "lars",
-        })
-    }
-
-    /// Same engine under another name (used by [`crate::Sgd`]).
-    pub(crate) fn renamed(mut self, name: &'static str) -> Self {
-        self.name = name;
-        self
+        Ok(Self { cfg, core })
     }
 
     /// The configuration.
@@ -339,7 +326,12 @@ impl Lars {
         &self.cfg
     }
 
-    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+    /// One step attempt (see [`Family::try_step`]).
+    pub(crate) fn attempt(
+        &mut self,
+        params: &mut [ParamMut<'_>],
+        t: u64,
+    ) -> Result<(), OptimError> {
         let lr = self.current_learning_rate();
         let cfg = &self.cfg;
         let optax = cfg.form == LarsForm::Optax;
@@ -351,10 +343,11 @@ impl Lars {
             first: t == 1,
             nesterov: cfg.nesterov,
         };
-        for ts in &mut self.reg.tensors {
+        for ts in &mut self.core.reg.tensors {
             ts.plan.wd = if ts.decay { cfg.weight_decay_rate } else { 0.0 };
         }
-        self.reg
+        self.core
+            .reg
             .tensors
             .par_iter_mut()
             .zip(params.par_iter())
@@ -368,11 +361,11 @@ impl Lars {
                     .for_each(|((parts, g), w)| read_group_mv(wd, g, w, parts));
                 ts.total = combine(&ts.partials);
             });
-        if let Some(e) = first_bad_gradient(&self.reg, params, t) {
+        if let Some(e) = first_bad_gradient(&self.core.reg, params, t) {
             return Err(e);
         }
         let lr64 = scalar(lr, cfg.f64_scalars);
-        for ts in self.reg.tensors.iter_mut() {
+        for ts in self.core.reg.tensors.iter_mut() {
             let wn = ts.total.sums[0].sqrt();
             let gn = ts.total.sums[1].sqrt();
             let sn = ts.total.sums[2].sqrt();
@@ -391,7 +384,7 @@ impl Lars {
             ts.plan.wn = wn as f32;
             ts.plan.dn = denom as f32;
         }
-        for (ts, p) in self.reg.tensors.iter().zip(params.iter()) {
+        for (ts, p) in self.core.reg.tensors.iter().zip(params.iter()) {
             // |d| <= r*||g + wd*w||; bound the new buffer and the weight change.
             let dmax = ts.plan.ratio as f64 * ts.total.sums[2].sqrt() * 1.001;
             let bmax = ts.buf_max[0];
@@ -416,25 +409,18 @@ impl Lars {
             let bounded = safe(buf * 1.001) && safe(delta * 1.001);
             if !bounded {
                 let b = &ts.bufs[0];
-                for i in 0..ts.len {
+                first_bad_update(&ts.name, t, ts.len, |i| {
                     let (nb, nw) = if optax {
                         elem::<true>(&coef, ts.plan, p.grad[i], b[i], p.value[i])
                     } else {
                         elem::<false>(&coef, ts.plan, p.grad[i], b[i], p.value[i])
                     };
-                    if !(nb.is_finite() && nw.is_finite()) {
-                        return Err(OptimError::NonFinite {
-                            what: "update",
-                            name: ts.name.clone(),
-                            step: t,
-                            index: i,
-                            value: nw,
-                        });
-                    }
-                }
+                    (nb.is_finite() && nw.is_finite(), nw)
+                })?;
             }
         }
-        self.reg
+        self.core
+            .reg
             .tensors
             .par_iter_mut()
             .zip(params.par_iter_mut())
@@ -454,7 +440,13 @@ impl Lars {
                     });
                 ts.buf_max[0] = bits_value(combine(&ts.partials).gbits);
             });
-        for (tel, ts) in self.reg.telemetry.iter_mut().zip(&self.reg.tensors) {
+        for (tel, ts) in self
+            .core
+            .reg
+            .telemetry
+            .iter_mut()
+            .zip(&self.core.reg.tensors)
+        {
             tel.weight_norm = ts.plan.wn;
             tel.update_norm = ts.plan.dn;
             tel.trust_ratio = ts.plan.ratio;
@@ -464,59 +456,31 @@ impl Lars {
     }
 }
 
-impl Optimizer for Lars {
-    fn name(&self) -> &'static str {
-        self.name
+impl Family for Lars {
+    type Plan = Plan;
+
+    fn label(&self) -> &'static str {
+        "lars"
     }
 
-    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
-        let t = self.count.step + 1;
-        self.reg.check(params, t)?;
-        let Lars { cfg, excl, reg, .. } = self;
-        let fresh = reg.establish(params, |n| {
-            excl.classify(cfg.layer_adaptation, cfg.weight_decay_rate, n)
-        });
-        let result = self.try_step(params, t);
-        self.count
-            .finish(result, self.cfg.non_finite, fresh, &mut self.reg)
+    fn core(&self) -> &Core<Plan> {
+        &self.core
     }
 
-    fn telemetry(&self) -> &[TensorTelemetry] {
-        if self.count.telemetry_valid {
-            &self.reg.telemetry
-        } else {
-            &[]
-        }
+    fn core_mut(&mut self) -> &mut Core<Plan> {
+        &mut self.core
     }
 
-    fn steps(&self) -> u64 {
-        self.count.step
+    fn schedule(&self) -> (f32, &Schedule) {
+        (self.cfg.learning_rate, &self.cfg.schedule)
     }
 
-    fn skipped_steps(&self) -> u64 {
-        self.count.skipped
+    fn non_finite(&self) -> NonFinitePolicy {
+        self.cfg.non_finite
     }
 
-    fn current_learning_rate(&self) -> f32 {
-        self.cfg
-            .schedule
-            .learning_rate(self.cfg.learning_rate, self.count.step + 1)
-    }
-
-    fn state(&self) -> OptimizerState {
-        self.reg
-            .to_state(self.name, self.count.step, self.count.skipped)
-    }
-
-    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
-        let mut reg = self.reg.clone();
-        let (excl, cfg) = (&self.excl, &self.cfg);
-        reg.load(self.name, state, |n| {
-            excl.classify(cfg.layer_adaptation, cfg.weight_decay_rate, n)
-        })?;
-        self.reg = reg;
-        self.count = Counters::loaded(state);
-        Ok(())
+    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+        self.attempt(params, t)
     }
 }
 

@@ -7,13 +7,13 @@
 //! ```
 //! It runs on the LARS engine with no tensor adapted.
 
+use crate::common::{Core, Family};
 use crate::describe::{configure, settings_of, Field, Hyperparameter, Key, Preset};
 use crate::lars::{Lars, LarsConfig, LarsForm};
 use crate::patterns::LayerAdaptation;
 use crate::validate::Range;
 use crate::{
-    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
-    OptimizerState, ParamMut, Schedule, StepOutcome, TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, OptimizerKind, OptimizerSpec, ParamMut, Schedule,
 };
 use serde::{Deserialize, Serialize};
 
@@ -78,7 +78,7 @@ impl Sgd {
             ..LarsConfig::default()
         };
         Ok(Self {
-            inner: Lars::new(lars)?.renamed("sgd"),
+            inner: Lars::new(lars)?,
             cfg,
         })
     }
@@ -89,30 +89,31 @@ impl Sgd {
     }
 }
 
-impl Optimizer for Sgd {
-    fn name(&self) -> &'static str {
+impl Family for Sgd {
+    type Plan = <Lars as Family>::Plan;
+
+    fn label(&self) -> &'static str {
         "sgd"
     }
-    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
-        self.inner.step(params)
+
+    fn core(&self) -> &Core<Self::Plan> {
+        self.inner.core()
     }
-    fn telemetry(&self) -> &[TensorTelemetry] {
-        self.inner.telemetry()
+
+    fn core_mut(&mut self) -> &mut Core<Self::Plan> {
+        self.inner.core_mut()
     }
-    fn steps(&self) -> u64 {
-        self.inner.steps()
+
+    fn schedule(&self) -> (f32, &Schedule) {
+        self.inner.schedule()
     }
-    fn skipped_steps(&self) -> u64 {
-        self.inner.skipped_steps()
+
+    fn non_finite(&self) -> NonFinitePolicy {
+        self.inner.non_finite()
     }
-    fn current_learning_rate(&self) -> f32 {
-        self.inner.current_learning_rate()
-    }
-    fn state(&self) -> OptimizerState {
-        self.inner.state()
-    }
-    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
-        self.inner.load_state(state)
+
+    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+        self.inner.attempt(params, t)
     }
 }
 
