@@ -44,7 +44,7 @@ pub enum OptimizerKind {
 
 impl OptimizerKind {
     /// Every kind, in the order tables list them.
-    pub const ALL: [OptimizerKind; 5] = [
+    pub const ALL: &'static [OptimizerKind] = &[
         OptimizerKind::Lamb,
         OptimizerKind::Adam,
         OptimizerKind::Adamw,
@@ -74,8 +74,8 @@ impl OptimizerKind {
     }
 
     /// The names of every kind, in [`OptimizerKind::ALL`] order.
-    pub fn names() -> [&'static str; 5] {
-        Self::ALL.map(Self::as_str)
+    pub fn names() -> Vec<&'static str> {
+        Self::ALL.iter().map(|k| k.as_str()).collect()
     }
 }
 
@@ -90,7 +90,8 @@ impl FromStr for OptimizerKind {
     /// `lamb`, `adam`, `adamw`, `lars`, `sgd` (any case).
     fn from_str(s: &str) -> Result<Self, OptimError> {
         Self::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|k| k.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| OptimError::InvalidHyperparameter {
                 name: "optimizer",
@@ -730,7 +731,7 @@ mod tests {
 
     #[test]
     fn each_description_binds_exactly_its_hyperparameters() {
-        for kind in OptimizerKind::ALL {
+        for &kind in OptimizerKind::ALL {
             let d = kind.description();
             assert_eq!(d.kind, kind);
             assert_eq!(kind.as_str().parse::<OptimizerKind>().unwrap(), kind);
@@ -767,7 +768,7 @@ mod tests {
     /// outside is refused naming the key, one at the edge inside is accepted.
     #[test]
     fn described_ranges_are_enforced() {
-        for kind in OptimizerKind::ALL {
+        for &kind in OptimizerKind::ALL {
             let d = kind.description();
             for h in d.hyperparameters {
                 let Some(range) = h.range else { continue };

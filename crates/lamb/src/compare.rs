@@ -73,7 +73,7 @@ pub struct CompareFile {
 }
 
 const SIDE_KEYS: &str =
-    "optimizer, preset, lr, beta1, beta2, epsilon, weight-decay, momentum, activation";
+    "optimizer, preset, lr, beta1, beta2, epsilon, weight-decay, momentum, activation and a [hyper] table";
 
 fn side_only_optimizer_keys(s: &Settings, table: &str) -> Result<()> {
     let shared = [
@@ -273,21 +273,17 @@ pub fn compare(file: &CompareFile, flags: &CompareSettings, stop: Arc<AtomicBool
         reference: REFERENCE_ADAM,
     };
     let classic = is_classic(file, &lamb_cfg);
-    let describe =
-        |c: &RunConfig| {
-            format!(
-            "{}: {}{} lr {}, beta_1 {}, beta_2 {}, epsilon {}, weight decay {}; run directory `{}`",
+    let describe = |c: &RunConfig| {
+        format!(
+            "{}: {}; run directory `{}`",
             run::display_name(c),
-            c.optimizer,
-            c.preset.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
-            c.hyper.lr,
-            c.hyper.beta1.unwrap_or(f64::NAN),
-            c.hyper.beta2.unwrap_or(f64::NAN),
-            c.hyper.epsilon.unwrap_or(f64::NAN),
-            c.hyper.weight_decay,
-            c.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            c.optimizer_line(),
+            c.out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         )
-        };
+    };
     let settings = vec![
         format!(
             "epochs {}, batch size {}, seed {}; data {} ({} training, {} test images)",

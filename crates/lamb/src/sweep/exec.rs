@@ -11,40 +11,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use super::spec::{RunPlan, SweepSpec};
+use super::status::{RunStatus, STATUS_FILE};
 use crate::atomic::write_atomic;
 use crate::config::ScheduleKind;
 
-/// File in each run directory recording how the sweep's child ended (absent: not finished).
-pub const STATUS_FILE: &str = "sweep-status.json";
 /// The child's output (appended to on resume).
 pub const LOG_FILE: &str = "train.log";
-
-/// How a run ended, as recorded in [`STATUS_FILE`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunStatus {
-    /// `completed` or `failed`.
-    pub state: String,
-    /// Exit status of the child's last invocation.
-    pub exit_code: Option<i32>,
-    /// Last lines of the log for failures (e.g. the divergence message), empty otherwise.
-    pub message: String,
-}
-
-impl RunStatus {
-    /// Reads a run directory's status file (`None` when absent or unreadable: not finished).
-    pub fn read(run_dir: &Path) -> Option<RunStatus> {
-        let text = std::fs::read_to_string(run_dir.join(STATUS_FILE)).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    /// Whether the run completed all its epochs.
-    pub fn completed(&self) -> bool {
-        self.state == "completed"
-    }
-}
 
 /// How the sweep runs its children.
 #[derive(Clone, Debug)]
