@@ -378,6 +378,31 @@ mod tests {
         assert_eq!((l.epochs, l.seed, l.hyper.lr), (5, 3, 0.002));
         assert_eq!(a.activation, ActivationKind::Relu);
         assert!(!is_classic(&f, &l));
+        // Any other hyperparameter of a side's optimizer, by its description's name.
+        let f = CompareFile::from_toml(
+            "[lamb]\npreset = \"timm\"\n[lamb.hyper]\ntrust_clip = true",
+            "c",
+        )
+        .unwrap();
+        let (_, l, _) = resolve(&f, &CompareSettings::default()).unwrap();
+        assert_eq!(
+            l.extra_hyper,
+            [("trust_clip".to_string(), "true".to_string())]
+        );
+        assert!(
+            l.optimizer_line().contains("trust_clip true"),
+            "{}",
+            l.optimizer_line()
+        );
+        let f = CompareFile::from_toml("[adam.hyper]\ntrust_clip = true", "c").unwrap();
+        let e = format!(
+            "{:#}",
+            resolve(&f, &CompareSettings::default()).unwrap_err()
+        );
+        assert!(
+            e.contains("adam run") && e.contains("does not apply to adam"),
+            "{e}"
+        );
     }
 
     #[test]
