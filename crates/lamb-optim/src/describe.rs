@@ -16,9 +16,13 @@
 //! }
 //! ```
 //!
-//! Adding a preset is one [`Preset`] entry in the optimizer's module (and its arm in the
-//! module's config constructor); adding an optimizer is one module that defines its
-//! [`Description`] plus one arm in [`OptimizerKind::description`] (and the enum variant).
+//! Adding a preset is one [`Preset`] entry in the optimizer's module plus the configuration it
+//! stands for (for LAMB: its [`LambPreset`](crate::LambPreset) variant and arm of
+//! [`LambConfig::preset`](crate::LambConfig::preset)). Adding an optimizer is one module (its
+//! configuration, arithmetic, `Family` implementation, [`Description`] and field binding) plus
+//! the [`OptimizerKind`] variant with its entry in [`OptimizerKind::ALL`] and its arm in
+//! [`OptimizerKind::description`]. Flags, config keys, reports, the sweep's checks and the
+//! benchmark list of the `lamb` command follow from the description.
 
 use crate::validate::Range;
 use crate::{NonFinitePolicy, OptimError, Optimizer, OptimizerSpec, Schedule, StepMemory};

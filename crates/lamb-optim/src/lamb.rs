@@ -1082,3 +1082,31 @@ pub fn lamb_config(spec: &OptimizerSpec) -> Result<LambConfig, OptimError> {
         fields,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn description_presets_name_the_preset_enum_in_order() {
+        assert_eq!(LambPreset::ALL.len(), DESCRIPTION.presets.len());
+        let names = [
+            "tfa",
+            "nvlamb",
+            "pytorch-lamb",
+            "torch-optimizer",
+            "timm",
+            "optax",
+            "deepspeed",
+        ];
+        for (p, name) in LambPreset::ALL.iter().zip(names) {
+            assert_eq!(name.parse::<LambPreset>().unwrap(), *p);
+        }
+        assert_eq!("apex".parse::<LambPreset>().unwrap(), LambPreset::Nvlamb);
+        assert_eq!(
+            "Cybertronai".parse::<LambPreset>().unwrap(),
+            LambPreset::PytorchLamb
+        );
+        assert!("lamb".parse::<LambPreset>().is_err());
+    }
+}
