@@ -217,7 +217,15 @@ impl Key {
             Key::Schedule => ValueKind::Schedule,
             Key::NonFinite => ValueKind::NonFinite,
             Key::StepMemory => ValueKind::StepMemory,
-            _ => ValueKind::Number,
+            Key::LearningRate
+            | Key::Beta1
+            | Key::Beta2
+            | Key::Epsilon
+            | Key::WeightDecayRate
+            | Key::MaxGradNorm
+            | Key::Momentum
+            | Key::Dampening
+            | Key::TrustCoefficient => ValueKind::Number,
         }
     }
 }
@@ -644,18 +652,14 @@ impl OptimizerSpec {
         };
         match (key, value) {
             (Key::MaxGradNorm, Value::Number(x)) => self.max_grad_norm = x,
-            (k, Value::Number(Some(x))) if k.value_kind() == ValueKind::Number => {
-                *match k {
-                    Key::LearningRate => &mut self.learning_rate,
-                    Key::Beta1 => &mut self.beta_1,
-                    Key::Beta2 => &mut self.beta_2,
-                    Key::Epsilon => &mut self.epsilon,
-                    Key::WeightDecayRate => &mut self.weight_decay_rate,
-                    Key::Momentum => &mut self.momentum,
-                    Key::Dampening => &mut self.dampening,
-                    _ => &mut self.trust_coefficient,
-                } = Some(x)
-            }
+            (Key::LearningRate, Value::Number(Some(x))) => self.learning_rate = Some(x),
+            (Key::Beta1, Value::Number(Some(x))) => self.beta_1 = Some(x),
+            (Key::Beta2, Value::Number(Some(x))) => self.beta_2 = Some(x),
+            (Key::Epsilon, Value::Number(Some(x))) => self.epsilon = Some(x),
+            (Key::WeightDecayRate, Value::Number(Some(x))) => self.weight_decay_rate = Some(x),
+            (Key::Momentum, Value::Number(Some(x))) => self.momentum = Some(x),
+            (Key::Dampening, Value::Number(Some(x))) => self.dampening = Some(x),
+            (Key::TrustCoefficient, Value::Number(Some(x))) => self.trust_coefficient = Some(x),
             (Key::Nesterov, Value::Switch(b)) => self.nesterov = Some(b),
             (Key::TrustClip, Value::Switch(b)) => self.trust_clip = Some(b),
             (Key::ExcludeFromWeightDecay, Value::Patterns(p)) => {
@@ -728,6 +732,10 @@ mod tests {
             let mut s = OptimizerSpec::default();
             s.set(k, v.clone()).unwrap();
             assert_eq!(s.value(k), Some(v), "{k}");
+            assert!(
+                s.clone().set(k, Value::Switch(false)).is_err()
+                    || k.value_kind() == ValueKind::Switch
+            );
             assert_eq!(s.given().collect::<Vec<_>>(), vec![k]);
         }
         assert_eq!(Key::from_name("learnin_rate"), None);
