@@ -73,7 +73,7 @@ pub struct CompareFile {
 }
 
 const SIDE_KEYS: &str =
-    "optimizer, preset, lr, beta1, beta2, epsilon, weight-decay, momentum, activation";
+    "optimizer, preset, lr, beta1, beta2, epsilon, weight-decay, momentum, activation and a [hyper] table";
 
 fn side_only_optimizer_keys(s: &Settings, table: &str) -> Result<()> {
     let shared = [
@@ -269,21 +269,17 @@ pub fn compare(file: &CompareFile, flags: &CompareSettings, stop: Arc<AtomicBool
         reference: REFERENCE_ADAM,
     };
     let classic = is_classic(file, &lamb_cfg);
-    let describe =
-        |c: &RunConfig| {
-            format!(
-            "{}: {}{} lr {}, beta_1 {}, beta_2 {}, epsilon {}, weight decay {}; run directory `{}`",
+    let describe = |c: &RunConfig| {
+        format!(
+            "{}: {}; run directory `{}`",
             run::display_name(c),
-            c.optimizer,
-            c.preset.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
-            c.hyper.lr,
-            c.hyper.beta1.unwrap_or(f64::NAN),
-            c.hyper.beta2.unwrap_or(f64::NAN),
-            c.hyper.epsilon.unwrap_or(f64::NAN),
-            c.hyper.weight_decay,
-            c.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            c.optimizer_line(),
+            c.out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         )
-        };
+    };
     let settings = vec![
         format!(
             "epochs {}, batch size {}, seed {}; data {} ({} training, {} test images)",
@@ -378,6 +374,31 @@ mod tests {
         assert_eq!((l.epochs, l.seed, l.hyper.lr), (5, 3, 0.002));
         assert_eq!(a.activation, ActivationKind::Relu);
         assert!(!is_classic(&f, &l));
+        // Any other hyperparameter of a side's optimizer, by its description's name.
+        let f = CompareFile::from_toml(
+            "[lamb]\npreset = \"timm\"\n[lamb.hyper]\ntrust_clip = true",
+            "c",
+        )
+        .unwrap();
+        let (_, l, _) = resolve(&f, &CompareSettings::default()).unwrap();
+        assert_eq!(
+            l.extra_hyper,
+            [("trust_clip".to_string(), "true".to_string())]
+        );
+        assert!(
+            l.optimizer_line().contains("trust_clip true"),
+            "{}",
+            l.optimizer_line()
+        );
+        let f = CompareFile::from_toml("[adam.hyper]\ntrust_clip = true", "c").unwrap();
+        let e = format!(
+            "{:#}",
+            resolve(&f, &CompareSettings::default()).unwrap_err()
+        );
+        assert!(
+            e.contains("adam run") && e.contains("does not apply to adam"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -278,6 +278,7 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
         ("epsilon", flags.epsilon.is_some()),
         ("weight-decay", flags.weight_decay.is_some()),
         ("momentum", flags.momentum.is_some()),
+        ("hyper", !flags.hyper.is_empty()),
         ("activation", flags.activation.is_some()),
         ("schedule", flags.schedule.is_some()),
         ("warmup-epochs", flags.warmup_epochs.is_some()),

@@ -192,21 +192,7 @@ fn summary_markdown(s: &SummaryInput<'_>) -> String {
         ),
     };
     let _ = writeln!(md, "**Status:** {status}\n");
-    let h = &cfg.hyper;
-    let opt_line = format!(
-        "{}{}: lr {}, beta_1 {}, beta_2 {}, epsilon {}, weight decay {}, momentum {}",
-        cfg.optimizer,
-        cfg.preset
-            .as_deref()
-            .map(|p| format!(" ({p})"))
-            .unwrap_or_default(),
-        h.lr,
-        h.beta1.map(|v| v.to_string()).unwrap_or("-".into()),
-        h.beta2.map(|v| v.to_string()).unwrap_or("-".into()),
-        h.epsilon.map(|v| v.to_string()).unwrap_or("-".into()),
-        h.weight_decay,
-        h.momentum.map(|v| v.to_string()).unwrap_or("-".into())
-    );
+    let opt_line = cfg.optimizer_line();
     let _ = writeln!(md, "## Setup\n");
     let _ = writeln!(md, "- optimizer: {opt_line}");
     let _ = writeln!(md, "- hidden activation: {}", cfg.activation);
@@ -452,7 +438,7 @@ pub fn train_with(
     };
     let mut out = Progress::new(mode, tag, cfg.epochs);
     let mut model = classic_cnn(activation(cfg.activation), cfg.seed)?;
-    let mut opt = crate::optim::build_for_run(cfg, data.train.len())?;
+    let mut opt = cfg.build_optimizer(data.train.len())?;
     let ck_path = dir.join(checkpoint::FILE);
     let mut progress = FitProgress::default();
     let setup = if root {

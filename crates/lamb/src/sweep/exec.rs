@@ -11,44 +11,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use super::spec::{RunPlan, SweepSpec};
+use super::status::{RunStatus, STATUS_FILE};
 use lamb_run::lock::EXIT_LOCKED;
 use lamb_run::{LockError, RunLock};
 
 use crate::atomic::write_atomic;
 use crate::config::ScheduleKind;
 
-/// File in each run directory recording how the sweep's child ended (absent: not finished).
-pub const STATUS_FILE: &str = "sweep-status.json";
 /// The child's output (appended to on resume).
 pub use lamb_run::rundir::LOG_FILE;
-
-/// How a run ended, as recorded in [`STATUS_FILE`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunStatus {
-    /// `completed` or `failed`.
-    pub state: String,
-    /// Exit status of the child's last invocation.
-    pub exit_code: Option<i32>,
-    /// Last lines of the log for failures (e.g. the divergence message), empty otherwise.
-    pub message: String,
-}
-
-impl RunStatus {
-    /// Reads a run directory's status file (`None` when absent or unreadable: not finished).
-    pub fn read(run_dir: &Path) -> Option<RunStatus> {
-        let path = run_dir.join(STATUS_FILE);
-        let bytes = lamb_nn::files::read_capped(&path, 1 << 20, "status file").ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    /// Whether the run completed all its epochs.
-    pub fn completed(&self) -> bool {
-        self.state == "completed"
-    }
-}
 
 /// How the sweep runs its children.
 #[derive(Clone, Debug)]

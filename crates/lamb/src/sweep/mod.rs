@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod report;
 pub mod spec;
+pub mod status;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -239,6 +239,18 @@ impl SweepSpec {
                 self.lr_multipliers.len()
             );
         }
+        // Each optimizer's preset and values, checked by its description now rather than
+        // when its first run starts.
+        for o in &self.optimizers {
+            let given = crate::optim::Given {
+                lr: Some(o.base_lr),
+                weight_decay: o.weight_decay,
+                momentum: o.momentum,
+                ..Default::default()
+            };
+            crate::optim::effective(o.optimizer, o.preset.as_deref(), &given)
+                .with_context(|| format!("optimizer `{}` of the grid", o.label()))?;
+        }
         let mut ids: Vec<String> = self.plan().into_iter().map(|p| p.id).collect();
         let n = ids.len();
         ids.sort();
@@ -385,5 +397,20 @@ mod tests {
             .contains("batch-sizes"));
         let unknown = format!("{text}\nbogus = 1\n");
         assert!(toml::from_str::<SweepSpec>(&unknown).is_err());
+        // Presets and values are checked against the optimizer's description.
+        for (change, needle) in [
+            ("preset", "lamb-nope"),
+            ("momentum", "does not apply to lamb"),
+            ("weight-decay", "weight-decay"),
+        ] {
+            let mut bad = s.clone();
+            match change {
+                "preset" => bad.optimizers[0].preset = Some("nope".into()),
+                "momentum" => bad.optimizers[0].momentum = Some(0.9),
+                _ => bad.optimizers[0].weight_decay = Some(-1.0),
+            }
+            let e = format!("{:#}", bad.validate().unwrap_err());
+            assert!(e.contains(needle), "{change}: {e}");
+        }
     }
 }
