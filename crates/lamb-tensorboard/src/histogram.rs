@@ -60,8 +60,13 @@ impl Histogram {
             (lo, hi, buckets)
         };
         let width = (right - left) / k as f64;
-        self.bucket_limit
-            .extend((1..=k).map(|i| if i == k { right } else { left + width * i as f64 }));
+        self.bucket_limit.extend((1..=k).map(|i| {
+            if i == k {
+                right
+            } else {
+                left + width * i as f64
+            }
+        }));
         self.bucket.resize(k, 0.0);
         for &v in values.iter().filter(|v| v.is_finite()) {
             let i = (((f64::from(v) - left) / width) as usize).min(k - 1);

@@ -92,7 +92,13 @@ pub(crate) fn encode_summary_event(
         }
         Payload::Histogram(h) => {
             put_len(buf, 5, histogram_len(h));
-            for (f, v) in [(1, h.min), (2, h.max), (3, h.num), (4, h.sum), (5, h.sum_squares)] {
+            for (f, v) in [
+                (1, h.min),
+                (2, h.max),
+                (3, h.num),
+                (4, h.sum),
+                (5, h.sum_squares),
+            ] {
                 put_f64(buf, f, v);
             }
             for (f, xs) in [(6, &h.bucket_limit), (7, &h.bucket)] {
@@ -324,7 +330,9 @@ mod tests {
         encode_summary_event(&mut b, 1.5, 300, "a", Payload::Scalar(2.0));
         let mut want = vec![0x09];
         want.extend_from_slice(&1.5f64.to_le_bytes());
-        want.extend_from_slice(&[0x10, 0xac, 0x02, 0x2a, 0x0a, 0x0a, 0x08, 0x0a, 0x01, b'a', 0x15]);
+        want.extend_from_slice(&[
+            0x10, 0xac, 0x02, 0x2a, 0x0a, 0x0a, 0x08, 0x0a, 0x01, b'a', 0x15,
+        ]);
         want.extend_from_slice(&2.0f32.to_le_bytes());
         assert_eq!(b, want);
         let e = decode_event(&b).unwrap();

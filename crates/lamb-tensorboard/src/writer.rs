@@ -163,7 +163,10 @@ impl EventWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let r = self.file.write_all(&self.buf).and_then(|()| self.file.flush());
+        let r = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| self.file.flush());
         self.buf.clear();
         r.map_err(|source| TbError::Io {
             path: self.path.clone(),

@@ -12,6 +12,7 @@ mod progress;
 mod report;
 mod run;
 mod sweep;
+mod tensorboard;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,8 @@ struct TrainArgs {
     resume: Option<PathBuf>,
     #[command(flatten)]
     settings: Settings,
+    #[command(flatten)]
+    tb: tensorboard::TbFlags,
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +105,8 @@ struct CompareArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: CompareSettings,
+    #[command(flatten)]
+    tb: tensorboard::TbFlags,
 }
 
 #[derive(Subcommand, Debug)]
@@ -295,6 +300,7 @@ fn launch_workers(a: &TrainArgs, cfg: &RunConfig) -> Result<ExitCode> {
 }
 
 fn cmd_train(a: &TrainArgs) -> Result<ExitCode> {
+    tensorboard::configure(&a.tb)?;
     let settings = match (&a.resume, &a.config) {
         (Some(dir), _) => resume_settings(dir, &a.settings)?,
         (None, Some(file)) => Settings::from_file(file)?.overridden_by(&a.settings),
@@ -417,6 +423,7 @@ fn cmd_evaluate(a: &EvaluateArgs) -> Result<ExitCode> {
 }
 
 fn cmd_compare(a: &CompareArgs) -> Result<ExitCode> {
+    tensorboard::configure(&a.tb)?;
     let file = match &a.config {
         Some(p) => CompareFile::from_file(p)?,
         None => CompareFile::default(),
@@ -535,13 +542,15 @@ fn main() -> ExitCode {
         Command::Compare(a) => cmd_compare(a),
         Command::Data(c) => cmd_data(c),
         Command::Bench(a) => cmd_bench(a),
-        Command::Sweep(a) => sweep::run(a).map(|done| {
-            if done {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_INTERRUPTED)
-            }
-        }),
+        Command::Sweep(a) => tensorboard::configure(&a.tb)
+            .and_then(|()| sweep::run(a))
+            .map(|done| {
+                if done {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_INTERRUPTED)
+                }
+            }),
     };
     match result {
         Ok(code) => code,

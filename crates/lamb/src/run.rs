@@ -464,6 +464,16 @@ pub fn train_with(
             out.info(&format!("Ranks x threads: {parallel}"));
         }
     }
+    let mut tb = match root {
+        true => crate::tensorboard::TbRun::open(
+            &dir,
+            &model,
+            &progress,
+            steps,
+            cfg.optimizer.has_trust_ratio(),
+        )?,
+        false => None,
+    };
     while progress.epoch < cfg.epochs {
         let mut opts = FitOptions::new(cfg.batch_size, progress.epoch + 1, cfg.seed);
         opts.val_batch_size = VAL_BATCH;
@@ -488,9 +498,18 @@ pub fn train_with(
                         step,
                         steps_per_epoch,
                         running,
+                        telemetry,
                         ..
-                    } => out.step(*epoch, *step, *steps_per_epoch, *running),
+                    } => {
+                        if let Some(tb) = tb.as_mut() {
+                            tb.step(*epoch, *step, *steps_per_epoch, *running, telemetry, &stop);
+                        }
+                        out.step(*epoch, *step, *steps_per_epoch, *running)
+                    }
                     FitEvent::EpochEnd { record, progress } => {
+                        if let Some(tb) = tb.as_mut() {
+                            tb.epoch_end(record);
+                        }
                         out.epoch_end(record, steps);
                         next = Some((*progress).clone());
                     }
@@ -535,6 +554,9 @@ pub fn train_with(
         if root {
             Checkpoint::capture(&model, opt.as_ref(), &p, &key).save(&ck_path)?;
             write_history(&dir, &p.history)?;
+            if let Some(tb) = tb.as_mut() {
+                tb.checkpointed(&model, &p)?;
+            }
         }
         progress = p;
         if stopped {
@@ -550,6 +572,9 @@ pub fn train_with(
                     &model,
                     &progress.history,
                 )?;
+                if let Some(tb) = &tb {
+                    out.info(&tb.report());
+                }
                 out.warn(&format!(
                     "Stopped at epoch {}, step {}/{}; checkpoint written to {}.\nResume with: lamb train --resume {}",
                     progress.epoch + 1,
@@ -579,6 +604,9 @@ pub fn train_with(
             cfg.optimizer.has_trust_ratio(),
         )?;
         summary(Status::Completed, &model, &progress.history)?;
+        if let Some(tb) = &tb {
+            out.info(&tb.report());
+        }
     }
     Ok(RunResult {
         end: RunEnd::Completed,

@@ -220,6 +220,7 @@ pub fn train_args(spec: &SweepSpec, p: &RunPlan, out: &Path, ex: &Execution) -> 
 
 fn common_args(a: &mut Vec<String>, ex: &Execution) {
     a.extend(["--threads".into(), ex.threads.to_string(), "--quiet".into()]);
+    a.extend(crate::tensorboard::child_args());
     if let Some(d) = &ex.data {
         a.extend(["--data".into(), d.display().to_string()]);
     }
