@@ -14,7 +14,7 @@ const FIXED32: u64 = 5;
 
 /// Bytes of `v` as a base-128 varint.
 pub(crate) fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
@@ -226,7 +226,7 @@ fn fields(bytes: &[u8]) -> Fields<'_> {
 }
 
 fn packed_f64(b: &[u8], out: &mut Vec<f64>) -> Result<(), DecodeError> {
-    if b.len() % 8 != 0 {
+    if !b.len().is_multiple_of(8) {
         return Err("packed doubles not a multiple of 8 bytes");
     }
     out.extend(

@@ -205,7 +205,7 @@ impl TbRun {
         if let Some(tel) = telemetry.first() {
             self.last_lr = tel.learning_rate;
         }
-        if global % self.every == 0 {
+        if global.is_multiple_of(self.every) {
             self.train
                 .scalar("batch_loss", global as i64, running.0 as f32);
             self.train
@@ -288,6 +288,8 @@ impl TbRun {
             if self.start.is_none() {
                 self.start = Some(weights(model));
             }
+            // A stop's copy of this epoch's starting weights has served.
+            let _ = std::fs::remove_file(self.start_path());
         }
         if progress.step > 0 {
             self.write_start_weights(progress.epoch)?;

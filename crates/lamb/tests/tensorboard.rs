@@ -226,6 +226,10 @@ fn stop_and_kill_then_resume_write_each_step_once() {
         steps(&t, "conv2d/kernel/epoch_change/histogram"),
         vec![0, 1]
     );
+    assert!(
+        !b.join("tb/epoch_start_weights.bin").exists(),
+        "the stop's copy of epoch 2's starting weights is kept past that epoch"
+    );
 
     // As if the kill had also cut a write short: a torn record at the end of the file, which
     // the resumed run cuts off before appending.
