@@ -376,6 +376,7 @@ pub fn train_with(
     let mut opt = crate::optim::build_for_run(cfg, data.train.len())?;
     let ck_path = dir.join(checkpoint::FILE);
     let mut progress = FitProgress::default();
+    let mut tb = None;
     let setup = if root {
         start_run(
             &dir,
@@ -399,6 +400,13 @@ pub fn train_with(
                     progress.epoch
                 );
             }
+            Ok(())
+        })
+        .and_then(|()| {
+            // TensorBoard event files (rank 0; `None` under --no-tensorboard).
+            let steps = data.train.len().div_ceil(cfg.batch_size);
+            let trust = cfg.optimizer.has_trust_ratio();
+            tb = crate::tensorboard::TbRun::open(&dir, &model, &progress, steps, trust)?;
             Ok(())
         })
     } else {
@@ -464,16 +472,6 @@ pub fn train_with(
             out.info(&format!("Ranks x threads: {parallel}"));
         }
     }
-    let mut tb = match root {
-        true => crate::tensorboard::TbRun::open(
-            &dir,
-            &model,
-            &progress,
-            steps,
-            cfg.optimizer.has_trust_ratio(),
-        )?,
-        false => None,
-    };
     while progress.epoch < cfg.epochs {
         let mut opts = FitOptions::new(cfg.batch_size, progress.epoch + 1, cfg.seed);
         opts.val_batch_size = VAL_BATCH;

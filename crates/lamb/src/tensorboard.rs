@@ -21,6 +21,10 @@
 //! last record, which readers skip and the resumed run cuts off before appending. A stop
 //! mid-epoch keeps the epoch's starting weights in `tb/epoch_start_weights.bin` so the resumed
 //! run still writes the epoch's change histograms.
+//!
+//! Hidden test hooks (deterministic, at step boundaries): `LAMB_TB_STOP_AT_STEP=G` stops the run
+//! after global step G as Ctrl-C does; `LAMB_TB_KILL_AT_STEP=G` sends the process SIGKILL after
+//! it. Both act only where the event files are written.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,7 +159,11 @@ impl TbRun {
             EventWriter::open(&dir.join(sub), capacity)
                 .map(|(w, _)| w)
                 .with_context(|| {
-                    format!("opening the TensorBoard event files in {}", dir.display())
+                    format!(
+                        "opening the TensorBoard event files in {} (move the damaged file away, \
+                         or run with --no-tensorboard)",
+                        dir.display()
+                    )
                 })
         };
         let (train, validation) = (open("train")?, open("validation")?);

@@ -155,6 +155,27 @@ fn tensorboards_reader_sees_the_history() {
         check_with_tensorboard(&py, &out, 100, 30);
     }
 
+    // A damaged event file stops a resume before anything is written, naming the file.
+    let file = event_file(&out.join("tb/validation"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    let err = fail(
+        lamb(tmp.path())
+            .args(["train", "--epochs", "4", "--resume"])
+            .arg(&out),
+    );
+    assert!(
+        err.contains("not a valid TensorBoard event file") && err.contains("--no-tensorboard"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read_to_string(out.join("summary.md")).unwrap(),
+        summary
+    );
+
     // Off by a flag; a zero interval is refused before anything starts.
     let off = tmp.path().join("off");
     let mut c = lamb(tmp.path());
