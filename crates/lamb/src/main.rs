@@ -10,6 +10,7 @@ mod progress;
 mod report;
 mod run;
 mod sweep;
+mod tensorboard;
 mod testhooks;
 
 /// Atomic writes and checkpoints live in the `lamb-run` library (shared with library users).
@@ -71,6 +72,8 @@ struct TrainArgs {
     resume: Option<PathBuf>,
     #[command(flatten)]
     settings: Settings,
+    #[command(flatten)]
+    tb: tensorboard::TbFlags,
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +107,8 @@ struct CompareArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: CompareSettings,
+    #[command(flatten)]
+    tb: tensorboard::TbFlags,
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,8 +209,12 @@ static LOADING: AtomicBool = AtomicBool::new(false);
 /// checkpoints); a second signal exits at once, and a signal during data loading (see
 /// [`loading`]) exits at once with a message. Exit status 130 in every case.
 fn stop_flag() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::SIGUSR1;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in STOP_SIGNALS {
+    // SIGUSR1 asks for a graceful stop only, however often it comes: `lamb train --workers N`
+    // (and `kill -USR1 <mpirun>`) stops the ranks with it through mpirun, and a sweep's child
+    // gets it when the sweep dies.
+    for sig in STOP_SIGNALS.into_iter().chain([SIGUSR1]) {
         // SAFETY: the action only loads an atomic, writes a constant message with write(2) and
         // calls _exit(2), all async-signal-safe.
         unsafe {
@@ -218,18 +227,16 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
             })
         }
         .context("installing the Ctrl-C handler")?;
-        signal_hook::flag::register_conditional_shutdown(
-            sig,
-            EXIT_INTERRUPTED as i32,
-            stop.clone(),
-        )
-        .context("installing the Ctrl-C handler")?;
+        if sig != SIGUSR1 {
+            signal_hook::flag::register_conditional_shutdown(
+                sig,
+                EXIT_INTERRUPTED as i32,
+                stop.clone(),
+            )
+            .context("installing the Ctrl-C handler")?;
+        }
         signal_hook::flag::register(sig, stop.clone()).context("installing the Ctrl-C handler")?;
     }
-    // `lamb train --workers N` (and `kill -USR1 <mpirun>`) stops the ranks gracefully with
-    // SIGUSR1, which mpirun forwards to every rank.
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, stop.clone())
-        .context("installing the SIGUSR1 handler")?;
     Ok(stop)
 }
 
@@ -346,6 +353,7 @@ fn launch_workers(a: &TrainArgs, cfg: &RunConfig) -> Result<ExitCode> {
 }
 
 fn cmd_train(a: &TrainArgs) -> Result<ExitCode> {
+    tensorboard::configure(&a.tb)?;
     let settings = match (&a.resume, &a.config) {
         (Some(dir), _) => resume_settings(dir, &a.settings)?,
         (None, Some(file)) => Settings::from_file(file)?.overridden_by(&a.settings),
@@ -468,6 +476,7 @@ fn cmd_evaluate(a: &EvaluateArgs) -> Result<ExitCode> {
 }
 
 fn cmd_compare(a: &CompareArgs) -> Result<ExitCode> {
+    tensorboard::configure(&a.tb)?;
     let file = match &a.config {
         Some(p) => CompareFile::from_file(p)?,
         None => CompareFile::default(),
@@ -596,13 +605,15 @@ fn main() -> ExitCode {
         Command::Compare(a) => cmd_compare(a),
         Command::Data(c) => cmd_data(c),
         Command::Bench(a) => cmd_bench(a),
-        Command::Sweep(a) => sweep::run(a).map(|done| {
-            if done {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_INTERRUPTED)
-            }
-        }),
+        Command::Sweep(a) => tensorboard::configure(&a.tb)
+            .and_then(|()| sweep::run(a))
+            .map(|done| {
+                if done {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_INTERRUPTED)
+                }
+            }),
     };
     match result {
         Ok(code) => code,

@@ -441,6 +441,7 @@ pub fn train_with(
     let mut opt = cfg.build_optimizer(data.train.len())?;
     let ck_path = dir.join(checkpoint::FILE);
     let mut progress = FitProgress::default();
+    let mut tb = None;
     let setup = if root {
         start_run(
             &dir,
@@ -466,6 +467,13 @@ pub fn train_with(
                 );
             }
             Ok((Some(lock), resumed))
+        })
+        .and_then(|started| {
+            // TensorBoard event files (rank 0; `None` under --no-tensorboard).
+            let steps = data.train.len().div_ceil(cfg.batch_size);
+            let trust = cfg.optimizer.has_trust_ratio();
+            tb = crate::tensorboard::TbRun::open(&dir, &model, &progress, steps, trust)?;
+            Ok(started)
         })
     } else {
         Ok((None, resume))
@@ -555,13 +563,20 @@ pub fn train_with(
                         step,
                         steps_per_epoch,
                         running,
+                        telemetry,
                         ..
                     } => {
+                        if let Some(tb) = tb.as_mut() {
+                            tb.step(*epoch, *step, *steps_per_epoch, *running, telemetry, &stop);
+                        }
                         out.step(*epoch, *step, *steps_per_epoch, *running);
                         let global = (*epoch as u64 - 1) * *steps_per_epoch as u64 + *step as u64;
                         crate::testhooks::at_step(global, &stop);
                     }
                     FitEvent::EpochEnd { record, progress } => {
+                        if let Some(tb) = tb.as_mut() {
+                            tb.epoch_end(record);
+                        }
                         out.epoch_end(record, steps);
                         next = Some((*progress).clone());
                     }
@@ -616,6 +631,9 @@ pub fn train_with(
                     "saving the checkpoint of {name} failed (disk full?); the run stopped"
                 )));
             }
+            if let Some(tb) = tb.as_mut() {
+                tb.checkpointed(&model, &p)?;
+            }
         }
         progress = p;
         if stopped {
@@ -631,6 +649,9 @@ pub fn train_with(
                     &model,
                     &progress.history,
                 )?;
+                if let Some(tb) = &tb {
+                    out.info(&tb.report());
+                }
                 out.warn(&format!(
                     "Stopped at epoch {}, step {}/{}; checkpoint written to {}.\nResume with: lamb train --resume {}",
                     progress.epoch + 1,
@@ -673,6 +694,9 @@ pub fn train_with(
                 "writing the results of {name} failed (disk full?); its checkpoint is kept in {}",
                 ck_path.display()
             )));
+        }
+        if let Some(tb) = &tb {
+            out.info(&tb.report());
         }
     }
     Ok(RunResult {

@@ -227,6 +227,7 @@ pub fn train_args(spec: &SweepSpec, p: &RunPlan, out: &Path, ex: &Execution) -> 
 
 fn common_args(a: &mut Vec<String>, ex: &Execution) {
     a.extend(["--threads".into(), ex.threads.to_string(), "--quiet".into()]);
+    a.extend(crate::tensorboard::child_args());
     if let Some(d) = &ex.data {
         a.extend(["--data".into(), d.display().to_string()]);
     }
@@ -286,14 +287,16 @@ fn run_one(
     // SAFETY: prctl(2), getppid(2) and kill(2) are async-signal-safe, as pre_exec requires.
     unsafe {
         cmd.pre_exec(move || {
-            // When the sweep dies in any way (even SIGKILL), the child gets SIGTERM: it
-            // checkpoints and exits, so no trainer outlives its sweep.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+            // When the sweep dies in any way (even SIGKILL), the child gets SIGUSR1: it
+            // checkpoints and exits, so no trainer outlives its sweep. Not SIGTERM: the
+            // signal comes again each time the child is handed to another of the dying
+            // sweep's threads, and a second SIGTERM means "exit now", a second SIGUSR1 nothing.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The sweep may have died before the prctl took effect.
             if libc::getppid() != parent {
-                libc::kill(libc::getpid(), libc::SIGTERM);
+                libc::kill(libc::getpid(), libc::SIGUSR1);
             }
             Ok(())
         });

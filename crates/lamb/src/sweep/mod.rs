@@ -68,6 +68,8 @@ pub struct SweepArgs {
     /// Only rewrite the table and plots from the runs already there.
     #[arg(long, conflicts_with = "dry_run")]
     pub report: bool,
+    #[command(flatten)]
+    pub tb: crate::tensorboard::TbFlags,
 }
 
 fn cores() -> usize {
