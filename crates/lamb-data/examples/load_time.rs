@@ -50,14 +50,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             times.push(dt);
         }
         println!("cached load median: {:.3} s", median(times));
-        let entry = lamb_data::cache_entry_dir(&path, &cache)?;
+        let entry = lamb_data::cache_entry_path(&path, &cache, &Default::default())?;
         let mut times = Vec::new();
         for _ in 0..3 {
             let t = Instant::now();
-            lamb_data::read_official(&entry)?;
+            lamb_data::read_cache_entry(&entry)?;
             times.push(t.elapsed().as_secs_f64());
         }
-        println!("read_official of the entry median: {:.3} s", median(times));
+        println!("read_cache_entry (checksum verified) median: {:.3} s", median(times));
     }
     Ok(())
 }

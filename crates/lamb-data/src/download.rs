@@ -10,9 +10,8 @@ use md5::{Digest, Md5};
 
 use crate::error::DataError;
 use crate::images::scan_archive;
-use crate::official::{
-    self, sync_dir, write_synced, META_FILE, OFFICIAL_SUBDIR, TEST_FILE, TRAIN_FILES,
-};
+use crate::fsutil::{hex, sync_dir, write_synced};
+use crate::official::{self, META_FILE, OFFICIAL_SUBDIR, TEST_FILE, TRAIN_FILES};
 
 /// What to download and how to verify it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,10 +88,6 @@ fn already_verified(archive: &Path, spec: &DownloadSpec) -> Result<bool, DataErr
         hasher.update(&buf[..n]);
     }
     Ok(hex(&hasher.finalize()) == spec.md5.to_ascii_lowercase())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `url`'s host is a loopback address or `localhost`.

@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::error::DataError;
+use crate::fsutil::check_openable;
 
 /// Environment variable naming the data path.
 pub const DATA_ENV: &str = "LAMB_DATA";
@@ -17,7 +18,7 @@ pub const SHARED_ARCHIVE: &str = "cifar10-jpeg.tar.gz";
 /// 3. the first existing one of [`candidate_paths`] for the current directory and executable.
 ///
 /// The result is a path for [`crate::load`] / [`crate::load_cached`]; when nothing is found
-/// the error's message ([`no_data_help`]) says where it looked and what to do.
+/// the error's message ([`crate::no_data_help`]) says where it looked and what to do.
 pub fn locate_data(explicit: Option<&Path>) -> Result<PathBuf, DataError> {
     let cwd = std::env::current_dir().ok();
     let exe = std::env::current_exe().ok();
@@ -53,6 +54,7 @@ pub fn locate_data_in(
 }
 
 fn existing(p: &Path, what: &str) -> Result<PathBuf, DataError> {
+    check_openable(p)?;
     if p.exists() {
         Ok(p.to_path_buf())
     } else {
@@ -90,27 +92,4 @@ pub fn candidate_paths(cwd: Option<&Path>, exe: Option<&Path>) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-/// The message shown when no data is found: where the search looked, and the three ways to
-/// provide data (`--data PATH` or `$LAMB_DATA`, `lamb data download`, `lamb data import`).
-pub fn no_data_help(searched: &[PathBuf]) -> String {
-    let mut s = String::from(
-        "no CIFAR-10 data found: neither --data PATH nor $LAMB_DATA was given, and none of these \
-         exists:\n",
-    );
-    for p in searched {
-        s.push_str(&format!("  - {}\n", p.display()));
-    }
-    s.push_str(
-        "To fix this, do one of:\n\
-         \x20 - pass --data PATH (or set LAMB_DATA=PATH) naming a cifar-10-batches-bin directory, \
-         a folder with train/<class>/*.jpg|png and test/<class>/..., or a .tar.gz/.tar archive of \
-         either;\n\
-         \x20 - with internet access, run `lamb data download` to fetch the official binary \
-         release (170 MB) into ./data/cifar-10-batches-bin;\n\
-         \x20 - run `lamb data import ARCHIVE` to convert an image archive you already have into \
-         the binary layout for fast loading.",
-    );
-    s
 }

@@ -53,7 +53,7 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("a.tar.gz");
         fs::write(&p, if gz { gzip(&bytes) } else { bytes }).unwrap();
-        if let Ok(s) = read_archive(&p) { check_valid(&s) }
+        if let Ok(s) = read_archive(&p, None) { check_valid(&s) }
         if let Ok(s) = load(&p) { check_valid(&s) }
     }
 
@@ -75,6 +75,6 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("a.tar");
         fs::write(&p, &tar).unwrap();
-        if let Ok(s) = read_archive(&p) { check_valid(&s) }
+        if let Ok(s) = read_archive(&p, None) { check_valid(&s) }
     }
 }
