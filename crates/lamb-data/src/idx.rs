@@ -99,18 +99,17 @@ fn header(bytes: &[u8], magic: u32, ndims: usize, path: &Path) -> Result<Vec<usi
         "an IDX label file (magic 0x00000801: unsigned bytes, 1 dimension)"
     };
     let head = 4 + 4 * ndims;
+    if bytes.len() >= 4 && be32(bytes, 0) != magic {
+        return Err(DataError::BadFormat {
+            path: path.to_path_buf(),
+            problem: format!("magic number 0x{:08x}", be32(bytes, 0)),
+            expected: what.into(),
+        });
+    }
     if bytes.len() < head {
         return Err(DataError::BadFormat {
             path: path.to_path_buf(),
             problem: format!("only {} bytes, shorter than the {head}-byte header", bytes.len()),
-            expected: what.into(),
-        });
-    }
-    let found = be32(bytes, 0);
-    if found != magic {
-        return Err(DataError::BadFormat {
-            path: path.to_path_buf(),
-            problem: format!("magic number 0x{found:08x}"),
             expected: what.into(),
         });
     }
