@@ -35,7 +35,10 @@ pub use cifar100::{
     CIFAR100_TEST, CIFAR100_TRAIN,
 };
 pub use dataset::*;
-pub use download::{download_official, extract_official, DownloadSpec};
+pub use download::{
+    download_dataset, download_official, extract_cifar100, extract_official, fetch_verified,
+    DownloadSpec, OfficialData,
+};
 pub use error::{no_data_help, DataError, RECORD_LEN};
 pub use fsutil::{check_openable, read_capped};
 pub use idx::{idx_class_names, is_idx_dir, parse_idx, read_idx, FASHION_MNIST_CLASSES, IDX_FILES};
