@@ -27,6 +27,7 @@ mod load;
 mod locate;
 mod official;
 mod options;
+mod pipeline;
 mod resize;
 
 pub use cache::{cache_entry_path, read_cache_entry, write_cache_entry, CACHE_VERSION};
@@ -53,4 +54,7 @@ pub use official::{
     ImportSummary, META_FILE, OFFICIAL_SUBDIR, TEST_FILE, TRAIN_FILES,
 };
 pub use options::{Cifar100Labels, LoadOptions, Resize, MAX_RESIZE_SIDE};
+pub use pipeline::{
+    augment_params, shift_flip, stratified_split, Augment, InputPipeline, Standardize,
+};
 pub use resize::{resize_dataset, resize_pixels};
