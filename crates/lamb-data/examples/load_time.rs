@@ -58,7 +58,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             lamb_data::read_cache_entry(&entry)?;
             times.push(t.elapsed().as_secs_f64());
         }
-        println!("read_cache_entry (checksum verified) median: {:.3} s", median(times));
+        println!(
+            "read_cache_entry (checksum verified) median: {:.3} s",
+            median(times)
+        );
         // The previous cache format was the official binary layout read by read_official:
         // alternate the two readers on the same data.
         let official = cache.join("official-layout-for-comparison");

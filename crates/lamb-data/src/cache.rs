@@ -68,7 +68,13 @@ fn put(out: &mut Vec<u8>, v: u64) {
 /// The header bytes of one split (everything but the pixels).
 fn split_header(ds: &Dataset) -> Vec<u8> {
     let mut h = Vec::new();
-    for v in [ds.height, ds.width, ds.channels, ds.len(), ds.class_names.len()] {
+    for v in [
+        ds.height,
+        ds.width,
+        ds.channels,
+        ds.len(),
+        ds.class_names.len(),
+    ] {
         put(&mut h, v as u64);
     }
     for name in &ds.class_names {
@@ -113,8 +119,10 @@ pub fn write_cache_entry(splits: &Splits, path: &Path) -> Result<(), DataError> 
         let f = w
             .into_inner()
             .map_err(|e| DataError::io("writing", &tmp, e.into_error()))?;
-        f.sync_all().map_err(|e| DataError::io("syncing", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| DataError::io("renaming cache entry into place", path, e))
+        f.sync_all()
+            .map_err(|e| DataError::io("syncing", &tmp, e))?;
+        fs::rename(&tmp, path)
+            .map_err(|e| DataError::io("renaming cache entry into place", path, e))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -173,7 +181,11 @@ pub fn read_cache_entry(path: &Path) -> Result<Splits, DataError> {
             .and_then(|v| v.checked_mul(c))
             .and_then(|v| v.checked_mul(n))
             .filter(|&v| v + n <= r.len.saturating_sub(r.read))
-            .ok_or_else(|| bad(format!("header {dims:?} needs more bytes than the file holds")))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "header {dims:?} needs more bytes than the file holds"
+                ))
+            })?;
         let mut labels = vec![0u8; n as usize];
         r.fill(&mut labels)?;
         let mut images = vec![0u8; image_len as usize];
@@ -198,7 +210,10 @@ pub fn read_cache_entry(path: &Path) -> Result<Splits, DataError> {
         .read_exact(&mut stored)
         .map_err(|_| bad("truncated before its checksum".into()))?;
     if r.read + 32 != file_len {
-        return Err(bad(format!("{} bytes after the checksum", file_len - r.read - 32)));
+        return Err(bad(format!(
+            "{} bytes after the checksum",
+            file_len - r.read - 32
+        )));
     }
     if computed.as_bytes() != &stored {
         return Err(bad(format!(

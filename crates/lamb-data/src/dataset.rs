@@ -240,7 +240,11 @@ mod tests {
         let m0 = (0.0 + 51.0 + 10.0) / 3.0;
         let m1 = (255.0 + 102.0 + 20.0) / 3.0;
         assert!((mean[0] - m0 / 255.0).abs() < 1e-12 && (mean[1] - m1 / 255.0).abs() < 1e-12);
-        let v0 = [0.0f64, 51.0, 10.0].iter().map(|x| (x - m0).powi(2)).sum::<f64>() / 3.0;
+        let v0 = [0.0f64, 51.0, 10.0]
+            .iter()
+            .map(|x| (x - m0).powi(2))
+            .sum::<f64>()
+            / 3.0;
         assert!((std[0] - v0.sqrt() / 255.0).abs() < 1e-12, "{std:?}");
     }
 
@@ -265,7 +269,10 @@ mod tests {
         d.images.truncate(3);
         d.labels.truncate(3);
         assert_ne!(d.fingerprint(), fp);
-        let s = Splits { train: tiny(), test: tiny() };
+        let s = Splits {
+            train: tiny(),
+            test: tiny(),
+        };
         let mut t = s.clone();
         t.test.images[0] = 1;
         assert_ne!(s.fingerprint(), t.fingerprint());

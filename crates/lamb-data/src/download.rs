@@ -14,8 +14,8 @@ use crate::error::DataError;
 use crate::fsutil::{hex, sync_dir, write_synced};
 use crate::idx::read_idx;
 use crate::images::scan_archive;
-use crate::options::Cifar100Labels;
 use crate::official::{self, META_FILE, OFFICIAL_SUBDIR, TEST_FILE, TRAIN_FILES};
+use crate::options::Cifar100Labels;
 
 /// The official datasets [`download_dataset`] knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,19 +83,51 @@ impl OfficialData {
             OfficialData::Mnist => idx(
                 "https://ossci-datasets.s3.amazonaws.com/mnist/",
                 [
-                    ("train-images-idx3-ubyte.gz", 9_912_422, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-                    ("train-labels-idx1-ubyte.gz", 28_881, "d53e105ee54ea40749a09fcbcd1e9432"),
-                    ("t10k-images-idx3-ubyte.gz", 1_648_877, "9fb629c4189551a2d022fa330f9573f3"),
-                    ("t10k-labels-idx1-ubyte.gz", 4_542, "ec29112dd5afa0611ce80d1b7f02629c"),
+                    (
+                        "train-images-idx3-ubyte.gz",
+                        9_912_422,
+                        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                    ),
+                    (
+                        "train-labels-idx1-ubyte.gz",
+                        28_881,
+                        "d53e105ee54ea40749a09fcbcd1e9432",
+                    ),
+                    (
+                        "t10k-images-idx3-ubyte.gz",
+                        1_648_877,
+                        "9fb629c4189551a2d022fa330f9573f3",
+                    ),
+                    (
+                        "t10k-labels-idx1-ubyte.gz",
+                        4_542,
+                        "ec29112dd5afa0611ce80d1b7f02629c",
+                    ),
                 ],
             ),
             OfficialData::FashionMnist => idx(
                 "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
                 [
-                    ("train-images-idx3-ubyte.gz", 26_421_880, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-                    ("train-labels-idx1-ubyte.gz", 29_515, "25c81989df183df01b3e8a0aad5dffbe"),
-                    ("t10k-images-idx3-ubyte.gz", 4_422_102, "bef4ecab320f06d8554ea6380940ec79"),
-                    ("t10k-labels-idx1-ubyte.gz", 5_148, "bb300cfdad3c16e7a12a480ee83cd310"),
+                    (
+                        "train-images-idx3-ubyte.gz",
+                        26_421_880,
+                        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                    ),
+                    (
+                        "train-labels-idx1-ubyte.gz",
+                        29_515,
+                        "25c81989df183df01b3e8a0aad5dffbe",
+                    ),
+                    (
+                        "t10k-images-idx3-ubyte.gz",
+                        4_422_102,
+                        "bef4ecab320f06d8554ea6380940ec79",
+                    ),
+                    (
+                        "t10k-labels-idx1-ubyte.gz",
+                        5_148,
+                        "bb300cfdad3c16e7a12a480ee83cd310",
+                    ),
                 ],
             ),
         }
@@ -398,7 +430,12 @@ impl Write for HashWriter<'_> {
 pub fn extract_cifar100(archive: &Path, dest_dir: &Path) -> Result<PathBuf, DataError> {
     let members = scan_archive_members(
         archive,
-        &[CIFAR100_TRAIN, CIFAR100_TEST, "fine_label_names.txt", "coarse_label_names.txt"],
+        &[
+            CIFAR100_TRAIN,
+            CIFAR100_TEST,
+            "fine_label_names.txt",
+            "coarse_label_names.txt",
+        ],
     )?;
     let final_dir = dest_dir.join(CIFAR100_SUBDIR);
     let tmp = dest_dir.join(format!(".{CIFAR100_SUBDIR}.tmp-{}", std::process::id()));
@@ -430,7 +467,10 @@ pub fn extract_cifar100(archive: &Path, dest_dir: &Path) -> Result<PathBuf, Data
 
 /// The members of a `.tar.gz` whose file names are in `wanted` (each at most once; a missing
 /// `train.bin` or `test.bin` is an error).
-fn scan_archive_members(archive: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u8>)>, DataError> {
+fn scan_archive_members(
+    archive: &Path,
+    wanted: &[&str],
+) -> Result<Vec<(String, Vec<u8>)>, DataError> {
     let f = fs::File::open(archive).map_err(|e| DataError::io("opening", archive, e))?;
     let gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 16, f));
     let mut tar = tar::Archive::new(gz);

@@ -109,11 +109,16 @@ fn header(bytes: &[u8], magic: u32, ndims: usize, path: &Path) -> Result<Vec<usi
     if bytes.len() < head {
         return Err(DataError::BadFormat {
             path: path.to_path_buf(),
-            problem: format!("only {} bytes, shorter than the {head}-byte header", bytes.len()),
+            problem: format!(
+                "only {} bytes, shorter than the {head}-byte header",
+                bytes.len()
+            ),
             expected: what.into(),
         });
     }
-    let dims: Vec<usize> = (0..ndims).map(|k| be32(bytes, 4 + 4 * k) as usize).collect();
+    let dims: Vec<usize> = (0..ndims)
+        .map(|k| be32(bytes, 4 + 4 * k) as usize)
+        .collect();
     let body: u128 = dims.iter().map(|&d| d as u128).product();
     if body != (bytes.len() - head) as u128 {
         return Err(DataError::BadFormat {
@@ -178,11 +183,17 @@ pub fn parse_idx(
 
 /// The class names for IDX data at `dir`: Fashion-MNIST's when the path names "fashion".
 pub fn idx_class_names(dir: &Path) -> Vec<String> {
-    let fashion = dir
-        .components()
-        .any(|c| c.as_os_str().to_string_lossy().to_lowercase().contains("fashion"));
+    let fashion = dir.components().any(|c| {
+        c.as_os_str()
+            .to_string_lossy()
+            .to_lowercase()
+            .contains("fashion")
+    });
     if fashion {
-        FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()
+        FASHION_MNIST_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         (0..10).map(|i| i.to_string()).collect()
     }
@@ -199,7 +210,10 @@ pub fn read_idx(dir: &Path) -> Result<Splits, DataError> {
                 .into(),
         })
     };
-    let paths: Vec<PathBuf> = IDX_FILES.iter().map(|b| find(b)).collect::<Result<_, _>>()?;
+    let paths: Vec<PathBuf> = IDX_FILES
+        .iter()
+        .map(|b| find(b))
+        .collect::<Result<_, _>>()?;
     let bytes: Vec<Vec<u8>> = paths
         .iter()
         .map(|p| read_maybe_gz(p))

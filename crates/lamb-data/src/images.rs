@@ -98,10 +98,7 @@ pub fn read_image_folder(dir: &Path, resize: Option<Resize>) -> Result<Splits, D
             if class.starts_with('.') {
                 continue;
             }
-            if class_path
-                .file_name()
-                .is_some_and(|n| n.to_str().is_none())
-            {
+            if class_path.file_name().is_some_and(|n| n.to_str().is_none()) {
                 return Err(DataError::BadClassName {
                     container: dir.to_path_buf(),
                     name: format!("{split}/{class}"),
@@ -357,7 +354,8 @@ impl ArchiveContents {
             member: name.clone(),
             problem,
         };
-        let is_batch = TRAIN_FILES.contains(&file_name) || file_name == TEST_FILE || file_name == META_FILE;
+        let is_batch =
+            TRAIN_FILES.contains(&file_name) || file_name == TEST_FILE || file_name == META_FILE;
         let is_image = is_image_name(file_name);
         if matches!(kind, MemberKind::Dir) {
             self.dirs.push(name.clone());
@@ -367,9 +365,11 @@ impl ArchiveContents {
             return Ok(());
         }
         if std::str::from_utf8(raw).is_err() {
-            return Err(bad("has a path that is not valid UTF-8; image paths must be UTF-8 (a \
+            return Err(bad(
+                "has a path that is not valid UTF-8; image paths must be UTF-8 (a \
                             lossy conversion could merge two classes or files)"
-                .into()));
+                    .into(),
+            ));
         }
         let key = normalize(&name);
         if let Some(first) = self.seen.get(&key) {
@@ -381,7 +381,11 @@ impl ArchiveContents {
         self.seen.insert(key.clone(), name.clone());
         let bytes = match kind {
             MemberKind::File => {
-                let limit = if is_image { MAX_IMAGE_BYTES } else { MAX_BATCH_BYTES };
+                let limit = if is_image {
+                    MAX_IMAGE_BYTES
+                } else {
+                    MAX_BATCH_BYTES
+                };
                 if size > limit {
                     return Err(DataError::MemberTooLarge {
                         container: path.to_path_buf(),
@@ -407,9 +411,11 @@ impl ArchiveContents {
                 }
             }
             MemberKind::Symlink => {
-                return Err(bad("is a symbolic link; store the image itself (links are not \
+                return Err(bad(
+                    "is a symbolic link; store the image itself (links are not \
                                 followed)"
-                    .into()))
+                        .into(),
+                ))
             }
             MemberKind::Dir | MemberKind::Other => unreachable!("returned above"),
         };

@@ -10,7 +10,9 @@ use crate::error::DataError;
 use crate::fsutil::check_openable;
 use crate::idx::{is_idx_dir, read_idx};
 use crate::images::{looks_like_archive, read_archive, read_image_folder};
-use crate::official::{official_dir, read_official, write_official, ImportSummary, TEST_FILE, TRAIN_FILES};
+use crate::official::{
+    official_dir, read_official, write_official, ImportSummary, TEST_FILE, TRAIN_FILES,
+};
 use crate::options::LoadOptions;
 use crate::resize::resize_dataset;
 
@@ -148,7 +150,10 @@ pub struct Loaded {
 pub fn load_cached(archive: &Path, cache_dir: &Path) -> Result<Splits, DataError> {
     let loaded = load_cached_with(archive, cache_dir, &LoadOptions::default())?;
     if let CacheUse::Rebuilt(entry, why) = &loaded.cache {
-        eprintln!("note: rebuilt the data cache entry {}: {why}", entry.display());
+        eprintln!(
+            "note: rebuilt the data cache entry {}: {why}",
+            entry.display()
+        );
     }
     Ok(loaded.splits)
 }

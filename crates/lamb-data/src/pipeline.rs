@@ -252,7 +252,15 @@ mod tests {
     use super::*;
 
     /// The definition: pad with `p` zeros, crop at (p + dy, p + dx), then flip.
-    fn naive(img: &[f32], h: usize, w: usize, c: usize, dy: isize, dx: isize, flip: bool) -> Vec<f32> {
+    fn naive(
+        img: &[f32],
+        h: usize,
+        w: usize,
+        c: usize,
+        dy: isize,
+        dx: isize,
+        flip: bool,
+    ) -> Vec<f32> {
         let mut out = vec![0.0; h * w * c];
         for r in 0..h {
             for col in 0..w {
@@ -277,7 +285,11 @@ mod tests {
                 for flip in [false, true] {
                     let mut got = img.clone();
                     shift_flip(&mut got, h, w, c, dy, dx, flip);
-                    assert_eq!(got, naive(&img, h, w, c, dy, dx, flip), "dy {dy} dx {dx} {flip}");
+                    assert_eq!(
+                        got,
+                        naive(&img, h, w, c, dy, dx, flip),
+                        "dy {dy} dx {dx} {flip}"
+                    );
                 }
             }
         }
@@ -285,27 +297,65 @@ mod tests {
 
     #[test]
     fn params_depend_on_seed_epoch_and_index_only() {
-        let a = Augment { crop: 4, flip: true };
+        let a = Augment {
+            crop: 4,
+            flip: true,
+        };
         let all: Vec<_> = (0..200).map(|i| augment_params(&a, 7, 3, i)).collect();
-        assert_eq!(all, (0..200).map(|i| augment_params(&a, 7, 3, i)).collect::<Vec<_>>());
-        assert_ne!(all, (0..200).map(|i| augment_params(&a, 7, 4, i)).collect::<Vec<_>>());
-        assert_ne!(all, (0..200).map(|i| augment_params(&a, 8, 3, i)).collect::<Vec<_>>());
+        assert_eq!(
+            all,
+            (0..200)
+                .map(|i| augment_params(&a, 7, 3, i))
+                .collect::<Vec<_>>()
+        );
+        assert_ne!(
+            all,
+            (0..200)
+                .map(|i| augment_params(&a, 7, 4, i))
+                .collect::<Vec<_>>()
+        );
+        assert_ne!(
+            all,
+            (0..200)
+                .map(|i| augment_params(&a, 8, 3, i))
+                .collect::<Vec<_>>()
+        );
         // Every offset and both flips occur; offsets stay in range.
         for d in -4..=4 {
-            assert!(all.iter().any(|p| p.0 == d) && all.iter().any(|p| p.1 == d), "{d}");
+            assert!(
+                all.iter().any(|p| p.0 == d) && all.iter().any(|p| p.1 == d),
+                "{d}"
+            );
         }
         assert!(all.iter().any(|p| p.2) && all.iter().any(|p| !p.2));
-        let no_flip = Augment { crop: 2, flip: false };
+        let no_flip = Augment {
+            crop: 2,
+            flip: false,
+        };
         assert!((0..100).all(|i| !augment_params(&no_flip, 1, 0, i).2));
     }
 
     #[test]
     fn augment_parses_and_prints() {
         let a: Augment = "crop=4,flip".parse().unwrap();
-        assert_eq!(a, Augment { crop: 4, flip: true });
+        assert_eq!(
+            a,
+            Augment {
+                crop: 4,
+                flip: true
+            }
+        );
         assert_eq!(a.to_string(), "crop=4,flip");
         assert_eq!("none".parse::<Augment>().unwrap(), Augment::default());
-        for bad in ["crop=0", "crop=65", "crop", "flip,flip", "rotate", "crop=4,crop=2", ""] {
+        for bad in [
+            "crop=0",
+            "crop=65",
+            "crop",
+            "flip,flip",
+            "rotate",
+            "crop=4,crop=2",
+            "",
+        ] {
             assert!(bad.parse::<Augment>().is_err(), "{bad}");
         }
     }
@@ -327,7 +377,10 @@ mod tests {
         for bad in [0.0, 1.0, -0.5, f64::NAN] {
             assert!(stratified_split(&labels, bad, 5).is_err(), "{bad}");
         }
-        assert!(stratified_split(&[0, 1], 0.1, 5).is_err(), "nothing rounds into validation");
+        assert!(
+            stratified_split(&[0, 1], 0.1, 5).is_err(),
+            "nothing rounds into validation"
+        );
     }
 
     #[test]
@@ -342,7 +395,10 @@ mod tests {
         };
         let p = InputPipeline {
             standardize: Some(Standardize::from_dataset(&ds)),
-            augment: Augment { crop: 1, flip: true },
+            augment: Augment {
+                crop: 1,
+                flip: true,
+            },
             seed: 3,
         };
         let idx = [0, 1, 2, 3];
@@ -352,7 +408,10 @@ mod tests {
             let v: Vec<f64> = x.iter().skip(k).step_by(2).map(|&v| v as f64).collect();
             let m = v.iter().sum::<f64>() / v.len() as f64;
             let s = (v.iter().map(|a| (a - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-            assert!(m.abs() < 1e-5 && (s - 1.0).abs() < 1e-4, "channel {k}: {m} {s}");
+            assert!(
+                m.abs() < 1e-5 && (s - 1.0).abs() < 1e-4,
+                "channel {k}: {m} {s}"
+            );
         }
         // A training batch is the eval batch, augmented image by image; halves agree with
         // the whole batch (position-independent).

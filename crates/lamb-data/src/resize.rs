@@ -10,7 +10,11 @@ use crate::options::Resize;
 /// Resizes one NHWC image of `w`x`h` with `channels` channels to `to` (bilinear, each channel
 /// alike). `pixels` must hold `w * h * channels` bytes.
 pub fn resize_pixels(pixels: &[u8], w: u32, h: u32, channels: usize, to: Resize) -> Vec<u8> {
-    assert_eq!(pixels.len(), w as usize * h as usize * channels, "image length");
+    assert_eq!(
+        pixels.len(),
+        w as usize * h as usize * channels,
+        "image length"
+    );
     if (w, h) == (to.width, to.height) {
         return pixels.to_vec();
     }

@@ -124,11 +124,11 @@ fn edited_cache_entries_are_detected_and_rebuilt() {
     for (what, bytes) in edits {
         fs::write(&entry, &bytes).unwrap();
         let err = read_cache_entry(&entry).unwrap_err();
+        assert!(matches!(err, DataError::BadFormat { .. }), "{what}: {err}");
         assert!(
-            matches!(err, DataError::BadFormat { .. }),
-            "{what}: {err}"
+            err.to_string().contains(&entry.display().to_string()),
+            "{err}"
         );
-        assert!(err.to_string().contains(&entry.display().to_string()), "{err}");
         let loaded = load_cached_with(&archive, &cache, &opts).unwrap();
         assert_eq!(loaded.splits, expected, "{what}");
         assert!(

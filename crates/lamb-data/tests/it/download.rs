@@ -8,8 +8,8 @@ use std::thread;
 use std::time::Duration;
 
 use lamb_data::{
-    download_dataset, download_official, load, load_with, Cifar100Labels, DataError,
-    DownloadSpec, LoadOptions, OfficialData,
+    download_dataset, download_official, load, load_with, Cifar100Labels, DataError, DownloadSpec,
+    LoadOptions, OfficialData,
 };
 use md5::{Digest, Md5};
 
@@ -201,12 +201,19 @@ fn interrupted_download_resumes_and_short_bodies_are_refused() {
     assert!(matches!(err, DataError::Download { .. }), "{err}");
     assert!(err.to_string().contains("kept for resuming"), "{err}");
     assert_eq!(names_in(&dest), vec!["cifar-10-binary.tar.gz.part"]);
-    assert_eq!(fs::read(dest.join("cifar-10-binary.tar.gz.part")).unwrap(), gz[..half]);
+    assert_eq!(
+        fs::read(dest.join("cifar-10-binary.tar.gz.part")).unwrap(),
+        gz[..half]
+    );
     // ... and the next attempt asks only for the rest (a range request) and completes.
     let (url, ranges) = serve_files(vec![("cifar-10-binary.tar.gz".into(), gz.clone())], 1);
     let dir = download_official(
         &dest,
-        &spec(format!("{url}/cifar-10-binary.tar.gz"), gz.len(), md5.clone()),
+        &spec(
+            format!("{url}/cifar-10-binary.tar.gz"),
+            gz.len(),
+            md5.clone(),
+        ),
         false,
     )
     .unwrap();
@@ -250,9 +257,15 @@ fn dataset_names_and_published_checksums() {
     }
     assert_eq!("CIFAR-10".parse(), Ok(OfficialData::Cifar10));
     assert_eq!("fashion_mnist".parse(), Ok(OfficialData::FashionMnist));
-    assert!("imagenet".parse::<OfficialData>().unwrap_err().contains("cifar100"));
+    assert!("imagenet"
+        .parse::<OfficialData>()
+        .unwrap_err()
+        .contains("cifar100"));
     let c100 = &OfficialData::Cifar100.files()[0];
-    assert_eq!((c100.size, c100.md5.as_str()), (168_513_733, "03b5dce01913d631647c71ecec9e9cb8"));
+    assert_eq!(
+        (c100.size, c100.md5.as_str()),
+        (168_513_733, "03b5dce01913d631647c71ecec9e9cb8")
+    );
     let mnist: u64 = OfficialData::Mnist.files().iter().map(|f| f.size).sum();
     assert_eq!(mnist, 9_912_422 + 28_881 + 1_648_877 + 4_542);
 }
@@ -279,7 +292,10 @@ fn tiny_mnist() -> Vec<(String, Vec<u8>)> {
     };
     vec![
         ("train-images-idx3-ubyte.gz".into(), gzip(&images(3))),
-        ("train-labels-idx1-ubyte.gz".into(), gzip(&labels(&[1, 2, 3]))),
+        (
+            "train-labels-idx1-ubyte.gz".into(),
+            gzip(&labels(&[1, 2, 3])),
+        ),
         ("t10k-images-idx3-ubyte.gz".into(), gzip(&images(1))),
         ("t10k-labels-idx1-ubyte.gz".into(), gzip(&labels(&[7]))),
     ]
@@ -293,7 +309,10 @@ fn mnist_downloads_each_file_verified_from_a_mirror() {
     let (url, _) = serve_files(files.clone(), 1);
     let err = download_dataset(OfficialData::Mnist, tmp.path(), Some(&url), false).unwrap_err();
     assert!(matches!(err, DataError::Verify { .. }), "{err}");
-    assert!(err.to_string().contains("train-images-idx3-ubyte.gz"), "{err}");
+    assert!(
+        err.to_string().contains("train-images-idx3-ubyte.gz"),
+        "{err}"
+    );
     assert!(!tmp.path().join("mnist/train-images-idx3-ubyte.gz").exists());
     // With specs matching the tiny files, the same code path completes.
     let dir = tmp.path().join("mnist");
@@ -325,7 +344,8 @@ fn cifar100_archive_extracts_and_loads() {
         let mut h = tar::Header::new_gnu();
         h.set_size(bytes.len() as u64);
         h.set_mode(0o644);
-        b.append_data(&mut h, format!("cifar-100-binary/{name}"), bytes).unwrap();
+        b.append_data(&mut h, format!("cifar-100-binary/{name}"), bytes)
+            .unwrap();
     };
     add("train.bin", &[rec(1, 10), rec(2, 20)].concat());
     add("test.bin", &rec(3, 30));
@@ -338,7 +358,13 @@ fn cifar100_archive_extracts_and_loads() {
     assert_eq!(dir, tmp.path().join("data/cifar-100-binary"));
     let s = load(&tmp.path().join("data")).unwrap();
     assert_eq!(s.train.labels, vec![10, 20]);
-    let opts = LoadOptions { cifar100_labels: Cifar100Labels::Coarse, ..Default::default() };
+    let opts = LoadOptions {
+        cifar100_labels: Cifar100Labels::Coarse,
+        ..Default::default()
+    };
     let s = load_with(&dir, &opts).unwrap();
-    assert_eq!((s.train.labels.clone(), s.train.class_names[2].as_str()), (vec![1, 2], "c2"));
+    assert_eq!(
+        (s.train.labels.clone(), s.train.class_names[2].as_str()),
+        (vec![1, 2], "c2")
+    );
 }

@@ -24,7 +24,9 @@ fn cifar100_reads_fine_or_coarse_labels_and_names() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cifar-100-binary");
     fs::create_dir(&dir).unwrap();
-    let train: Vec<Vec<u8>> = (0..5).map(|i| c100_record(i as u8 % 20, 99 - i as u8, i)).collect();
+    let train: Vec<Vec<u8>> = (0..5)
+        .map(|i| c100_record(i as u8 % 20, 99 - i as u8, i))
+        .collect();
     let test: Vec<Vec<u8>> = (0..2).map(|i| c100_record(19, i as u8, 50 + i)).collect();
     fs::write(dir.join("train.bin"), train.concat()).unwrap();
     fs::write(dir.join("test.bin"), test.concat()).unwrap();
@@ -34,8 +36,14 @@ fn cifar100_reads_fine_or_coarse_labels_and_names() {
     assert_eq!(fine.train.labels, vec![99, 98, 97, 96, 95]);
     assert_eq!(fine.test.labels, vec![0, 1]);
     assert_eq!(fine.train.class_names.len(), 100);
-    assert_eq!(fine.train.class_names[7], "7", "numbers without the names file");
-    assert_eq!((fine.train.height, fine.train.width, fine.train.channels), (32, 32, 3));
+    assert_eq!(
+        fine.train.class_names[7], "7",
+        "numbers without the names file"
+    );
+    assert_eq!(
+        (fine.train.height, fine.train.width, fine.train.channels),
+        (32, 32, 3)
+    );
     // Pixels: NHWC from the planes, like CIFAR-10's.
     let img = rand_image(32, 32, 3);
     assert_eq!(fine.train.image(3), img.as_raw().as_slice());
@@ -59,7 +67,11 @@ fn cifar100_reads_fine_or_coarse_labels_and_names() {
 fn cifar100_bad_records_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let good = c100_record(1, 2, 1);
-    fs::write(tmp.path().join("train.bin"), [good.clone(), good.clone()].concat()).unwrap();
+    fs::write(
+        tmp.path().join("train.bin"),
+        [good.clone(), good.clone()].concat(),
+    )
+    .unwrap();
     // A test file one byte short of two records.
     let mut short = [good.clone(), good.clone()].concat();
     short.pop();
@@ -67,7 +79,10 @@ fn cifar100_bad_records_are_named() {
     let err = load(tmp.path()).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, DataError::BadFormat { .. }), "{msg}");
-    assert!(msg.contains("test.bin") && msg.contains("3074") && msg.contains("1 whole records"), "{msg}");
+    assert!(
+        msg.contains("test.bin") && msg.contains("3074") && msg.contains("1 whole records"),
+        "{msg}"
+    );
     // A CIFAR-10-length record (3073 bytes) file.
     fs::write(tmp.path().join("test.bin"), crate::common::record(1, 1)).unwrap();
     let msg = load(tmp.path()).unwrap_err().to_string();
@@ -77,12 +92,18 @@ fn cifar100_bad_records_are_named() {
     bad[3074 + 1] = 100;
     fs::write(tmp.path().join("test.bin"), &bad).unwrap();
     let msg = load(tmp.path()).unwrap_err().to_string();
-    assert!(msg.contains("record 1") && msg.contains("fine label 100") && msg.contains("0..=99"), "{msg}");
+    assert!(
+        msg.contains("record 1") && msg.contains("fine label 100") && msg.contains("0..=99"),
+        "{msg}"
+    );
     // A names file with the wrong count.
     fs::write(tmp.path().join("test.bin"), c100_record(0, 0, 3)).unwrap();
     fs::write(tmp.path().join("fine_label_names.txt"), "a\nb\n").unwrap();
     let msg = load(tmp.path()).unwrap_err().to_string();
-    assert!(msg.contains("fine_label_names.txt") && msg.contains("2 class names"), "{msg}");
+    assert!(
+        msg.contains("fine_label_names.txt") && msg.contains("2 class names"),
+        "{msg}"
+    );
 }
 
 /// An IDX image file: magic 0x803, n, rows, cols, pixels.
@@ -148,13 +169,21 @@ fn idx_bad_magic_and_counts_are_named() {
     // Wrong magic: a label file where images belong.
     fs::write(&img, idx_labels(&[1, 2, 3])).unwrap();
     let msg = load(&dir).unwrap_err().to_string();
-    assert!(msg.contains("train-images-idx3-ubyte") && msg.contains("magic number 0x00000801") && msg.contains("0x00000803"), "{msg}");
+    assert!(
+        msg.contains("train-images-idx3-ubyte")
+            && msg.contains("magic number 0x00000801")
+            && msg.contains("0x00000803"),
+        "{msg}"
+    );
     // Counts that disagree with the length (one pixel missing).
     let mut b = idx_images(3, 4, 5, 1);
     b.pop();
     fs::write(&img, &b).unwrap();
     let msg = load(&dir).unwrap_err().to_string();
-    assert!(msg.contains("need 60 data bytes but the file holds 59"), "{msg}");
+    assert!(
+        msg.contains("need 60 data bytes but the file holds 59"),
+        "{msg}"
+    );
     // Label count differing from the image count.
     fs::write(&img, idx_images(3, 4, 5, 1)).unwrap();
     fs::write(dir.join("train-labels-idx1-ubyte"), idx_labels(&[1, 2])).unwrap();
@@ -163,7 +192,17 @@ fn idx_bad_magic_and_counts_are_named() {
     // A label of 10.
     fs::write(dir.join("train-labels-idx1-ubyte"), idx_labels(&[1, 10, 2])).unwrap();
     let err = load(&dir).unwrap_err();
-    assert!(matches!(err, DataError::LabelOutOfRange { record: 1, label: 10, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DataError::LabelOutOfRange {
+                record: 1,
+                label: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // A truncated gzip.
     fs::remove_file(dir.join("train-labels-idx1-ubyte")).unwrap();
     let gz = gzip(&idx_labels(&[1, 2, 3]));
@@ -173,7 +212,10 @@ fn idx_bad_magic_and_counts_are_named() {
     // A missing file is named.
     fs::remove_file(dir.join("train-labels-idx1-ubyte.gz")).unwrap();
     let msg = load(&dir).unwrap_err().to_string();
-    assert!(msg.contains("train-labels-idx1-ubyte") && msg.contains("does not exist"), "{msg}");
+    assert!(
+        msg.contains("train-labels-idx1-ubyte") && msg.contains("does not exist"),
+        "{msg}"
+    );
 }
 
 fn gray_png(w: u32, h: u32, v: u8) -> Vec<u8> {
@@ -189,7 +231,10 @@ fn grayscale_images_keep_one_channel_and_mixed_channels_are_refused() {
     for (split, n) in [("train", 3), ("test", 1)] {
         for (c, class) in ["a", "b"].iter().enumerate() {
             for i in 0..n {
-                tree.add(&format!("{split}/{class}/{i}.png"), gray_png(28, 28, (c * 100 + i) as u8));
+                tree.add(
+                    &format!("{split}/{class}/{i}.png"),
+                    gray_png(28, 28, (c * 100 + i) as u8),
+                );
             }
         }
     }
@@ -197,7 +242,10 @@ fn grayscale_images_keep_one_channel_and_mixed_channels_are_refused() {
     let folder = tmp.path().join("gray");
     tree.write_folder(&folder);
     let s = load(&folder).unwrap();
-    assert_eq!((s.train.height, s.train.width, s.train.channels), (28, 28, 1));
+    assert_eq!(
+        (s.train.height, s.train.width, s.train.channels),
+        (28, 28, 1)
+    );
     assert_eq!(s.train.image(0)[..3], [0, 1, 2]);
     assert_eq!(s.train.image(3)[0], 100);
     // An RGB image among grayscale ones.
@@ -223,15 +271,35 @@ fn resize_makes_mixed_sizes_one_size() {
     assert!(matches!(err, DataError::WrongImageSize { .. }), "{err}");
     assert!(err.to_string().contains("--resize"), "{err}");
     let to: Resize = "16x20".parse().unwrap();
-    let s = load_with(tmp.path(), &LoadOptions { resize: Some(to), ..Default::default() }).unwrap();
-    assert_eq!((s.train.height, s.train.width, s.train.channels), (16, 20, 1));
+    let s = load_with(
+        tmp.path(),
+        &LoadOptions {
+            resize: Some(to),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (s.train.height, s.train.width, s.train.channels),
+        (16, 20, 1)
+    );
     assert_eq!(s.train.images.len(), 2 * 16 * 20);
     assert_eq!(s.test.images.len(), 16 * 20);
     // The official binary formats resize too (CIFAR-10 to 16x16 here).
     let c10 = tmp.path().join("c10");
     crate::common::write_official_dir(&c10, [1, 1, 1, 1, 1, 2]);
-    let s = load_with(&c10, &LoadOptions { resize: Some("16x16".parse().unwrap()), ..Default::default() }).unwrap();
-    assert_eq!((s.test.len(), s.test.height, s.test.width, s.test.channels), (2, 16, 16, 3));
+    let s = load_with(
+        &c10,
+        &LoadOptions {
+            resize: Some("16x16".parse().unwrap()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (s.test.len(), s.test.height, s.test.width, s.test.channels),
+        (2, 16, 16, 3)
+    );
 }
 
 /// A zip of the image layout, written with the zip crate (stored and deflated members).
@@ -270,7 +338,13 @@ fn zip_archives_load_like_the_folder() {
     let p = tmp.path().join("bad.zip");
     fs::write(&p, &bytes).unwrap();
     let err = load(&p).unwrap_err();
-    assert!(matches!(err, DataError::Archive { .. } | DataError::CorruptImage { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DataError::Archive { .. } | DataError::CorruptImage { .. }
+        ),
+        "{err}"
+    );
     // A truncated zip (no central directory).
     let good = zip_bytes(&tree, true);
     fs::write(&p, &good[..good.len() / 2]).unwrap();

@@ -37,17 +37,31 @@ fn base_members(b: &mut tar::Builder<Vec<u8>>) -> Vec<u8> {
 fn tar_hard_links_are_the_linked_image_again() {
     let mut b = tar::Builder::new(Vec::new());
     base_members(&mut b);
-    add_link(&mut b, tar::EntryType::Link, "train/b/1.png", "train/a/0.png");
+    add_link(
+        &mut b,
+        tar::EntryType::Link,
+        "train/b/1.png",
+        "train/a/0.png",
+    );
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("l.tar");
     fs::write(&p, b.into_inner().unwrap()).unwrap();
     let s = load(&p).unwrap();
-    assert_eq!(s.train.labels, vec![0, 1, 1], "the link counts as an image of class b");
+    assert_eq!(
+        s.train.labels,
+        vec![0, 1, 1],
+        "the link counts as an image of class b"
+    );
     assert_eq!(s.train.image(2), s.train.image(0));
     // A link to a member that is not an earlier image is refused, naming both.
     let mut b = tar::Builder::new(Vec::new());
     base_members(&mut b);
-    add_link(&mut b, tar::EntryType::Link, "train/b/1.png", "train/a/later.png");
+    add_link(
+        &mut b,
+        tar::EntryType::Link,
+        "train/b/1.png",
+        "train/a/later.png",
+    );
     fs::write(&p, b.into_inner().unwrap()).unwrap();
     let err = load(&p).unwrap_err();
     let msg = err.to_string();
@@ -76,7 +90,12 @@ fn duplicated_members_and_symlinks_are_refused() {
     }
     let mut b = tar::Builder::new(Vec::new());
     base_members(&mut b);
-    add_link(&mut b, tar::EntryType::Symlink, "train/b/1.png", "../a/0.png");
+    add_link(
+        &mut b,
+        tar::EntryType::Symlink,
+        "train/b/1.png",
+        "../a/0.png",
+    );
     fs::write(&p, b.into_inner().unwrap()).unwrap();
     let err = load(&p).unwrap_err();
     assert!(err.to_string().contains("symbolic link"), "{err}");
@@ -88,7 +107,10 @@ fn duplicated_members_and_symlinks_are_refused() {
     }
     fs::write(&p, b.into_inner().unwrap()).unwrap();
     let msg = load(&p).unwrap_err().to_string();
-    assert!(msg.contains("two/test_batch.bin") && msg.contains("one/test_batch.bin"), "{msg}");
+    assert!(
+        msg.contains("two/test_batch.bin") && msg.contains("one/test_batch.bin"),
+        "{msg}"
+    );
 }
 
 #[cfg(unix)]
@@ -112,7 +134,11 @@ fn non_utf8_class_folders_are_refused_not_merged() {
     // The same in a tar archive.
     let mut b = tar::Builder::new(Vec::new());
     let img = png(&rand_image(32, 32, 1));
-    for p in [&b"train/caf\xe9/0.png"[..], b"train/caf\xe8/0.png", b"test/caf\xe9/0.png"] {
+    for p in [
+        &b"train/caf\xe9/0.png"[..],
+        b"train/caf\xe8/0.png",
+        b"test/caf\xe9/0.png",
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_size(img.len() as u64);
         h.set_mode(0o644);

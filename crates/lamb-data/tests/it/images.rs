@@ -95,7 +95,10 @@ fn a_directory_holding_one_archive_means_that_archive() {
         "{err}"
     );
     let msg = err.to_string();
-    assert!(msg.contains("cifar.tar.gz") && msg.contains("other.tar"), "{msg}");
+    assert!(
+        msg.contains("cifar.tar.gz") && msg.contains("other.tar"),
+        "{msg}"
+    );
 }
 
 #[test]
