@@ -42,7 +42,9 @@ fn grayscale_png_folder_trains_above_chance() {
             std::fs::create_dir_all(&dir).unwrap();
             for i in 0..n {
                 seed += 1;
-                picture(c, seed).save(dir.join(format!("{i:03}.png"))).unwrap();
+                picture(c, seed)
+                    .save(dir.join(format!("{i:03}.png")))
+                    .unwrap();
             }
         }
     }
@@ -68,7 +70,13 @@ fn grayscale_png_folder_trains_above_chance() {
     .unwrap();
     let before = model.evaluate(&test, 90).unwrap();
     model
-        .fit(&train, None, &FitOptions::new(20, 5, 0), &mut opt, &mut |_| Ok(()))
+        .fit(
+            &train,
+            None,
+            &FitOptions::new(20, 5, 0),
+            &mut opt,
+            &mut |_| Ok(()),
+        )
         .unwrap();
     let after = model.evaluate(&test, 90).unwrap();
     eprintln!(
