@@ -111,24 +111,20 @@ pub struct InputPipeline {
 /// Key separating augmentation draws from the shuffle's (both start from the run's seed).
 const AUGMENT_KEY: u64 = 0x6175_676d_656e_7421;
 
+/// Channels whose conversion goes through a per-batch lookup table (others compute it).
+const TABLE_CHANNELS: usize = 4;
+
 impl InputPipeline {
     /// Writes the images at `indices` into `x` (NHWC f32) and labels into `y`, scaled,
-    /// standardized when configured, without augmentation (for evaluation).
+    /// standardized when configured, without augmentation (for evaluation). Without
+    /// standardization the values equal [`Dataset::fill_batch`]'s bit for bit.
     pub fn fill_eval_batch(&self, ds: &Dataset, indices: &[usize], x: &mut [f32], y: &mut [u8]) {
-        ds.fill_batch(indices, x, y);
-        if let Some(s) = &self.standardize {
-            let c = ds.channels;
-            assert_eq!(s.mean.len(), c, "standardization channels");
-            for px in x.chunks_exact_mut(c) {
-                for (k, v) in px.iter_mut().enumerate() {
-                    *v = (*v - s.mean[k]) / s.std[k];
-                }
-            }
-        }
+        self.fill(ds, indices, None, x, y);
     }
 
-    /// As [`InputPipeline::fill_eval_batch`], then augments image `k` of the batch as
-    /// [`augment_params`]`(seed, epoch, indices[k])` says.
+    /// As [`InputPipeline::fill_eval_batch`], then image `k` of the batch augmented as
+    /// [`augment_params`]`(augment, seed, epoch, indices[k])` says (see [`shift_flip`]), in
+    /// one pass over the pixels.
     pub fn fill_train_batch(
         &self,
         ds: &Dataset,
@@ -137,14 +133,97 @@ impl InputPipeline {
         x: &mut [f32],
         y: &mut [u8],
     ) {
-        self.fill_eval_batch(ds, indices, x, y);
-        if !self.augment.is_active() {
-            return;
+        let aug = self.augment.is_active().then_some(epoch);
+        self.fill(ds, indices, aug, x, y);
+    }
+
+    /// The value the model sees for byte `p` of channel `k`.
+    fn convert(&self, p: u8, k: usize) -> f32 {
+        let v = p as f32 / 255.0;
+        match &self.standardize {
+            Some(s) => (v - s.mean[k]) / s.std[k],
+            None => v,
         }
+    }
+
+    fn fill(
+        &self,
+        ds: &Dataset,
+        indices: &[usize],
+        augment_epoch: Option<u64>,
+        x: &mut [f32],
+        y: &mut [u8],
+    ) {
+        let (h, w, c) = (ds.height, ds.width, ds.channels);
         let n = ds.image_len();
-        for (img, &i) in x.chunks_exact_mut(n).zip(indices) {
-            let (sy, sx, flip) = augment_params(&self.augment, self.seed, epoch, i);
-            shift_flip(img, ds.height, ds.width, ds.channels, sy, sx, flip);
+        assert_eq!(x.len(), indices.len() * n, "batch buffer length");
+        assert_eq!(y.len(), indices.len(), "label buffer length");
+        if let Some(s) = &self.standardize {
+            assert!(
+                s.mean.len() == c && s.std.len() == c,
+                "standardization channels"
+            );
+        }
+        let mut table = [[0.0f32; 256]; TABLE_CHANNELS];
+        for (k, t) in table.iter_mut().enumerate().take(c.min(TABLE_CHANNELS)) {
+            for (p, v) in t.iter_mut().enumerate() {
+                *v = self.convert(p as u8, k);
+            }
+        }
+        let conv = |p: u8, k: usize| {
+            if k < TABLE_CHANNELS {
+                table[k][p as usize]
+            } else {
+                self.convert(p, k)
+            }
+        };
+        let row = w * c;
+        for ((out, label), &i) in x.chunks_exact_mut(n).zip(y.iter_mut()).zip(indices) {
+            *label = ds.labels[i];
+            let src = ds.image(i);
+            let (dy, dx, flip) = match augment_epoch {
+                Some(e) => augment_params(&self.augment, self.seed, e, i),
+                None => (0, 0, false),
+            };
+            // Output columns whose source column lies inside the image.
+            let lo = (-dx).clamp(0, w as isize) as usize;
+            let hi = (w as isize - dx).clamp(0, w as isize) as usize;
+            for (r, o) in out.chunks_exact_mut(row).enumerate() {
+                let sr = r as isize + dy;
+                if sr < 0 || sr >= h as isize || lo >= hi {
+                    o.fill(0.0);
+                    continue;
+                }
+                let s = &src[sr as usize * row..(sr as usize + 1) * row];
+                let s = &s[((lo as isize + dx) as usize) * c..((hi as isize + dx) as usize) * c];
+                if flip {
+                    // Output column `col` is written at `w - 1 - col`.
+                    o[(w - lo) * c..].fill(0.0);
+                    o[..(w - hi) * c].fill(0.0);
+                    let dst = &mut o[(w - hi) * c..(w - lo) * c];
+                    for (d, sp) in dst.chunks_exact_mut(c).rev().zip(s.chunks_exact(c)) {
+                        for (k, (dv, &sv)) in d.iter_mut().zip(sp).enumerate() {
+                            *dv = conv(sv, k);
+                        }
+                    }
+                } else {
+                    o[..lo * c].fill(0.0);
+                    o[hi * c..].fill(0.0);
+                    let dst = &mut o[lo * c..hi * c];
+                    if self.standardize.is_none() {
+                        // Plain scaling vectorises; the same arithmetic as `convert`.
+                        for (dv, &sv) in dst.iter_mut().zip(s) {
+                            *dv = sv as f32 / 255.0;
+                        }
+                    } else {
+                        for (d, sp) in dst.chunks_exact_mut(c).zip(s.chunks_exact(c)) {
+                            for (k, (dv, &sv)) in d.iter_mut().zip(sp).enumerate() {
+                                *dv = conv(sv, k);
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -333,6 +412,45 @@ mod tests {
             flip: false,
         };
         assert!((0..100).all(|i| !augment_params(&no_flip, 1, 0, i).2));
+    }
+
+    #[test]
+    fn plain_pipeline_is_fill_batch_bit_for_bit_and_fused_equals_two_pass() {
+        let ds = Dataset {
+            images: (0..6 * 5 * 7 * 3).map(|v| (v * 13 % 256) as u8).collect(),
+            labels: vec![0, 1, 2, 0, 1, 2],
+            height: 5,
+            width: 7,
+            channels: 3,
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+        };
+        let idx = [5, 0, 3, 1, 4, 2];
+        let n = ds.image_len();
+        let (mut a, mut b) = (vec![0.0f32; 6 * n], vec![0.0f32; 6 * n]);
+        let (mut ya, mut yb) = (vec![0u8; 6], vec![0u8; 6]);
+        ds.fill_batch(&idx, &mut a, &mut ya);
+        InputPipeline::default().fill_eval_batch(&ds, &idx, &mut b, &mut yb);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+        assert_eq!(ya, yb);
+        for (crop, flip) in [(1, false), (3, true), (9, true), (0, true)] {
+            for standardize in [None, Some(Standardize::from_dataset(&ds))] {
+                let p = InputPipeline {
+                    standardize,
+                    augment: Augment { crop, flip },
+                    seed: 11,
+                };
+                for epoch in 0..4 {
+                    p.fill_eval_batch(&ds, &idx, &mut a, &mut ya);
+                    p.fill_train_batch(&ds, &idx, epoch, &mut b, &mut yb);
+                    for (k, &i) in idx.iter().enumerate() {
+                        let (dy, dx, fl) = augment_params(&p.augment, 11, epoch, i);
+                        shift_flip(&mut a[k * n..(k + 1) * n], 5, 7, 3, dy, dx, fl);
+                    }
+                    assert_eq!(a, b, "crop {crop} flip {flip} epoch {epoch}");
+                }
+            }
+        }
     }
 
     #[test]
