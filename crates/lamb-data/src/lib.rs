@@ -48,7 +48,10 @@ pub use load::{
     default_cache_dir, detect, import_archive, load, load_cached, load_cached_with, load_with,
     CacheUse, Layout, Loaded,
 };
-pub use locate::{candidate_paths, locate_data, locate_data_in, DATA_ENV, SHARED_ARCHIVE};
+pub use locate::{
+    candidate_paths, locate_data, locate_data_in, locate_or_download, locate_or_download_in,
+    AutoDownload, DATA_ENV, SHARED_ARCHIVE,
+};
 pub use official::{
     encode_batch, official_dir, parse_batch, parse_meta, read_official, write_official,
     ImportSummary, META_FILE, OFFICIAL_SUBDIR, TEST_FILE, TRAIN_FILES,

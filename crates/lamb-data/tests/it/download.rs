@@ -368,3 +368,47 @@ fn cifar100_archive_extracts_and_loads() {
         (vec![1, 2], "c2")
     );
 }
+
+#[test]
+fn first_use_downloads_when_allowed_and_explains_when_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gz, md5) = small_release(tmp.path());
+    let cwd = tmp.path().join("project");
+    fs::create_dir(&cwd).unwrap();
+    let exe = cwd.join("bin/lamb");
+    // Forbidden (--no-download): the search's error, unchanged.
+    let err =
+        lamb_data::locate_or_download_in(None, None, Some(&cwd), Some(&exe), None).unwrap_err();
+    assert!(matches!(err, DataError::NoData { .. }), "{err}");
+    // Allowed: downloads into ./data, verified, and the next search finds it without network.
+    let (url, _) = serve_files(vec![("c.tar.gz".into(), gz.clone())], 1);
+    let auto = lamb_data::AutoDownload {
+        dest_dir: cwd.join("data"),
+        spec: spec(format!("{url}/c.tar.gz"), gz.len(), md5.clone()),
+        progress: false,
+    };
+    let dir =
+        lamb_data::locate_or_download_in(None, None, Some(&cwd), Some(&exe), Some(&auto)).unwrap();
+    assert_eq!(dir, cwd.join("data/cifar-10-batches-bin"));
+    assert_eq!(load(&dir).unwrap(), load(&tmp.path().join("src")).unwrap());
+    let again = lamb_data::locate_data_in(None, None, Some(&cwd), Some(&exe)).unwrap();
+    assert_eq!(again, dir);
+    // A failed download keeps the search's help and names the cause.
+    let other = tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/x.tar.gz", dead.local_addr().unwrap());
+    drop(dead);
+    let auto = lamb_data::AutoDownload {
+        dest_dir: other.join("data"),
+        spec: spec(dead_url, gz.len(), md5),
+        progress: false,
+    };
+    let err = lamb_data::locate_or_download_in(None, None, Some(&other), Some(&exe), Some(&auto))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("automatic download") && msg.contains("no CIFAR-10 data found"),
+        "{msg}"
+    );
+}
