@@ -307,7 +307,16 @@ pub struct ImportSummary {
 /// were written, so no file ever looks complete while half-written.
 pub fn write_official(splits: &Splits, out_dir: &Path) -> Result<ImportSummary, DataError> {
     for (ds, split) in [(&splits.train, "train"), (&splits.test, "test")] {
-        if (ds.height, ds.width, ds.channels) != (SIDE, SIDE, 3) {
+        if ds.channels != 3 {
+            return Err(DataError::BadFormat {
+                path: out_dir.to_path_buf(),
+                problem: format!("the {split} split's images have {} channel(s)", ds.channels),
+                expected: "RGB images (3 channels): the official binary layout stores 32x32 RGB \
+                           only; load grayscale data directly instead of importing it"
+                    .into(),
+            });
+        }
+        if (ds.height, ds.width) != (SIDE, SIDE) {
             return Err(DataError::WrongImageSize {
                 container: out_dir.to_path_buf(),
                 member: format!("{split} split"),

@@ -203,3 +203,20 @@ extern "C" {
     #[link_name = "mkfifo"]
     fn libc_mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
 }
+
+#[test]
+fn importing_grayscale_images_names_the_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    for split in ["train", "test"] {
+        let d = tmp.path().join("f").join(split).join("a");
+        fs::create_dir_all(&d).unwrap();
+        image::GrayImage::from_pixel(32, 32, image::Luma([9]))
+            .save(d.join("0.png"))
+            .unwrap();
+    }
+    let out = tmp.path().join("out");
+    let err = import_archive(&tmp.path().join("f"), &out).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("1 channel(s)") && msg.contains("RGB"), "{msg}");
+    assert!(!out.exists());
+}
