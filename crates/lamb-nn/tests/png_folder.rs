@@ -89,3 +89,23 @@ fn grayscale_png_folder_trains_above_chance() {
         after.accuracy
     );
 }
+
+#[test]
+fn seed_cnn_follows_the_data_shape() {
+    use lamb_nn::{classic_cnn, classic_cnn_for};
+    // MNIST: 28x28x1 -> conv 26 -> pool 13 -> conv 11 -> pool 5 -> 5*5*64 -> 10.
+    let m = classic_cnn_for([28, 28, 1], 10, Activation::Relu, 0).unwrap();
+    assert_eq!(m.input_shape(), [28, 28, 1]);
+    assert_eq!(
+        m.param_count(),
+        (9 * 32 + 32) + (9 * 32 * 64 + 64) + (5 * 5 * 64 * 10 + 10)
+    );
+    assert_eq!(
+        classic_cnn(Activation::Relu, 0).unwrap().param_count(),
+        classic_cnn_for([32, 32, 3], 10, Activation::Relu, 0)
+            .unwrap()
+            .param_count()
+    );
+    // Too small for two valid convolutions and pools: refused, not a panic.
+    assert!(classic_cnn_for([5, 5, 1], 3, Activation::Relu, 0).is_err());
+}
