@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use lamb_data::{Dataset, Splits};
 use lamb_dist::{Communicator, Parallel, SingleProcess};
-use lamb_nn::{classic_cnn, Activation, FitEvent, FitOptions, FitProgress, History, Model};
+use lamb_nn::{classic_cnn_for, Activation, FitEvent, FitOptions, FitProgress, History, Model};
 use lamb_optim::Optimizer;
 
 use crate::atomic::write_atomic;
@@ -372,7 +372,23 @@ pub fn train_with(
         Mode::Quiet
     };
     let mut out = Progress::new(mode, tag, cfg.epochs);
-    let mut model = classic_cnn(activation(cfg.activation), cfg.seed)?;
+    // The seed CNN for the data's image shape and class count (32x32x3 and 10 for CIFAR-10).
+    let t = &data.train;
+    let mut model = classic_cnn_for(
+        [t.height, t.width, t.channels],
+        t.class_names.len(),
+        activation(cfg.activation),
+        cfg.seed,
+    )
+    .with_context(|| {
+        format!(
+            "building the seed CNN for {}x{}x{} images and {} classes",
+            t.height,
+            t.width,
+            t.channels,
+            t.class_names.len()
+        )
+    })?;
     let mut opt = crate::optim::build_for_run(cfg, data.train.len())?;
     let ck_path = dir.join(checkpoint::FILE);
     let mut progress = FitProgress::default();

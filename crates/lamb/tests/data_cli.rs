@@ -123,3 +123,79 @@ fn a_fifo_as_data_is_refused_at_once() {
         "{err}"
     );
 }
+
+/// A noisy 28x28 grayscale picture of class 0 (horizontal bar), 1 (vertical bar) or 2
+/// (square), position and noise varying with `seed`.
+fn picture(class: usize, seed: u32) -> image::GrayImage {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
+    let off = (rnd() % 10) as i32 - 5;
+    let noise: Vec<u8> = (0..784).map(|_| (rnd() % 60) as u8).collect();
+    image::GrayImage::from_fn(28, 28, |x, y| {
+        let (x, y) = (x as i32, y as i32);
+        let on = match class {
+            0 => (y - 14 - off).abs() <= 2 && (4..24).contains(&x),
+            1 => (x - 14 - off).abs() <= 2 && (4..24).contains(&y),
+            _ => (x - 14 - off).abs() <= 6 && (y - 14 + off).abs() <= 6,
+        };
+        image::Luma([if on { 200 } else { 20 } + noise[(y * 28 + x) as usize] / 2])
+    })
+}
+
+/// `lamb train` on a PNG folder the test writes (grayscale 28x28, three classes): the seed
+/// CNN is built for 28x28x1 and 3 classes and learns them (chance is 1/3).
+#[test]
+fn train_on_a_grayscale_png_folder_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    let mut seed = 0;
+    for (split, n) in [("train", 60), ("test", 30)] {
+        for (c, name) in ["bar-h", "bar-v", "square"].iter().enumerate() {
+            let dir = data.join(split).join(name);
+            fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                seed += 1;
+                picture(c, seed)
+                    .save(dir.join(format!("{i:03}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    let out = command(BIN, tmp.path())
+        .args([
+            "train",
+            "--epochs",
+            "5",
+            "--batch-size",
+            "20",
+            "--lr",
+            "0.01",
+        ])
+        .args(["--threads", "2", "--json", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accs: Vec<f64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["val_accuracy"].as_f64())
+        .collect();
+    assert_eq!(accs.len(), 5, "{text}");
+    eprintln!("validation accuracy per epoch: {accs:?} (chance 0.333)");
+    assert!(*accs.last().unwrap() >= 0.8, "{accs:?}");
+    let summary = fs::read_to_string(tmp.path().join("run/summary.md")).unwrap();
+    assert!(summary.contains("**Status:** completed"), "{summary}");
+}
