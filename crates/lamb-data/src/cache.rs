@@ -180,7 +180,10 @@ pub fn read_cache_entry(path: &Path) -> Result<Splits, DataError> {
             .checked_mul(w)
             .and_then(|v| v.checked_mul(c))
             .and_then(|v| v.checked_mul(n))
-            .filter(|&v| v + n <= r.len.saturating_sub(r.read))
+            .filter(|&v| {
+                v.checked_add(n)
+                    .is_some_and(|t| t <= r.len.saturating_sub(r.read))
+            })
             .ok_or_else(|| {
                 bad(format!(
                     "header {dims:?} needs more bytes than the file holds"

@@ -471,17 +471,22 @@ fn read_member(
     size: u64,
 ) -> Result<Vec<u8>, DataError> {
     let mut bytes = Vec::with_capacity(size.min(1 << 20) as usize);
+    // At most one byte more than declared, so a member that decompresses to more than its
+    // header says cannot grow memory beyond the size limits checked on the header.
     entry
+        .take(size.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| archive_err(path, Some((" at", name)), e))?;
     if bytes.len() as u64 != size {
+        let what = if bytes.len() as u64 > size {
+            "more than".to_string()
+        } else {
+            bytes.len().to_string()
+        };
         return Err(archive_err(
             path,
             Some((" at", name)),
-            format!(
-                "member holds {} of its {size} bytes (truncated)",
-                bytes.len()
-            ),
+            format!("member holds {what} of its {size} bytes (truncated or corrupt)"),
         ));
     }
     Ok(bytes)
