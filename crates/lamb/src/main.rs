@@ -265,6 +265,22 @@ pub(crate) fn loading<T>(load: impl FnOnce() -> Result<T>) -> Result<T> {
     r
 }
 
+/// Checks that `lamb train ARGS` (without the program name) would accept its settings, without
+/// starting anything: a sweep checks every run of its grid this way before it starts any.
+pub(crate) fn check_train_args(args: &[String]) -> Result<()> {
+    let cli = Cli::try_parse_from(std::iter::once("lamb".to_string()).chain(args.iter().cloned()))
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    let Command::Train(a) = cli.command else {
+        bail!("not a `lamb train` command");
+    };
+    let settings = match &a.config {
+        Some(file) => Settings::from_file(file)?.overridden_by(&a.settings),
+        None => a.settings.clone(),
+    };
+    settings.resolve("train")?;
+    Ok(())
+}
+
 /// Flags that may change when resuming (they do not change the numbers).
 fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
     let path = dir.join("config.toml");
