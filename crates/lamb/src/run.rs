@@ -569,7 +569,7 @@ pub fn train_with(
                         ..
                     } => {
                         if let Some(tb) = tb.as_mut() {
-                            tb.step(*epoch, *step, *steps_per_epoch, *running, telemetry, &stop);
+                            tb.step(*epoch, *step, *steps_per_epoch, *running, telemetry);
                         }
                         out.step(*epoch, *step, *steps_per_epoch, *running);
                         let global = (*epoch as u64 - 1) * *steps_per_epoch as u64 + *step as u64;
