@@ -242,6 +242,7 @@ pub fn compare(file: &CompareFile, flags: &CompareSettings, stop: Arc<AtomicBool
                     end: RunEnd::Completed,
                     history: c.progress.history,
                     dir: cfg.out.clone(),
+                    test: None,
                 });
                 continue;
             }

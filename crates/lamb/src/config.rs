@@ -290,6 +290,12 @@ pub struct Settings {
     #[arg(long, hide = true, value_name = "N")]
     #[serde(alias = "limit_test")]
     pub limit_test: Option<usize>,
+    /// Hold out this fraction of the training images (seeded, stratified by class) as the
+    /// validation data; the test set is then evaluated once, at the end, and reported
+    /// separately [default: none, validation on the test set as in the classic experiment].
+    #[arg(long, value_name = "F")]
+    #[serde(alias = "validation_split")]
+    pub validation_split: Option<f64>,
     /// Print only the final summary.
     #[arg(long, short = 'q', action = clap::ArgAction::SetTrue)]
     #[serde(default, skip_serializing_if = "is_false")]
@@ -410,7 +416,8 @@ impl Settings {
             workers,
             accumulate,
             limit_train,
-            limit_test
+            limit_test,
+            validation_split
         )
     }
 
@@ -453,6 +460,7 @@ impl Settings {
             accumulate: 1,
             limit_train: None,
             limit_test: None,
+            validation_split: None,
             quiet: false,
             json: false,
         };
@@ -510,6 +518,7 @@ impl Settings {
             accumulate: self.accumulate.unwrap_or(1),
             limit_train: self.limit_train,
             limit_test: self.limit_test,
+            validation_split: self.validation_split,
             quiet: self.quiet,
             json: self.json,
         };
@@ -557,6 +566,9 @@ pub struct RunConfig {
     pub limit_train: Option<usize>,
     /// Use only N test images (spread evenly).
     pub limit_test: Option<usize>,
+    /// Fraction of the training images held out as validation data (`None`: validate on the
+    /// test set).
+    pub validation_split: Option<f64>,
     /// Quiet output.
     pub quiet: bool,
     /// JSON-lines output.
@@ -608,6 +620,11 @@ impl RunConfig {
         ] {
             if v == Some(0) {
                 bail!("`{k}` = 0: must be at least 1");
+            }
+        }
+        if let Some(f) = self.validation_split {
+            if !(f > 0.0 && f < 1.0) {
+                bail!("`validation-split` = {f}: must be a fraction in (0, 1), e.g. 0.1");
             }
         }
         if self.seed > i64::MAX as u64 {
@@ -702,6 +719,7 @@ impl RunConfig {
             accumulate: Some(self.accumulate),
             limit_train: self.limit_train,
             limit_test: self.limit_test,
+            validation_split: self.validation_split,
             quiet: false,
             json: false,
             hyper: self.extra_hyper.clone(),

@@ -325,6 +325,7 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
         ("limit-train", flags.limit_train.is_some()),
         ("limit-test", flags.limit_test.is_some()),
         ("resize", flags.resize.is_some()),
+        ("validation-split", flags.validation_split.is_some()),
         ("labels", flags.labels.is_some()),
     ];
     if let Some((k, _)) = fixed.iter().find(|(_, set)| *set) {
@@ -440,6 +441,10 @@ fn train_ranks(a: &TrainArgs, cfg: &RunConfig, comm: &mut dyn Communicator) -> R
             cfg.limit_test,
         )
     })?;
+    let data = match cfg.validation_split {
+        Some(f) => run::hold_out(data, f, cfg.seed)?,
+        None => data,
+    };
     let r = run::train_with(cfg, &data, a.resume.is_some(), "", stop, comm)?;
     if comm.rank() > 0 {
         return Ok(match r.end {
@@ -461,6 +466,8 @@ fn train_ranks(a: &TrainArgs, cfg: &RunConfig, comm: &mut dyn Communicator) -> R
                         "final_val_accuracy": s.as_ref().map(|s| s.final_val_accuracy),
                         "last5_val_accuracy": s.as_ref().map(|s| s.last5_val_accuracy),
                         "final_val_loss": s.as_ref().map(|s| s.final_val_loss),
+                        "test_accuracy": r.test.map(|t| t.accuracy),
+                        "test_loss": r.test.map(|t| t.loss),
                     })
                 );
             } else {

@@ -26,21 +26,76 @@ use crate::report::{write_history, write_run_plots, RunStats};
 /// Validation batch size (forward only; does not change results beyond summation order).
 pub const VAL_BATCH: usize = 1000;
 
-/// Training and test data of a run, and where they came from.
+/// Training and validation data of a run, and where they came from.
 pub struct RunData {
     /// The resolved data path.
     pub source: PathBuf,
-    /// Training images (after `--limit-train`).
+    /// Training images (after `--limit-train`, without the held-out part).
     pub train: Dataset,
-    /// Test images, the validation data (after `--limit-test`).
+    /// The validation data: the test images (after `--limit-test`), or with
+    /// `--validation-split` the held-out part of the training images.
     pub test: Dataset,
+    /// With `--validation-split`: the test images, evaluated once at the end, and the indices
+    /// (into the training split after `--limit-train`) that were held out.
+    pub held_out: Option<HeldOut>,
+}
+
+/// The test split of a run that validates on part of its training data.
+pub struct HeldOut {
+    /// The test images (after `--limit-test`).
+    pub test: Dataset,
+    /// The fraction held out.
+    pub fraction: f64,
+    /// The held-out indices, sorted.
+    pub indices: Vec<usize>,
+}
+
+/// Holds out `fraction` of `data`'s training images (seeded by `seed`, stratified by class) as
+/// its validation data; the test images are kept apart for one evaluation at the end.
+pub fn hold_out(data: RunData, fraction: f64, seed: u64) -> Result<RunData> {
+    let (keep, held) = lamb_data::stratified_split(&data.train.labels, fraction, seed)
+        .map_err(|e| anyhow::anyhow!("--validation-split {fraction}: {e}"))?;
+    Ok(RunData {
+        source: data.source,
+        train: data.train.subset(&keep),
+        test: data.train.subset(&held),
+        held_out: Some(HeldOut {
+            test: data.test,
+            fraction,
+            indices: held,
+        }),
+    })
+}
+
+/// The file recording a run's held-out validation indices.
+pub const VALIDATION_FILE: &str = "validation_split.json";
+
+/// Test accuracy and loss of a run that validated on held-out training images, evaluated once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TestResult {
+    /// Fraction of the test images classified correctly.
+    pub accuracy: f64,
+    /// Mean loss over the test images.
+    pub loss: f64,
+    /// Test images.
+    pub images: usize,
 }
 
 impl RunData {
     /// A hash of what a run trains and validates on (shape, class names, labels and pixels of
     /// both splits, after the limits): the same data at another path has the same fingerprint.
     pub fn fingerprint(&self) -> String {
-        Splits::fingerprint_of(&self.train, &self.test)
+        let base = Splits::fingerprint_of(&self.train, &self.test);
+        match &self.held_out {
+            None => base,
+            // The held-out test set is part of what the run uses too.
+            Some(h) => {
+                use sha2::{Digest, Sha256};
+                let held = Splits::fingerprint_of(&h.test, &h.test);
+                let d = Sha256::digest(format!("{base}+{held}").as_bytes());
+                d.iter().map(|b| format!("{b:02x}")).collect()
+            }
+        }
     }
 }
 
@@ -79,6 +134,7 @@ pub fn load_data(
         source,
         train: limit(train, limit_train),
         test: limit(test, limit_test),
+        held_out: None,
     })
 }
 
@@ -124,6 +180,8 @@ pub struct RunResult {
     pub history: History,
     /// The run directory.
     pub dir: PathBuf,
+    /// With `--validation-split`, the test set's result (evaluated once, when the run completes).
+    pub test: Option<TestResult>,
 }
 
 /// Display name of a run (`LAMB + ReLU`).
@@ -165,6 +223,8 @@ struct SummaryInput<'a> {
     /// Ranks x threads and accumulation, in words.
     parallel: &'a str,
     wall_seconds: f64,
+    /// The test set's result when the run validated on held-out training images.
+    test: Option<TestResult>,
 }
 
 fn summary_markdown(s: &SummaryInput<'_>) -> String {
@@ -198,21 +258,47 @@ fn summary_markdown(s: &SummaryInput<'_>) -> String {
         "- epochs: {}, batch size: {}, seed: {}",
         cfg.epochs, cfg.batch_size, cfg.seed
     );
-    let _ = writeln!(
-        md,
-        "- data: {} ({} training images, {} test images used as validation data{})",
-        s.data.source.display(),
-        s.data.train.len(),
-        s.data.test.len(),
-        if cfg.limit_train.is_some() || cfg.limit_test.is_some() {
-            "; limited with --limit-train/--limit-test"
-        } else {
-            ""
+    let limited = if cfg.limit_train.is_some() || cfg.limit_test.is_some() {
+        "; limited with --limit-train/--limit-test"
+    } else {
+        ""
+    };
+    let validation = match &s.data.held_out {
+        None => {
+            let _ = writeln!(
+                md,
+                "- data: {} ({} training images, {} test images used as validation data{limited})",
+                s.data.source.display(),
+                s.data.train.len(),
+                s.data.test.len(),
+            );
+            "test set".to_string()
         }
-    );
+        Some(h) => {
+            let _ = writeln!(
+                md,
+                "- data: {} ({} training images; {} held out as validation data ({}, seeded and \
+                 stratified: `{VALIDATION_FILE}`); {} test images evaluated once at the end{limited})",
+                s.data.source.display(),
+                s.data.train.len(),
+                s.data.test.len(),
+                h.fraction,
+                h.test.len(),
+            );
+            format!("{} of the training images, held out", h.fraction)
+        }
+    };
     let _ = writeln!(md, "- ranks x threads: {}", s.parallel);
     let _ = writeln!(md, "- full configuration: `config.toml`\n");
-    let _ = writeln!(md, "## Results (validation = CIFAR-10 test set)\n");
+    let _ = writeln!(md, "## Results (validation = {validation})\n");
+    if let Some(t) = s.test {
+        let _ = writeln!(
+            md,
+            "Test set (evaluated once, after the last epoch): accuracy {:.4}, loss {:.4} on {} \
+             images\n",
+            t.accuracy, t.loss, t.images
+        );
+    }
     match RunStats::from_history(s.history) {
         Some(st) => {
             let _ = writeln!(md, "| | value |\n|---|---|");
@@ -517,6 +603,7 @@ pub fn train_with(
         if cfg.accumulate == 1 { "" } else { "es" }
     );
     let steps = data.train.len().div_ceil(cfg.batch_size);
+    let test_result: std::cell::Cell<Option<TestResult>> = std::cell::Cell::new(None);
     let summary = |status: Status<'_>, model: &Model, history: &History| {
         write_summary(&SummaryInput {
             cfg,
@@ -527,9 +614,23 @@ pub fn train_with(
             status,
             parallel: &parallel,
             wall_seconds: started.elapsed().as_secs_f64(),
+            test: test_result.get(),
         })
     };
     if root {
+        if let Some(h) = &data.held_out {
+            let record = serde_json::json!({
+                "fraction": h.fraction,
+                "seed": cfg.seed,
+                "stratified_by_class": true,
+                "indices_into": "the training split (after --limit-train)",
+                "validation_indices": h.indices,
+            });
+            write_atomic(
+                &dir.join(VALIDATION_FILE),
+                serde_json::to_string(&record)?.as_bytes(),
+            )?;
+        }
         let mut recorded = cfg.clone();
         recorded.data = Some(data.source.clone());
         recorded.workers = comm.size();
@@ -681,10 +782,20 @@ pub fn train_with(
                 },
                 history: progress.history,
                 dir,
+                test: None,
             });
         }
     }
     if root {
+        if let Some(h) = &data.held_out {
+            // The test set, once, after every choice was made on the validation data.
+            let ev = model.evaluate(&h.test, VAL_BATCH)?;
+            test_result.set(Some(TestResult {
+                accuracy: ev.accuracy,
+                loss: ev.loss,
+                images: ev.count,
+            }));
+        }
         let written = model
             .save_safetensors(&dir.join("weights.safetensors"))
             .map_err(anyhow::Error::new)
@@ -716,6 +827,7 @@ pub fn train_with(
         end: RunEnd::Completed,
         history: progress.history,
         dir,
+        test: test_result.get(),
     })
 }
 
@@ -738,7 +850,7 @@ pub fn final_summary(name: &str, r: &RunResult) -> String {
     match RunStats::from_history(&r.history) {
         Some(s) => format!(
             "{name}: {} epochs, final val_accuracy {:.4} (best {:.4} at epoch {}, last-5 mean {:.4}), \
-             final val_loss {:.4} (min {:.4} at epoch {}), median {:.1}s/epoch. Results in {}",
+             final val_loss {:.4} (min {:.4} at epoch {}), median {:.1}s/epoch{}. Results in {}",
             s.epochs,
             s.final_val_accuracy,
             s.best_val_accuracy.0,
@@ -748,6 +860,10 @@ pub fn final_summary(name: &str, r: &RunResult) -> String {
             s.min_val_loss.0,
             s.min_val_loss.1,
             s.median_epoch_seconds,
+            r.test.map_or(String::new(), |t| format!(
+                "; test set (once, at the end): accuracy {:.4}, loss {:.4}",
+                t.accuracy, t.loss
+            )),
             r.dir.display()
         ),
         None => format!("{name}: no epoch completed. Run directory {}", r.dir.display()),

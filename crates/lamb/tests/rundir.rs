@@ -413,3 +413,39 @@ fn data_options_are_recorded_and_fixed_on_resume() {
         fail(train(tmp.path(), &data, &tmp.path().join("bad"), "1").args(["--resize", "0x5"]));
     assert!(err.contains("`resize` = \"0x5\""), "{err}");
 }
+
+#[test]
+fn a_validation_split_holds_out_training_images_and_tests_once_at_the_end() {
+    let (tmp, data) = setup();
+    let out = tmp.path().join("run");
+    let o = ok(train(tmp.path(), &data, &out, "2").args(["--validation-split", "0.2"]));
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        printed.contains("test set (once, at the end): accuracy"),
+        "{printed}"
+    );
+    let split: serde_json::Value =
+        serde_json::from_slice(&read(&out.join("validation_split.json"))).unwrap();
+    let held = split["validation_indices"].as_array().unwrap();
+    // 100 training images, 10 per class: 2 per class held out.
+    assert_eq!(held.len(), 20, "{split}");
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("80 training images; 20 held out"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("Test set (evaluated once, after the last epoch)"),
+        "{summary}"
+    );
+    assert!(summary.contains("on 10 images"), "{summary}");
+    let err = fail(resume(tmp.path(), &out).args(["--epochs", "3", "--validation-split", "0.3"]));
+    assert!(err.contains("--validation-split cannot change"), "{err}");
+    for bad in ["0", "1", "1.5"] {
+        let err = fail(
+            train(tmp.path(), &data, &tmp.path().join("bad"), "1")
+                .args(["--validation-split", bad]),
+        );
+        assert!(err.contains("`validation-split`"), "{bad}: {err}");
+    }
+}
