@@ -243,6 +243,7 @@ pub fn compare(file: &CompareFile, flags: &CompareSettings, stop: Arc<AtomicBool
                     history: c.progress.history,
                     dir: cfg.out.clone(),
                     test: None,
+                    target: None,
                 });
                 continue;
             }

@@ -296,6 +296,11 @@ pub struct Settings {
     #[arg(long, value_name = "F")]
     #[serde(alias = "validation_split")]
     pub validation_split: Option<f64>,
+    /// Stop when the validation accuracy first reaches A (checked after every epoch), and
+    /// record the epoch, step, images seen and seconds at that point (`target.json`).
+    #[arg(long, value_name = "A")]
+    #[serde(alias = "target_accuracy")]
+    pub target_accuracy: Option<f64>,
     /// Print only the final summary.
     #[arg(long, short = 'q', action = clap::ArgAction::SetTrue)]
     #[serde(default, skip_serializing_if = "is_false")]
@@ -417,7 +422,8 @@ impl Settings {
             accumulate,
             limit_train,
             limit_test,
-            validation_split
+            validation_split,
+            target_accuracy
         )
     }
 
@@ -461,6 +467,7 @@ impl Settings {
             limit_train: None,
             limit_test: None,
             validation_split: None,
+            target_accuracy: None,
             quiet: false,
             json: false,
         };
@@ -519,6 +526,7 @@ impl Settings {
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             validation_split: self.validation_split,
+            target_accuracy: self.target_accuracy,
             quiet: self.quiet,
             json: self.json,
         };
@@ -569,6 +577,8 @@ pub struct RunConfig {
     /// Fraction of the training images held out as validation data (`None`: validate on the
     /// test set).
     pub validation_split: Option<f64>,
+    /// Stop when the validation accuracy first reaches this (`None`: run every epoch).
+    pub target_accuracy: Option<f64>,
     /// Quiet output.
     pub quiet: bool,
     /// JSON-lines output.
@@ -625,6 +635,11 @@ impl RunConfig {
         if let Some(f) = self.validation_split {
             if !(f > 0.0 && f < 1.0) {
                 bail!("`validation-split` = {f}: must be a fraction in (0, 1), e.g. 0.1");
+            }
+        }
+        if let Some(a) = self.target_accuracy {
+            if !(a > 0.0 && a <= 1.0) {
+                bail!("`target-accuracy` = {a}: must be an accuracy in (0, 1], e.g. 0.6");
             }
         }
         if self.seed > i64::MAX as u64 {
@@ -720,6 +735,7 @@ impl RunConfig {
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             validation_split: self.validation_split,
+            target_accuracy: self.target_accuracy,
             quiet: false,
             json: false,
             hyper: self.extra_hyper.clone(),

@@ -326,6 +326,7 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
         ("limit-test", flags.limit_test.is_some()),
         ("resize", flags.resize.is_some()),
         ("validation-split", flags.validation_split.is_some()),
+        ("target-accuracy", flags.target_accuracy.is_some()),
         ("labels", flags.labels.is_some()),
     ];
     if let Some((k, _)) = fixed.iter().find(|(_, set)| *set) {
@@ -466,6 +467,7 @@ fn train_ranks(a: &TrainArgs, cfg: &RunConfig, comm: &mut dyn Communicator) -> R
                         "final_val_accuracy": s.as_ref().map(|s| s.final_val_accuracy),
                         "last5_val_accuracy": s.as_ref().map(|s| s.last5_val_accuracy),
                         "final_val_loss": s.as_ref().map(|s| s.final_val_loss),
+                        "target": r.target,
                         "test_accuracy": r.test.map(|t| t.accuracy),
                         "test_loss": r.test.map(|t| t.loss),
                     })

@@ -70,6 +70,76 @@ pub fn hold_out(data: RunData, fraction: f64, seed: u64) -> Result<RunData> {
 /// The file recording a run's held-out validation indices.
 pub const VALIDATION_FILE: &str = "validation_split.json";
 
+/// The file recording whether and when a run reached its `--target-accuracy`.
+pub const TARGET_FILE: &str = "target.json";
+
+/// Where a run first reached its target validation accuracy (or that it did not).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct TargetResult {
+    /// The target validation accuracy.
+    pub target_accuracy: f64,
+    /// Whether some epoch reached it.
+    pub reached: bool,
+    /// The first epoch (from 1) whose validation accuracy reached it.
+    pub epoch: Option<usize>,
+    /// Training steps done by then.
+    pub step: Option<usize>,
+    /// Training images seen by then.
+    pub images_seen: Option<usize>,
+    /// Seconds of training and validation by then (the epochs' recorded times, so a resumed run
+    /// counts the same; data loading excluded).
+    pub seconds: Option<f64>,
+    /// The validation accuracy of that epoch.
+    pub val_accuracy: Option<f64>,
+}
+
+impl TargetResult {
+    /// The first epoch of `history` whose validation accuracy reaches `target`, for a run of
+    /// `train_len` images in batches of `batch_size`.
+    pub fn find(history: &History, target: f64, train_len: usize, batch_size: usize) -> Self {
+        let steps = train_len.div_ceil(batch_size.max(1));
+        let mut seconds = 0.0;
+        for r in &history.epochs {
+            seconds += r.train_seconds + r.val_seconds;
+            if let Some(acc) = r.val_accuracy.filter(|&a| a >= target) {
+                return TargetResult {
+                    target_accuracy: target,
+                    reached: true,
+                    epoch: Some(r.epoch),
+                    step: Some(r.epoch * steps),
+                    images_seen: Some(r.epoch * train_len),
+                    seconds: Some(seconds),
+                    val_accuracy: Some(acc),
+                };
+            }
+        }
+        TargetResult {
+            target_accuracy: target,
+            reached: false,
+            epoch: None,
+            step: None,
+            images_seen: None,
+            seconds: None,
+            val_accuracy: None,
+        }
+    }
+
+    /// One line for the summary and the final message.
+    pub fn describe(&self) -> String {
+        match (self.epoch, self.step, self.images_seen, self.seconds) {
+            (Some(e), Some(st), Some(n), Some(sec)) => format!(
+                "reached the target validation accuracy {} at epoch {e} (step {st}, {n} images \
+                 seen, {sec:.1} s of training and validation)",
+                self.target_accuracy
+            ),
+            _ => format!(
+                "did not reach the target validation accuracy {}",
+                self.target_accuracy
+            ),
+        }
+    }
+}
+
 /// Test accuracy and loss of a run that validated on held-out training images, evaluated once.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TestResult {
@@ -182,6 +252,8 @@ pub struct RunResult {
     pub dir: PathBuf,
     /// With `--validation-split`, the test set's result (evaluated once, when the run completes).
     pub test: Option<TestResult>,
+    /// With `--target-accuracy`, where it was reached.
+    pub target: Option<TargetResult>,
 }
 
 /// Display name of a run (`LAMB + ReLU`).
@@ -225,6 +297,8 @@ struct SummaryInput<'a> {
     wall_seconds: f64,
     /// The test set's result when the run validated on held-out training images.
     test: Option<TestResult>,
+    /// Where the target accuracy was reached.
+    target: Option<TargetResult>,
 }
 
 fn summary_markdown(s: &SummaryInput<'_>) -> String {
@@ -291,6 +365,9 @@ fn summary_markdown(s: &SummaryInput<'_>) -> String {
     let _ = writeln!(md, "- ranks x threads: {}", s.parallel);
     let _ = writeln!(md, "- full configuration: `config.toml`\n");
     let _ = writeln!(md, "## Results (validation = {validation})\n");
+    if let Some(t) = s.target {
+        let _ = writeln!(md, "Target: {} (`{TARGET_FILE}`)\n", t.describe());
+    }
     if let Some(t) = s.test {
         let _ = writeln!(
             md,
@@ -604,6 +681,7 @@ pub fn train_with(
     );
     let steps = data.train.len().div_ceil(cfg.batch_size);
     let test_result: std::cell::Cell<Option<TestResult>> = std::cell::Cell::new(None);
+    let target_result: std::cell::Cell<Option<TargetResult>> = std::cell::Cell::new(None);
     let summary = |status: Status<'_>, model: &Model, history: &History| {
         write_summary(&SummaryInput {
             cfg,
@@ -615,6 +693,7 @@ pub fn train_with(
             parallel: &parallel,
             wall_seconds: started.elapsed().as_secs_f64(),
             test: test_result.get(),
+            target: target_result.get(),
         })
     };
     if root {
@@ -653,7 +732,12 @@ pub fn train_with(
             out.info(&format!("Ranks x threads: {parallel}"));
         }
     }
-    while progress.epoch < cfg.epochs {
+    let reached = |history: &History| {
+        cfg.target_accuracy
+            .map(|a| TargetResult::find(history, a, data.train.len(), cfg.batch_size))
+            .filter(|t| t.reached)
+    };
+    while progress.epoch < cfg.epochs && reached(&progress.history).is_none() {
         let mut opts = FitOptions::new(cfg.batch_size, progress.epoch + 1, cfg.seed);
         opts.val_batch_size = VAL_BATCH;
         opts.start = progress.clone();
@@ -783,7 +867,18 @@ pub fn train_with(
                 history: progress.history,
                 dir,
                 test: None,
+                target: None,
             });
+        }
+    }
+    if let Some(a) = cfg.target_accuracy {
+        let t = TargetResult::find(&progress.history, a, data.train.len(), cfg.batch_size);
+        target_result.set(Some(t));
+        if root {
+            write_atomic(
+                &dir.join(TARGET_FILE),
+                serde_json::to_string_pretty(&t)?.as_bytes(),
+            )?;
         }
     }
     if root {
@@ -828,6 +923,7 @@ pub fn train_with(
         history: progress.history,
         dir,
         test: test_result.get(),
+        target: target_result.get(),
     })
 }
 
@@ -860,7 +956,7 @@ pub fn final_summary(name: &str, r: &RunResult) -> String {
             s.min_val_loss.0,
             s.min_val_loss.1,
             s.median_epoch_seconds,
-            r.test.map_or(String::new(), |t| format!(
+            r.target.map_or(String::new(), |t| format!("; {}", t.describe())) + &r.test.map_or(String::new(), |t| format!(
                 "; test set (once, at the end): accuracy {:.4}, loss {:.4}",
                 t.accuracy, t.loss
             )),

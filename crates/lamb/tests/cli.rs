@@ -318,3 +318,60 @@ fn compare_writes_both_runs_and_a_report() {
     );
     assert!(report.contains("orientation only"), "{report}");
 }
+
+#[test]
+fn target_accuracy_stops_at_the_first_epoch_that_reaches_it() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("t");
+    let mut c = lamb(tmp.path());
+    c.args([
+        "train",
+        "--quiet",
+        "--epochs",
+        "10",
+        "--target-accuracy",
+        "0.2",
+    ]);
+    small(&mut c, &data, &out);
+    let o = ok(&mut c);
+    let t: serde_json::Value = serde_json::from_slice(&read(&out.join("target.json"))).unwrap();
+    assert_eq!(t["reached"], true, "{t}");
+    let epoch = t["epoch"].as_u64().unwrap() as usize;
+    let history = metrics(&out);
+    assert_eq!(history.len() - 1, epoch, "training stopped at that epoch");
+    assert!(epoch < 10, "{t}");
+    assert_eq!(t["step"].as_u64().unwrap() as usize, epoch * 100);
+    assert_eq!(t["images_seen"].as_u64().unwrap() as usize, epoch * 1000);
+    let acc: f64 = history[epoch].split(',').nth(4).unwrap().parse().unwrap();
+    assert!(acc >= 0.2, "{acc}");
+    if epoch > 1 {
+        let before: f64 = history[epoch - 1]
+            .split(',')
+            .nth(4)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(before < 0.2, "the first epoch that reached it: {history:?}");
+    }
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("reached the target validation accuracy 0.2")
+    );
+    assert!(out.join("weights.safetensors").is_file());
+    // An unreachable target runs every epoch and says so.
+    let out = tmp.path().join("u");
+    let mut c = lamb(tmp.path());
+    c.args([
+        "train",
+        "--quiet",
+        "--epochs",
+        "2",
+        "--target-accuracy",
+        "0.99",
+    ]);
+    small(&mut c, &data, &out);
+    ok(&mut c);
+    let t: serde_json::Value = serde_json::from_slice(&read(&out.join("target.json"))).unwrap();
+    assert_eq!(t["reached"], false, "{t}");
+    assert_eq!(metrics(&out).len() - 1, 2);
+}
