@@ -12,9 +12,14 @@ mod error;
 #[cfg(test)]
 mod grad_tests;
 mod grads;
+mod graph;
+#[cfg(test)]
+mod graph_tests;
 mod io;
 pub mod kernels;
+mod layers;
 mod model;
+mod spec;
 #[cfg(test)]
 mod tests;
 mod train;
@@ -22,4 +27,5 @@ mod train;
 pub use error::NnError;
 pub use grads::{local_gradients, split_even, GradientAccumulator};
 pub use model::{classic_cnn, Activation, Model, Padding, Sequential};
+pub use spec::ModelSpec;
 pub use train::*;
