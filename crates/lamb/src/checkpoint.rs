@@ -204,7 +204,7 @@ impl Checkpoint {
         Checkpoint {
             progress: progress.clone(),
             params: model
-                .params()
+                .tensors()
                 .into_iter()
                 .map(|(n, s, v)| (n, s, v.to_vec()))
                 .collect(),
@@ -416,7 +416,7 @@ impl Checkpoint {
                 opt.name()
             )));
         }
-        let ours = model.params();
+        let ours = model.tensors();
         let here: Vec<String> = ours.iter().map(|(n, s, _)| format!("{n} {s:?}")).collect();
         let there: Vec<String> = self
             .params
@@ -437,7 +437,7 @@ impl Checkpoint {
             .map_err(|e| mismatch(format!("optimizer state: {e}")))?;
         for (n, _, v) in &self.params {
             model
-                .set_param(n, v)
+                .set_tensor(n, v)
                 .map_err(|e| mismatch(format!("weights: {e}")))?;
         }
         Ok(())

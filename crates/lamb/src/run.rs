@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use lamb_data::{Dataset, Splits};
 use lamb_dist::{Communicator, Parallel, SingleProcess};
-use lamb_nn::{classic_cnn, Activation, FitEvent, FitOptions, FitProgress, History, Model};
+use lamb_nn::{Activation, FitEvent, FitOptions, FitProgress, History, Model};
 use lamb_optim::Optimizer;
 
 use crate::atomic::write_atomic;
@@ -372,7 +372,7 @@ pub fn train_with(
         Mode::Quiet
     };
     let mut out = Progress::new(mode, tag, cfg.epochs);
-    let mut model = classic_cnn(activation(cfg.activation), cfg.seed)?;
+    let mut model = crate::models::build(&cfg.model, cfg.activation, cfg.seed)?;
     let mut opt = crate::optim::build_for_run(cfg, data.train.len())?;
     let ck_path = dir.join(checkpoint::FILE);
     let mut progress = FitProgress::default();
