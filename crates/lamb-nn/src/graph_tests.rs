@@ -437,6 +437,25 @@ fn conv_stride2_same_no_bias_l2_gelu_pools_global_average() {
 }
 
 #[test]
+fn same_padding_on_the_direct_and_winograd_kernels() {
+    // 16 filters and `same` padding: on AVX-512 CPUs the zero-padded input runs on the direct
+    // kernels (3 channels), Winograd (3x3 stride 1, 16 channels, even output) and the direct
+    // stride-2 kernels.
+    let mut s = ModelSpec::input([4, 4, 3]);
+    let a = s.layer("Conv2D", "c", conv(16, 3, 1, "same", "relu"), &["input_1"]);
+    let a = s.layer("Conv2D", "c1", conv(16, 3, 1, "same", "linear"), &[&a]);
+    let a = s.layer("Conv2D", "c2", conv(16, 3, 2, "same", "selu"), &[&a]);
+    let a = s.layer("Flatten", "f", json!({}), &[&a]);
+    s.layer(
+        "Dense",
+        "dense",
+        json!({"units": 3, "activation": "softmax"}),
+        &[&a],
+    );
+    check(&s, 2, 25);
+}
+
+#[test]
 fn residual_block_with_batch_norm_projection_and_dropout() {
     let mut s = ModelSpec::input([6, 6, 3]);
     let x = s.layer(

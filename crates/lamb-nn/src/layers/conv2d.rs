@@ -3,6 +3,7 @@
 //! the engine's convolution kernels (direct AVX-512, Winograd 3x3 or im2col + GEMM, chosen by
 //! geometry; chunks of images summed in order, so no bit depends on the thread count).
 
+use rayon::prelude::*;
 use serde_json::json;
 
 use super::config::Config;
@@ -16,6 +17,9 @@ use crate::Activation;
 #[derive(Debug)]
 struct Conv2D {
     g: ConvGeom,
+    /// When the layer pads (`same`) and the direct or Winograd kernels run the convolution of
+    /// the explicitly zero-padded input: that geometry (no padding).
+    padded: Option<ConvGeom>,
     filters: usize,
     act: ActFn,
     use_bias: bool,
@@ -112,6 +116,7 @@ pub(super) fn build(ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Layer>, String> {
     }
     Ok(Box::new(Conv2D {
         g,
+        padded: padded_geometry(&g, filters),
         filters,
         act,
         use_bias,
@@ -122,6 +127,53 @@ pub(super) fn build(ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Layer>, String> {
         pre: Vec::new(),
         shape: vec![g.ho, g.wo, filters],
     }))
+}
+
+/// The geometry of `g` run as an unpadded convolution on its input zero-padded to
+/// `pad_top + h + bottom` rows and `pad_left + w + right` columns, when `g` pads and the
+/// direct kernels ([`kernels::conv_direct`], Winograd among them) then apply.
+fn padded_geometry(g: &ConvGeom, f: usize) -> Option<ConvGeom> {
+    let hp = g.pad_top + g.h + ((g.ho - 1) * g.s + g.k).saturating_sub(g.pad_top + g.h);
+    let wp = g.pad_left + g.w + ((g.wo - 1) * g.s + g.k).saturating_sub(g.pad_left + g.w);
+    if (hp, wp) == (g.h, g.w) {
+        return None;
+    }
+    let gp = ConvGeom {
+        h: hp,
+        w: wp,
+        pad_top: 0,
+        pad_left: 0,
+        ..*g
+    };
+    kernels::conv_direct(&gp, f).then_some(gp)
+}
+
+/// `xp` (`batch` images of `gp`) = the images `x` of `g`, zero-padded (top/left by `g`'s
+/// padding).
+fn pad_images(g: &ConvGeom, gp: &ConvGeom, x: &[f32], xp: &mut [f32]) {
+    let row = g.w * g.c;
+    xp.par_chunks_mut(gp.in_len())
+        .zip(x.par_chunks(g.in_len()))
+        .for_each(|(dst, src)| {
+            dst.fill(0.0);
+            for (r, s) in src.chunks_exact(row).enumerate() {
+                let at = ((r + g.pad_top) * gp.w + g.pad_left) * g.c;
+                dst[at..at + row].copy_from_slice(s);
+            }
+        });
+}
+
+/// `dx` (images of `g`) = the interior of the padded gradient `dxp` (images of `gp`).
+fn crop_images(g: &ConvGeom, gp: &ConvGeom, dxp: &[f32], dx: &mut [f32]) {
+    let row = g.w * g.c;
+    dx.par_chunks_mut(g.in_len())
+        .zip(dxp.par_chunks(gp.in_len()))
+        .for_each(|(dst, src)| {
+            for (r, d) in dst.chunks_exact_mut(row).enumerate() {
+                let at = ((r + g.pad_top) * gp.w + g.pad_left) * g.c;
+                d.copy_from_slice(&src[at..at + row]);
+            }
+        });
 }
 
 /// Grows `v` to at least `n` values.
@@ -159,7 +211,16 @@ impl Layer for Conv2D {
         batch: usize,
         scratch: &mut Scratch,
     ) {
-        let (g, f) = (&self.g, self.filters);
+        let f = self.filters;
+        let (g, input): (&ConvGeom, &[f32]) = match &self.padded {
+            Some(gp) => {
+                grow(&mut scratch.padded, batch * gp.in_len());
+                let xp = &mut scratch.padded[..batch * gp.in_len()];
+                pad_images(&self.g, gp, inputs[0], xp);
+                (gp, xp)
+            }
+            None => (&self.g, inputs[0]),
+        };
         if !kernels::conv_direct(g, f) {
             grow(&mut scratch.cols, batch * g.positions() * g.kkc());
         }
@@ -178,7 +239,7 @@ impl Layer for Conv2D {
             act,
             &self.params[0].value,
             bias,
-            inputs[0],
+            input,
             &mut scratch.cols,
             out,
         );
@@ -199,13 +260,32 @@ impl Layer for Conv2D {
         batch: usize,
         scratch: &mut Scratch,
     ) {
-        let (g, f) = (&self.g, self.filters);
+        let f = self.filters;
+        let g = self.padded.as_ref().unwrap_or(&self.g);
         let n = batch * g.positions() * g.kkc();
         if !kernels::conv_direct(g, f) {
             grow(&mut scratch.cols, n);
         }
+        let input: &[f32] = match &self.padded {
+            Some(gp) => {
+                grow(&mut scratch.padded, batch * gp.in_len());
+                grow(&mut scratch.dpadded, batch * gp.in_len());
+                let xp = &mut scratch.padded[..batch * gp.in_len()];
+                pad_images(&self.g, gp, inputs[0], xp);
+                xp
+            }
+            None => inputs[0],
+        };
+        let mut crop_to: Option<&mut [f32]> = None;
         let dx = dx[0].as_deref_mut().map(|dx| {
             grow(&mut scratch.dcols, n);
+            let dx: &mut [f32] = match &self.padded {
+                Some(gp) => {
+                    crop_to = Some(dx);
+                    &mut scratch.dpadded[..batch * gp.in_len()]
+                }
+                None => dx,
+            };
             (dx, &mut scratch.dcols[..])
         });
         self.act.backward(Some(&self.pre), out, dy, f);
@@ -220,7 +300,7 @@ impl Layer for Conv2D {
             f,
             Activation::Linear,
             &kp[0].value,
-            inputs[0],
+            input,
             out,
             dy,
             &mut scratch.cols,
@@ -229,11 +309,46 @@ impl Layer for Conv2D {
             dx,
             true,
         );
+        if let (Some(dx), Some(gp)) = (crop_to, &self.padded) {
+            crop_images(&self.g, gp, &scratch.dpadded[..batch * gp.in_len()], dx);
+        }
     }
     fn add_regularization(&mut self) -> f64 {
         add_l2(&mut self.params[0], self.l2)
     }
     fn regularization_loss(&self) -> f64 {
         l2_loss(&self.params[0], self.l2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_runs_on_the_direct_kernels_where_they_apply() {
+        let g = geometry([4, 4, 16], 3, 1, "same").unwrap();
+        if kernels::conv_direct(
+            &ConvGeom {
+                pad_top: 0,
+                pad_left: 0,
+                h: 6,
+                w: 6,
+                ..g
+            },
+            16,
+        ) {
+            let gp = padded_geometry(&g, 16).expect("the padded geometry");
+            assert_eq!((gp.h, gp.w, gp.pad_top, gp.pad_left), (6, 6, 0, 0));
+            assert!(kernels::conv_winograd(&gp, 16));
+            // Stride 2, 'same' on an even input: TensorFlow pads only at the bottom/right.
+            let g2 = geometry([4, 4, 16], 3, 2, "same").unwrap();
+            let gp2 = padded_geometry(&g2, 16).unwrap();
+            assert_eq!((g2.pad_top, gp2.h, gp2.ho), (0, 5, 2));
+        }
+        // 3 filters: no direct kernel, im2col with implicit padding.
+        assert!(padded_geometry(&g, 3).is_none());
+        // Valid padding needs none.
+        assert!(padded_geometry(&geometry([4, 4, 16], 3, 1, "valid").unwrap(), 16).is_none());
     }
 }

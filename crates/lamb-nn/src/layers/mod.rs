@@ -76,6 +76,10 @@ pub(crate) struct Scratch {
     pub cols: Vec<f32>,
     /// `dcols` blocks of convolution input gradients.
     pub dcols: Vec<f32>,
+    /// A convolution's input, zero-padded (direct kernels on `same` padding).
+    pub padded: Vec<f32>,
+    /// The gradient w.r.t. [`Scratch::padded`].
+    pub dpadded: Vec<f32>,
 }
 
 /// Whether a pass trains (batch statistics, dropout active) or evaluates, and the step
