@@ -575,7 +575,7 @@ impl ModelSpec {
             prev = &l.name;
             let cfg = &l.config;
             let s = |k: &str, d: &str| cfg.get(k).and_then(Value::as_str).unwrap_or(d).to_string();
-            let plain = |k: &str| cfg.get(k).map_or(true, Value::is_null);
+            let plain = |k: &str| cfg.get(k).filter(|v| !v.is_null()).is_none();
             let glorot = ["GlorotUniform", "glorot_uniform"].contains(
                 &cfg.get("kernel_initializer")
                     .and_then(|v| v.get("class_name").or(Some(v)))

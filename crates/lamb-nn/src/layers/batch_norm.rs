@@ -61,7 +61,7 @@ pub(super) fn build(ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Layer>, String> {
     cfg.only("synchronized", &[json!(false)])?;
     let momentum = cfg.f64_or("momentum", 0.99)?;
     let epsilon = cfg.f64_or("epsilon", 1e-3)?;
-    if !(0.0..=1.0).contains(&momentum) || !(epsilon > 0.0) {
+    if !(0.0..=1.0).contains(&momentum) || epsilon.is_nan() || epsilon <= 0.0 {
         return Err(format!(
             "momentum {momentum}, epsilon {epsilon}: expected momentum in [0, 1], epsilon > 0"
         ));
