@@ -46,8 +46,8 @@ pub(crate) struct GraphNet {
     /// Gradients of inputs that a node already received from another reader (summed after).
     tmps: Vec<Vec<f32>>,
     scratch: Scratch,
-    /// Training steps run (seeds dropout masks).
-    step: u64,
+    /// Training forward passes run, or as numbered by `fit` (seeds dropout masks).
+    pub step: u64,
     cap: usize,
     pub fwd_secs: Vec<f64>,
     pub bwd_secs: Vec<f64>,

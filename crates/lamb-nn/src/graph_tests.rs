@@ -819,6 +819,37 @@ fn results_do_not_depend_on_the_thread_count() {
 }
 
 #[test]
+fn resnet20_is_bit_identical_on_1_2_and_3_threads() {
+    let spec = ModelSpec::resnet20();
+    let run = |threads: usize| -> Vec<u32> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut m = spec.build(3).unwrap();
+            let mut opt = lamb_optim::build(&lamb_optim::OptimizerSpec::new(
+                lamb_optim::OptimizerKind::Lamb,
+            ))
+            .unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(4);
+            for _ in 0..2 {
+                let x: Vec<f32> = (0..11 * 3072).map(|_| rng.gen_range(0.0..1.0)).collect();
+                let y: Vec<u8> = (0..11).map(|_| rng.gen_range(0..10)).collect();
+                m.train_step(&x, &y, opt.as_mut()).unwrap();
+            }
+            m.tensors()
+                .iter()
+                .flat_map(|t| t.2.iter().map(|v| v.to_bits()))
+                .collect()
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+}
+
+#[test]
 fn batch_norm_state_is_saved_and_loaded_with_the_description() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.safetensors");

@@ -1087,6 +1087,14 @@ impl Model {
         kernels::softmax_xent(logits, &self.ws.y[..batch], c, dlogits)
     }
 
+    /// Numbers the next training forward passes from `n + 1` (the general engine seeds
+    /// dropout masks with it).
+    pub(crate) fn set_pass_counter(&mut self, n: u64) {
+        if let Some(g) = self.graph.as_mut() {
+            g.step = n;
+        }
+    }
+
     /// The logits of the last forward pass on `batch` samples.
     pub(crate) fn logits(&self, batch: usize) -> &[f32] {
         match &self.graph {

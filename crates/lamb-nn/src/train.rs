@@ -513,6 +513,9 @@ impl Model {
                 let global = &order[s * bs..((s + 1) * bs).min(n)];
                 let b = global.len();
                 let mine = shard(global, rank, size);
+                // Training passes (dropout masks) numbered by epoch, step, rank and
+                // micro-batch: the same after a resume.
+                self.set_pass_counter((((e * steps + s) * size + rank) * micro_batches) as u64);
                 let mut m = match acc.as_mut() {
                     None => self.compute_gradients_on(train, mine)?,
                     Some(acc) => local_gradients(self, train, mine, b, micro_batches, acc)?,

@@ -1,6 +1,7 @@
 //! End-to-end tests of `--model` on a small subset of the shared CIFAR-10 archive: a Keras
-//! JSON model with BatchNormalization and a residual Add trains, stops and resumes bit-exactly
-//! (the moving statistics travel in the checkpoint), its weights carry the description so
+//! JSON model with BatchNormalization, a residual Add and Dropout trains, stops and resumes
+//! bit-exactly (the moving statistics travel in the checkpoint; dropout masks follow the
+//! epoch and step), its weights carry the description so
 //! `evaluate` needs no flag, a bad model file is refused before anything is written, and
 //! ResNet-20 trains (smoke).
 
@@ -11,7 +12,8 @@ mod common;
 
 use common::{data, fail, lamb, ok, stdout};
 
-/// 32x32x3 -> Conv2D 8 stride 2 same -> BN -> relu -> Conv2D 8 -> Add -> GAP -> Dense 10.
+/// 32x32x3 -> Conv2D 8 stride 2 same -> BN -> relu -> Conv2D 8 -> Add -> Dropout -> GAP ->
+/// Dense 10.
 const SMALL_RESNET: &str = r#"{"class_name": "Functional", "config": {"name": "small",
  "input_layers": [["in", 0, 0]], "output_layers": [["dense", 0, 0]], "layers": [
  {"class_name": "InputLayer", "name": "in", "config": {"batch_input_shape": [null, 32, 32, 3]}, "inbound_nodes": []},
@@ -20,7 +22,8 @@ const SMALL_RESNET: &str = r#"{"class_name": "Functional", "config": {"name": "s
  {"class_name": "Activation", "name": "activation", "config": {"activation": "relu"}, "inbound_nodes": [[["batch_normalization", 0, 0, {}]]]},
  {"class_name": "Conv2D", "name": "conv2d_1", "config": {"filters": 8, "kernel_size": [3, 3], "padding": "same", "activation": "relu"}, "inbound_nodes": [[["activation", 0, 0, {}]]]},
  {"class_name": "Add", "name": "add", "config": {}, "inbound_nodes": [[["activation", 0, 0, {}], ["conv2d_1", 0, 0, {}]]]},
- {"class_name": "GlobalAveragePooling2D", "name": "gap", "config": {}, "inbound_nodes": [[["add", 0, 0, {}]]]},
+ {"class_name": "Dropout", "name": "dropout", "config": {"rate": 0.25}, "inbound_nodes": [[["add", 0, 0, {}]]]},
+ {"class_name": "GlobalAveragePooling2D", "name": "gap", "config": {}, "inbound_nodes": [[["dropout", 0, 0, {}]]]},
  {"class_name": "Dense", "name": "dense", "config": {"units": 10, "activation": "softmax"}, "inbound_nodes": [[["gap", 0, 0, {}]]]}
 ]}}"#;
 
