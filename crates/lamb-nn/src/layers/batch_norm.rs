@@ -113,22 +113,31 @@ pub(super) fn build(ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Layer>, String> {
     }))
 }
 
-/// Per-channel sums of `f(row)` over the rows of `x` (rows of `c` values), in f64: fixed
-/// blocks of rows in parallel, the blocks added in order.
-fn channel_sums(x: &[f32], c: usize, f: impl Fn(&[f32], &mut [f64]) + Sync) -> Vec<f64> {
-    let parts: Vec<Vec<f64>> = x
+/// Per-channel sums over the rows of `x` (rows of `c` values) of `f(row, acc)`, which adds a
+/// row into `acc` (f32): fixed blocks of [`ROWS`] rows in parallel, each block's f32 sums
+/// added in order in f64. `k` sums per channel (`acc` holds `k * c` values).
+fn channel_sums(
+    x: &[f32],
+    y: Option<&[f32]>,
+    c: usize,
+    k: usize,
+    f: impl Fn(&[f32], Option<&[f32]>, &mut [f32]) + Sync,
+) -> Vec<f64> {
+    let parts: Vec<Vec<f32>> = x
         .par_chunks(ROWS * c)
-        .map(|blk| {
-            let mut acc = vec![0.0f64; c];
-            for row in blk.chunks_exact(c) {
-                f(row, &mut acc);
+        .enumerate()
+        .map(|(b, blk)| {
+            let mut acc = vec![0.0f32; k * c];
+            let yb = y.map(|y| &y[b * ROWS * c..][..blk.len()]);
+            for (r, row) in blk.chunks_exact(c).enumerate() {
+                f(row, yb.map(|y| &y[r * c..][..c]), &mut acc);
             }
             acc
         })
         .collect();
-    let mut total = vec![0.0f64; c];
+    let mut total = vec![0.0f64; k * c];
     for p in parts {
-        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        total.iter_mut().zip(p).for_each(|(t, v)| *t += v as f64);
     }
     total
 }
@@ -174,13 +183,14 @@ impl Layer for BatchNorm {
         let rows = x.len() / c;
         let eps = self.epsilon as f64;
         let (mean, inv): (Vec<f32>, Vec<f32>) = if pass.training {
-            let sum = channel_sums(x, c, |row, acc| {
-                acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64)
+            let sum = channel_sums(x, None, c, 1, |row, _, acc| {
+                acc.iter_mut().zip(row).for_each(|(a, v)| *a += v)
             });
             let mean: Vec<f64> = sum.iter().map(|s| s / rows as f64).collect();
-            let sq = channel_sums(x, c, |row, acc| {
-                for ((a, v), m) in acc.iter_mut().zip(row).zip(&mean) {
-                    let d = *v as f64 - m;
+            let m32: Vec<f32> = mean.iter().map(|m| *m as f32).collect();
+            let sq = channel_sums(x, None, c, 1, |row, _, acc| {
+                for ((a, v), m) in acc.iter_mut().zip(row).zip(&m32) {
+                    let d = v - m;
                     *a += d * d;
                 }
             });
@@ -219,30 +229,44 @@ impl Layer for BatchNorm {
         if pass.training {
             self.xhat.resize(x.len(), 0.0);
         }
-        let train = pass.training;
-        let xhat = &mut self.xhat;
-        if train {
-            xhat.par_chunks_mut(ROWS * c)
+        let (gamma, beta) = {
+            let (g, b) = self.gamma_beta();
+            (
+                g.map_or(vec![1.0; c], |g| g.to_vec()),
+                b.map_or(vec![0.0; c], |b| b.to_vec()),
+            )
+        };
+        let norm = |xr: &[f32], hr: &mut [f32], or: &mut [f32]| {
+            for ch in 0..c {
+                let h = (xr[ch] - mean[ch]) * inv[ch];
+                hr[ch] = h;
+                or[ch] = h * gamma[ch] + beta[ch];
+            }
+        };
+        if pass.training {
+            self.xhat
+                .par_chunks_mut(ROWS * c)
+                .zip(out.par_chunks_mut(ROWS * c))
                 .zip(x.par_chunks(ROWS * c))
-                .for_each(|(hb, xb)| {
-                    for (hrow, xrow) in hb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
-                        for ch in 0..c {
-                            hrow[ch] = (xrow[ch] - mean[ch]) * inv[ch];
-                        }
+                .for_each(|((hb, ob), xb)| {
+                    for ((hr, or), xr) in hb
+                        .chunks_exact_mut(c)
+                        .zip(ob.chunks_exact_mut(c))
+                        .zip(xb.chunks_exact(c))
+                    {
+                        norm(xr, hr, or);
+                    }
+                });
+        } else {
+            out.par_chunks_mut(ROWS * c)
+                .zip(x.par_chunks(ROWS * c))
+                .for_each(|(ob, xb)| {
+                    let mut h = vec![0.0f32; c];
+                    for (or, xr) in ob.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                        norm(xr, &mut h, or);
                     }
                 });
         }
-        let (gamma, beta) = self.gamma_beta();
-        out.par_chunks_mut(ROWS * c)
-            .zip(x.par_chunks(ROWS * c))
-            .for_each(|(o, xb)| {
-                for (orow, xrow) in o.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
-                    for ch in 0..c {
-                        let h = (xrow[ch] - mean[ch]) * inv[ch];
-                        orow[ch] = h * gamma.map_or(1.0, |g| g[ch]) + beta.map_or(0.0, |b| b[ch]);
-                    }
-                }
-            });
     }
     fn backward(
         &mut self,
@@ -255,46 +279,33 @@ impl Layer for BatchNorm {
     ) {
         let c = self.channels;
         let rows = dy.len() / c;
-        let dbeta = channel_sums(dy, c, |row, acc| {
-            acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64)
-        });
         let xhat = &self.xhat;
-        let dgamma: Vec<f64> = if self.trained {
-            let parts: Vec<Vec<f64>> = dy
-                .par_chunks(ROWS * c)
-                .zip(xhat.par_chunks(ROWS * c))
-                .map(|(d, h)| {
-                    let mut acc = vec![0.0f64; c];
-                    for (drow, hrow) in d.chunks_exact(c).zip(h.chunks_exact(c)) {
-                        for ch in 0..c {
-                            acc[ch] += drow[ch] as f64 * hrow[ch] as f64;
-                        }
-                    }
-                    acc
-                })
-                .collect();
-            let mut t = vec![0.0f64; c];
-            for p in parts {
-                t.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        let trained = self.trained;
+        // dbeta = sum dy, dgamma = sum dy * xhat, in one pass.
+        let sums = channel_sums(dy, trained.then_some(&xhat[..]), c, 2, |d, h, acc| {
+            let (sb, sg) = acc.split_at_mut(c);
+            sb.iter_mut().zip(d).for_each(|(a, v)| *a += v);
+            if let Some(h) = h {
+                for ((a, v), hv) in sg.iter_mut().zip(d).zip(h) {
+                    *a += v * hv;
+                }
             }
-            t
-        } else {
-            vec![0.0; c]
-        };
+        });
+        let (dbeta, dgamma) = sums.split_at(c);
         let gamma: Vec<f32> = self.gamma_beta().0.map_or(vec![1.0; c], |g| g.to_vec());
         let mut it = self.params.iter_mut();
         if self.scale {
             let g = it.next().expect("gamma");
             g.grad
                 .iter_mut()
-                .zip(&dgamma)
+                .zip(dgamma)
                 .for_each(|(a, b)| *a = *b as f32);
         }
         if self.center {
             let b = it.next().expect("beta");
             b.grad
                 .iter_mut()
-                .zip(&dbeta)
+                .zip(dbeta)
                 .for_each(|(a, v)| *a = *v as f32);
         }
         let Some(dx) = dx[0].as_deref_mut() else {
@@ -302,25 +313,34 @@ impl Layer for BatchNorm {
         };
         let inv = &self.inv;
         let m = rows as f32;
-        let trained = self.trained;
         let (db, dg): (Vec<f32>, Vec<f32>) = (
             dbeta.iter().map(|v| *v as f32 / m).collect(),
             dgamma.iter().map(|v| *v as f32 / m).collect(),
         );
+        let k: Vec<f32> = gamma.iter().zip(inv).map(|(g, i)| g * i).collect();
+        if !trained {
+            dx.par_chunks_mut(ROWS * c)
+                .zip(dy.par_chunks(ROWS * c))
+                .for_each(|(dxb, dyb)| {
+                    for (dxr, dyr) in dxb.chunks_exact_mut(c).zip(dyb.chunks_exact(c)) {
+                        for ch in 0..c {
+                            dxr[ch] = k[ch] * dyr[ch];
+                        }
+                    }
+                });
+            return;
+        }
         dx.par_chunks_mut(ROWS * c)
             .zip(dy.par_chunks(ROWS * c))
-            .enumerate()
-            .for_each(|(b, (dxb, dyb))| {
-                for (r, (dxr, dyr)) in dxb.chunks_exact_mut(c).zip(dyb.chunks_exact(c)).enumerate()
+            .zip(xhat.par_chunks(ROWS * c))
+            .for_each(|((dxb, dyb), hb)| {
+                for ((dxr, dyr), hr) in dxb
+                    .chunks_exact_mut(c)
+                    .zip(dyb.chunks_exact(c))
+                    .zip(hb.chunks_exact(c))
                 {
                     for ch in 0..c {
-                        let k = gamma[ch] * inv[ch];
-                        dxr[ch] = if trained {
-                            let h = xhat[(b * ROWS + r) * c + ch];
-                            k * (dyr[ch] - db[ch] - h * dg[ch])
-                        } else {
-                            k * dyr[ch]
-                        };
+                        dxr[ch] = k[ch] * (dyr[ch] - db[ch] - hr[ch] * dg[ch]);
                     }
                 }
             });
