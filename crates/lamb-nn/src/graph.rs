@@ -357,25 +357,42 @@ impl GraphNet {
             &[29, 21, 10, 30]
         };
         let line_len: usize = widths.iter().sum::<usize>() + 1;
+        // One table row; a cell longer than its column wraps onto further lines, as Keras
+        // prints it.
         let row = |cells: &[String]| {
-            let mut r = String::from(" ");
-            for (k, (c, w)) in cells.iter().zip(widths).enumerate() {
-                if k + 1 == cells.len() {
-                    r += c;
-                } else {
-                    r += &format!("{c:<w$} ");
-                    let _ = w;
+            let wrapped: Vec<Vec<String>> = cells
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| {
+                    let chars: Vec<char> = c.chars().collect();
+                    let w = (*w - 2).max(1);
+                    chars.chunks(w).map(|p| p.iter().collect()).collect()
+                })
+                .collect();
+            let lines = wrapped.iter().map(Vec::len).max().unwrap_or(1).max(1);
+            let mut r = String::new();
+            for i in 0..lines {
+                let mut line = String::from(" ");
+                for (k, (cell, w)) in wrapped.iter().zip(widths).enumerate() {
+                    let text = cell.get(i).map_or("", String::as_str);
+                    if k + 1 == wrapped.len() {
+                        line += text;
+                    } else {
+                        line += &format!("{text:<w$}", w = *w);
+                    }
                 }
+                r += line.trim_end();
+                r += "\n";
             }
-            r.trim_end().to_string() + "\n"
+            r
         };
         let shape = |s: &[usize]| {
             let d: Vec<String> = s.iter().map(|d| d.to_string()).collect();
             format!("(None, {})", d.join(", "))
         };
         let name_of = |s: &Src| match *s {
-            Src::Input => format!("{}[0][0]", self.spec.input_name),
-            Src::Node(j) => format!("{}[0][0]", self.nodes[j].name),
+            Src::Input => format!("'{}[0][0]'", self.spec.input_name),
+            Src::Node(j) => format!("'{}[0][0]'", self.nodes[j].name),
         };
         let mut s = format!("Model: \"{}\"\n", self.spec.name);
         s += &"_".repeat(line_len);

@@ -550,6 +550,22 @@ fn resnet20_built_in_equals_the_keras_export() {
     let summary = m.summary();
     assert!(summary.contains("Total params: 274,442"), "{summary}");
     assert!(summary.contains("Non-trainable params: 1,376"), "{summary}");
+    // Keras' functional table: the input row, connections, long cells wrapped to the width.
+    assert!(summary.contains(" input_1 (InputLayer)"), "{summary}");
+    assert!(
+        summary.contains("['batch_normalization_18[0][0]']") || summary.contains("'add_8[0][0]'")
+    );
+    let rule = summary.lines().nth(1).unwrap().chars().count();
+    assert!(
+        summary.lines().all(|l| l.chars().count() <= rule),
+        "{summary}"
+    );
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.trim_start().starts_with("ormalization)")),
+        "{summary}"
+    );
     let path = shared("resnet20.json");
     if !path.exists() {
         assert!(
