@@ -113,9 +113,13 @@ pub fn display_name(cfg: &RunConfig) -> String {
             .to_uppercase()
             .replace("ADAMW", "AdamW")
             .replace("ADAM", "Adam"),
-        match cfg.activation {
-            ActivationKind::Relu => "ReLU",
-            ActivationKind::Selu => "SELU",
+        match (cfg.model.as_str(), cfg.activation) {
+            (crate::config::SEED_CNN, ActivationKind::Relu) => "ReLU".to_string(),
+            (crate::config::SEED_CNN, ActivationKind::Selu) => "SELU".to_string(),
+            // A model file by its name without the directory and `.json`.
+            (m, _) => Path::new(m)
+                .file_stem()
+                .map_or(m.to_string(), |s| s.to_string_lossy().into_owned()),
         }
     )
 }
@@ -184,7 +188,11 @@ fn summary_markdown(s: &SummaryInput<'_>) -> String {
     );
     let _ = writeln!(md, "## Setup\n");
     let _ = writeln!(md, "- optimizer: {opt_line}");
-    let _ = writeln!(md, "- hidden activation: {}", cfg.activation);
+    if cfg.model == crate::config::SEED_CNN {
+        let _ = writeln!(md, "- hidden activation: {}", cfg.activation);
+    } else {
+        let _ = writeln!(md, "- model: {}", cfg.model);
+    }
     let _ = writeln!(
         md,
         "- epochs: {}, batch size: {}, seed: {}",
@@ -628,5 +636,9 @@ mod tests {
         c.optimizer = crate::config::OptimizerKind::Adam;
         c.activation = ActivationKind::Selu;
         assert_eq!(display_name(&c), "Adam + SELU");
+        c.model = "resnet20".into();
+        assert_eq!(display_name(&c), "Adam + resnet20");
+        c.model = "/some/where/my_net.json".into();
+        assert_eq!(display_name(&c), "Adam + my_net");
     }
 }
