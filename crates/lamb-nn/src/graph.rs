@@ -42,8 +42,11 @@ pub(crate) struct GraphNet {
     pub nodes: Vec<Node>,
     pub input_shape: Shape,
     outs: Vec<Vec<f32>>,
+    /// Output gradients, each held (from the pool) only from its first contribution until its
+    /// node's backward is done: a few at a time, not one per node.
     douts: Vec<Vec<f32>>,
-    /// Gradients of inputs that a node already received from another reader (summed after).
+    /// Spare gradient buffers (the output gradients' pool, and the temporaries that hold a
+    /// gradient another reader already contributed to, summed after).
     tmps: Vec<Vec<f32>>,
     scratch: Scratch,
     /// Training forward passes run, or as numbered by `fit` (seeds dropout masks).
@@ -114,13 +117,8 @@ impl GraphNet {
         if batch <= self.cap {
             return;
         }
-        for (node, (o, d)) in self
-            .nodes
-            .iter()
-            .zip(self.outs.iter_mut().zip(&mut self.douts))
-        {
+        for (node, o) in self.nodes.iter().zip(self.outs.iter_mut()) {
             grow(o, batch * node.out_len);
-            grow(d, batch * node.out_len);
         }
         if let Some(g) = self.input_grad.as_mut() {
             let n = batch * self.input_shape.iter().product::<usize>();
@@ -197,6 +195,10 @@ impl GraphNet {
     pub fn loss_and_grad(&mut self, y: &[u8], batch: usize) -> (f64, usize) {
         let last = self.nodes.len() - 1;
         let c = self.nodes[last].out_len;
+        if self.douts[last].is_empty() {
+            self.douts[last] = self.tmps.pop().unwrap_or_default();
+        }
+        grow(&mut self.douts[last], batch * c);
         let (loss, correct) = kernels::softmax_xent(
             &self.outs[last][..batch * c],
             &y[..batch],
@@ -226,7 +228,10 @@ impl GraphNet {
             let t = Instant::now();
             if !has[i] {
                 // Nothing above reads this node (only possible for dead branches).
-                self.douts[i][..batch * self.nodes[i].out_len].fill(0.0);
+                let mut d = self.tmps.pop().unwrap_or_default();
+                grow(&mut d, batch * self.nodes[i].out_len);
+                d[..batch * self.nodes[i].out_len].fill(0.0);
+                self.douts[i] = d;
             }
             let mut dy = std::mem::take(&mut self.douts[i]);
             let srcs = self.nodes[i].inputs.clone();
@@ -243,7 +248,11 @@ impl GraphNet {
                     claimed.push(*s);
                     direct.push(Some(match *s {
                         Src::Input => input_grad.take().expect("input gradient buffer"),
-                        Src::Node(j) => std::mem::take(&mut self.douts[j]),
+                        Src::Node(j) => {
+                            let mut d = self.tmps.pop().unwrap_or_default();
+                            grow(&mut d, batch * self.nodes[j].out_len);
+                            d
+                        }
                     }));
                     temps.push(None);
                 } else {
@@ -287,7 +296,7 @@ impl GraphNet {
                     .backward(&ins, out, dyv, &mut dx, batch, &mut self.scratch);
             }
             self.nodes[i].layer.add_regularization();
-            self.douts[i] = dy;
+            self.tmps.push(dy);
             // Give the direct buffers back, then add the temporaries (in input order).
             for (s, d) in srcs.iter().zip(direct) {
                 if let Some(d) = d {
