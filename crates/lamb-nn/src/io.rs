@@ -102,7 +102,7 @@ impl Model {
     /// present with dtype F32 and the model's shape, no other tensor may be present, and no
     /// value may be NaN or infinite. On error the model is unchanged.
     pub fn load_safetensors(&mut self, path: &Path) -> Result<(), NnError> {
-        let bytes = fs::read(path).map_err(io_err("reading", path))?;
+        let bytes = crate::files::read_safetensors(path)?;
         let err = |message: String| NnError::Weights {
             path: path.to_path_buf(),
             message,
@@ -119,6 +119,12 @@ impl Model {
         let mut loaded: Vec<(String, Vec<f32>)> = Vec::with_capacity(names.len());
         for (name, shape, _) in tensors {
             let with_suffix = format!("{name}:0");
+            if st.tensor(&name).is_ok() && st.tensor(&with_suffix).is_ok() {
+                return Err(err(format!(
+                    "both `{name}` and `{with_suffix}` are present: which one is the weight is \
+                     ambiguous; keep one"
+                )));
+            }
             let view = st
                 .tensor(&name)
                 .or_else(|_| st.tensor(&with_suffix))

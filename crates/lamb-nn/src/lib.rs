@@ -15,6 +15,7 @@
 
 pub mod bench;
 mod error;
+pub mod files;
 #[cfg(test)]
 mod grad_tests;
 mod grads;

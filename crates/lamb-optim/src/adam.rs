@@ -13,15 +13,16 @@
 //! Verified against the golden files `tfa/adam_a_keras_defaults`, `torch_adam/a_adam_*` and
 //! `torch_adam/b_adamw_*`.
 
-use crate::common::{bias_correction, complement, safe, scalar, Counters};
-use crate::patterns::Patterns;
+use crate::common::{bias_correction, complement, first_bad_update, safe, scalar, Core, Family};
+use crate::describe::{check_ranges, configure, settings_of, Field, Hyperparameter, Key, Preset};
+use crate::patterns::LayerAdaptation;
 use crate::reduce::{abs_bits, bits_finite, bits_value, combine, Lanes, Partial, CHUNK, LANES};
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
-use crate::slots::{first_bad_gradient, Registry};
-use crate::validate;
+use crate::slots::first_bad_gradient;
+use crate::validate::Range;
 use crate::{
-    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec, ParamMut,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -118,7 +119,7 @@ impl AdamConfig {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct Plan {
+pub(crate) struct Plan {
     l2: f32,
     decay: f32,
 }
@@ -251,28 +252,22 @@ multiversion! {
 #[derive(Debug, Clone)]
 pub struct Adam {
     cfg: AdamConfig,
-    decay_excl: Patterns,
-    reg: Registry<Plan>,
-    count: Counters,
+    core: Core<Plan>,
 }
 
 impl Adam {
     /// Validates every hyperparameter.
-    pub fn new(cfg: AdamConfig) -> Result<Self, OptimError> {
-        validate::learning_rate("learning_rate", cfg.learning_rate)?;
+    pub fn new(mut cfg: AdamConfig) -> Result<Self, OptimError> {
+        check_ranges(&DESCRIPTION, &mut cfg, fields)?;
         cfg.schedule.validate()?;
-        validate::beta("beta_1", cfg.beta_1)?;
-        validate::beta("beta_2", cfg.beta_2)?;
-        validate::positive("epsilon", cfg.epsilon)?;
-        validate::non_negative("weight_decay_rate", cfg.weight_decay_rate)?;
-        let decay_excl =
-            Patterns::compile("exclude_from_weight_decay", &cfg.exclude_from_weight_decay)?;
-        Ok(Self {
-            cfg,
-            decay_excl,
-            reg: Registry::new(&["m", "v"]),
-            count: Counters::default(),
-        })
+        let core = Core::new(
+            &["m", "v"],
+            &cfg.exclude_from_weight_decay,
+            &[],
+            LayerAdaptation::Never,
+            cfg.weight_decay_rate,
+        )?;
+        Ok(Self { cfg, core })
     }
 
     /// The configuration.
@@ -280,7 +275,7 @@ impl Adam {
         &self.cfg
     }
 
-    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+    fn attempt(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
         let lr = self.current_learning_rate();
         let cfg = &self.cfg;
         let f64s = cfg.f64_scalars;
@@ -301,7 +296,7 @@ impl Adam {
             eps: cfg.epsilon,
         };
         let (wd, decoupled) = (cfg.weight_decay_rate, cfg.decoupled_weight_decay);
-        for ts in &mut self.reg.tensors {
+        for ts in &mut self.core.reg.tensors {
             let on = ts.decay && wd != 0.0;
             ts.plan = Plan {
                 l2: if on && !decoupled { wd } else { 0.0 },
@@ -315,7 +310,8 @@ impl Adam {
         if cfg.non_finite != NonFinitePolicy::Unchecked {
             self.check_pass(params, t, &coef, keras)?;
         }
-        self.reg
+        self.core
+            .reg
             .tensors
             .par_iter_mut()
             .zip(params.par_iter_mut())
@@ -337,7 +333,7 @@ impl Adam {
                     });
                 ts.buf_max[0] = bits_value(combine(&ts.partials).gbits);
             });
-        for tel in self.reg.telemetry.iter_mut() {
+        for tel in self.core.reg.telemetry.iter_mut() {
             tel.weight_norm = 0.0;
             tel.update_norm = 0.0;
             tel.trust_ratio = 1.0;
@@ -357,7 +353,8 @@ impl Adam {
         keras: bool,
     ) -> Result<(), OptimError> {
         let coef = *coef;
-        self.reg
+        self.core
+            .reg
             .tensors
             .par_iter_mut()
             .zip(params.par_iter())
@@ -377,10 +374,10 @@ impl Adam {
                     });
                 ts.total = combine(&ts.partials);
             });
-        if let Some(e) = first_bad_gradient(&self.reg, params, t) {
+        if let Some(e) = first_bad_gradient(&self.core.reg, params, t) {
             return Err(e);
         }
-        for (ts, p) in self.reg.tensors.iter().zip(params.iter()) {
+        for (ts, p) in self.core.reg.tensors.iter().zip(params.iter()) {
             // |g'| <= |g| + l2*|w|; m' is a convex combination of m and g'; |sqrt(v')+eps| >= eps.
             let gmax = bits_value(ts.total.gbits) + ts.plan.l2 as f64 * bits_value(ts.total.xbits);
             let mb = ts.buf_max[0].max(gmax) * (1.0 + 1e-5);
@@ -388,31 +385,30 @@ impl Adam {
             let bounded = gmax < 1e18 && safe(delta) && (ts.plan.decay as f64).abs() <= 1.0;
             if !bounded {
                 let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
-                for i in 0..ts.len {
+                first_bad_update(&ts.name, t, ts.len, |i| {
                     let (m2, v2, nw) = if keras {
                         elem::<true>(&coef, ts.plan, p.grad[i], m[i], v[i], p.value[i])
                     } else {
                         elem::<false>(&coef, ts.plan, p.grad[i], m[i], v[i], p.value[i])
                     };
-                    if !(m2.is_finite() && v2.is_finite() && nw.is_finite()) {
-                        return Err(OptimError::NonFinite {
-                            what: "update",
-                            name: ts.name.clone(),
-                            step: t,
-                            index: i,
-                            value: nw,
-                        });
-                    }
-                }
+                    (m2.is_finite() && v2.is_finite() && nw.is_finite(), nw)
+                })?;
             }
         }
-        debug_assert!(self.reg.tensors.iter().all(|t| bits_finite(t.total.gbits)));
+        debug_assert!(self
+            .core
+            .reg
+            .tensors
+            .iter()
+            .all(|t| bits_finite(t.total.gbits)));
         Ok(())
     }
 }
 
-impl Optimizer for Adam {
-    fn name(&self) -> &'static str {
+impl Family for Adam {
+    type Plan = Plan;
+
+    fn label(&self) -> &'static str {
         if self.cfg.decoupled_weight_decay {
             "adamw"
         } else {
@@ -420,51 +416,161 @@ impl Optimizer for Adam {
         }
     }
 
-    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
-        let t = self.count.step + 1;
-        self.reg.check(params, t)?;
-        let Adam {
-            decay_excl, reg, ..
-        } = self;
-        let fresh = reg.establish(params, |n| (!decay_excl.matches(n), false));
-        let result = self.try_step(params, t);
-        self.count
-            .finish(result, self.cfg.non_finite, fresh, &mut self.reg)
+    fn core(&self) -> &Core<Plan> {
+        &self.core
     }
 
-    fn telemetry(&self) -> &[TensorTelemetry] {
-        if self.count.telemetry_valid {
-            &self.reg.telemetry
-        } else {
-            &[]
-        }
+    fn core_mut(&mut self) -> &mut Core<Plan> {
+        &mut self.core
     }
 
-    fn steps(&self) -> u64 {
-        self.count.step
+    fn schedule(&self) -> (f32, &Schedule) {
+        (self.cfg.learning_rate, &self.cfg.schedule)
     }
 
-    fn skipped_steps(&self) -> u64 {
-        self.count.skipped
+    fn non_finite(&self) -> NonFinitePolicy {
+        self.cfg.non_finite
     }
 
-    fn current_learning_rate(&self) -> f32 {
-        self.cfg
-            .schedule
-            .learning_rate(self.cfg.learning_rate, self.count.step + 1)
+    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+        self.attempt(params, t)
     }
+}
 
-    fn state(&self) -> OptimizerState {
-        self.reg
-            .to_state(self.name(), self.count.step, self.count.skipped)
-    }
+/// The hyperparameters of Adam and AdamW.
+const ADAM_HYPERPARAMETERS: &[Hyperparameter] = &[
+    Hyperparameter {
+        key: Key::LearningRate,
+        range: Some(Range::NonNegative),
+        doc: "Learning rate.",
+    },
+    Hyperparameter {
+        key: Key::Beta1,
+        range: Some(Range::Fraction),
+        doc: "First-moment decay.",
+    },
+    Hyperparameter {
+        key: Key::Beta2,
+        range: Some(Range::Fraction),
+        doc: "Second-moment decay.",
+    },
+    Hyperparameter {
+        key: Key::Epsilon,
+        range: Some(Range::Positive),
+        doc: "Added to sqrt(v) (keras: un-corrected; pytorch: bias-corrected).",
+    },
+    Hyperparameter {
+        key: Key::WeightDecayRate,
+        range: Some(Range::NonNegative),
+        doc: "adam: L2 decay added to the gradient (g += wd*w); adamw: decoupled, \
+              w *= 1 - lr*wd before the step.",
+    },
+    Hyperparameter {
+        key: Key::ExcludeFromWeightDecay,
+        range: None,
+        doc: "Regexes searched in tensor names; matching tensors are not decayed.",
+    },
+    Hyperparameter {
+        key: Key::Schedule,
+        range: None,
+        doc: "Learning-rate schedule.",
+    },
+    Hyperparameter {
+        key: Key::NonFinite,
+        range: None,
+        doc: "What a non-finite gradient or update does: error, skip_step or unchecked.",
+    },
+];
 
-    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
-        let mut reg = self.reg.clone();
-        let excl = &self.decay_excl;
-        reg.load(self.name(), state, |n| (!excl.matches(n), false))?;
-        self.reg = reg;
-        self.count = Counters::loaded(state);
-        Ok(())
-    }
+/// The PyTorch preset of Adam and AdamW.
+const PYTORCH: Preset = Preset {
+    name: "pytorch",
+    aliases: &["torch"],
+    reference: "torch.optim.Adam / AdamW",
+    verified: "golden files torch_adam/a_adam_*, torch_adam/b_adamw_*",
+};
+
+/// Adam's description.
+pub(crate) static DESCRIPTION: Description = Description {
+    kind: OptimizerKind::Adam,
+    name: "adam",
+    summary: "Adam (Kingma & Ba 2015) with L2 weight decay; Keras or PyTorch epsilon placement",
+    trust_ratio: false,
+    hyperparameters: ADAM_HYPERPARAMETERS,
+    presets: &[
+        Preset {
+            name: "keras",
+            aliases: &["tf", "tensorflow"],
+            reference: "tf.keras 2.15 Adam",
+            verified: "golden file tfa/adam_a_keras_defaults",
+        },
+        PYTORCH,
+    ],
+    build,
+    effective: |spec| Ok(settings_of(&DESCRIPTION, &mut adam_config(spec)?, fields)),
+    config,
+};
+
+/// AdamW's description.
+pub(crate) static DESCRIPTION_ADAMW: Description = Description {
+    kind: OptimizerKind::Adamw,
+    name: "adamw",
+    summary:
+        "AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay, PyTorch semantics",
+    trust_ratio: false,
+    hyperparameters: ADAM_HYPERPARAMETERS,
+    presets: &[PYTORCH],
+    build,
+    effective: |spec| {
+        Ok(settings_of(
+            &DESCRIPTION_ADAMW,
+            &mut adam_config(spec)?,
+            fields,
+        ))
+    },
+    config,
+};
+
+fn build(spec: &OptimizerSpec) -> Result<Box<dyn Optimizer>, OptimError> {
+    Ok(Box::new(Adam::new(adam_config(spec)?)?))
+}
+
+fn config(spec: &OptimizerSpec) -> Result<serde_json::Value, OptimError> {
+    Ok(serde_json::to_value(adam_config(spec)?).unwrap_or_default())
+}
+
+/// Which [`AdamConfig`] field each of Adam's hyperparameters is.
+fn fields(c: &mut AdamConfig) -> Vec<(Key, Field<'_>)> {
+    vec![
+        (Key::LearningRate, Field::Number(&mut c.learning_rate)),
+        (Key::Beta1, Field::Number(&mut c.beta_1)),
+        (Key::Beta2, Field::Number(&mut c.beta_2)),
+        (Key::Epsilon, Field::Number(&mut c.epsilon)),
+        (
+            Key::WeightDecayRate,
+            Field::Number(&mut c.weight_decay_rate),
+        ),
+        (
+            Key::ExcludeFromWeightDecay,
+            Field::Patterns(&mut c.exclude_from_weight_decay),
+        ),
+        (Key::Schedule, Field::Schedule(&mut c.schedule)),
+        (Key::NonFinite, Field::NonFinite(&mut c.non_finite)),
+    ]
+}
+
+/// The Adam configuration a spec describes (`kind` adam, the default, or adamw).
+pub fn adam_config(spec: &OptimizerSpec) -> Result<AdamConfig, OptimError> {
+    let adamw = spec.kind == Some(OptimizerKind::Adamw);
+    let d = if adamw {
+        &DESCRIPTION_ADAMW
+    } else {
+        &DESCRIPTION
+    };
+    let preset = |p: &Preset| match (adamw, p.name) {
+        (true, _) => AdamConfig::adamw(),
+        (false, "pytorch") => AdamConfig::pytorch(),
+        _ => AdamConfig::keras(),
+    };
+    configure(spec, d, preset, fields)
 }

@@ -59,7 +59,27 @@ pub fn bert_base_tensors() -> Vec<TensorShape> {
     v
 }
 
-/// The optimizers benchmarked by default, with labels.
+/// A benchmark label from the optimizer's description: `kind (preset)` or `kind (preset, note)`.
+/// A preset the description does not know is named as given (`build` then reports it).
+pub fn label(spec: &OptimizerSpec, note: &str) -> String {
+    let kind = spec.kind.map_or("?", OptimizerKind::as_str);
+    let preset = spec
+        .description()
+        .and_then(|d| match &spec.preset {
+            Some(p) => d.preset(p).map(|p| p.name),
+            None => Ok(d.default_preset().name),
+        })
+        .unwrap_or_else(|_| spec.preset.as_deref().unwrap_or("?"));
+    if note.is_empty() {
+        format!("{kind} ({preset})")
+    } else {
+        format!("{kind} ({preset}, {note})")
+    }
+}
+
+/// The optimizers benchmarked by default, with labels: chosen variants (weight decay with the
+/// usual exclusions where it matters, the checked/unchecked pairs), then the default preset of
+/// every other optimizer of [`OptimizerKind::ALL`], so that one added later is measured too.
 pub fn default_optimizers() -> Vec<(String, OptimizerSpec)> {
     let decay = |k: OptimizerKind, p: Option<&str>, wd: f32| OptimizerSpec {
         preset: p.map(str::to_string),
@@ -67,64 +87,50 @@ pub fn default_optimizers() -> Vec<(String, OptimizerSpec)> {
         exclude_from_weight_decay: Some(vec!["bias".into(), "LayerNorm".into()]),
         ..OptimizerSpec::new(k)
     };
-    vec![
+    let unchecked = |s: OptimizerSpec| OptimizerSpec {
+        non_finite: Some(NonFinitePolicy::Unchecked),
+        ..s
+    };
+    let momentum = |s: OptimizerSpec| OptimizerSpec {
+        momentum: Some(0.9),
+        ..s
+    };
+    let mut v: Vec<(&str, OptimizerSpec)> = vec![
+        ("", decay(OptimizerKind::Lamb, Some("tfa"), 0.01)),
+        ("clip", decay(OptimizerKind::Lamb, Some("timm"), 0.01)),
         (
-            "lamb (tfa)".into(),
-            decay(OptimizerKind::Lamb, Some("tfa"), 0.01),
-        ),
-        (
-            "lamb (timm, clip)".into(),
-            decay(OptimizerKind::Lamb, Some("timm"), 0.01),
-        ),
-        (
-            "lamb (pytorch-lamb)".into(),
+            "",
             OptimizerSpec::new(OptimizerKind::Lamb).with_preset("pytorch-lamb"),
         ),
+        ("", OptimizerSpec::new(OptimizerKind::Adam)),
         (
-            "adam (keras)".into(),
-            OptimizerSpec::new(OptimizerKind::Adam),
-        ),
-        (
-            "adam (pytorch)".into(),
+            "",
             OptimizerSpec::new(OptimizerKind::Adam).with_preset("pytorch"),
         ),
-        ("adamw".into(), OptimizerSpec::new(OptimizerKind::Adamw)),
+        ("", OptimizerSpec::new(OptimizerKind::Adamw)),
         (
-            "lamb (tfa, unchecked)".into(),
-            OptimizerSpec {
-                non_finite: Some(NonFinitePolicy::Unchecked),
-                ..decay(OptimizerKind::Lamb, Some("tfa"), 0.01)
-            },
+            "unchecked",
+            unchecked(decay(OptimizerKind::Lamb, Some("tfa"), 0.01)),
         ),
         (
-            "adam (keras, unchecked)".into(),
-            OptimizerSpec {
-                non_finite: Some(NonFinitePolicy::Unchecked),
-                ..OptimizerSpec::new(OptimizerKind::Adam)
-            },
+            "unchecked",
+            unchecked(OptimizerSpec::new(OptimizerKind::Adam)),
         ),
         (
-            "adamw (unchecked)".into(),
-            OptimizerSpec {
-                non_finite: Some(NonFinitePolicy::Unchecked),
-                ..OptimizerSpec::new(OptimizerKind::Adamw)
-            },
+            "unchecked",
+            unchecked(OptimizerSpec::new(OptimizerKind::Adamw)),
         ),
-        (
-            "lars (timm)".into(),
-            OptimizerSpec {
-                momentum: Some(0.9),
-                ..decay(OptimizerKind::Lars, Some("timm"), 1e-4)
-            },
-        ),
-        (
-            "sgd (momentum)".into(),
-            OptimizerSpec {
-                momentum: Some(0.9),
-                ..OptimizerSpec::new(OptimizerKind::Sgd)
-            },
-        ),
-    ]
+        ("", momentum(decay(OptimizerKind::Lars, Some("timm"), 1e-4))),
+        ("momentum", momentum(OptimizerSpec::new(OptimizerKind::Sgd))),
+    ];
+    for &kind in OptimizerKind::ALL {
+        if !v.iter().any(|(_, s)| s.kind == Some(kind)) {
+            v.push(("", OptimizerSpec::new(kind)));
+        }
+    }
+    v.into_iter()
+        .map(|(note, s)| (label(&s, note), s))
+        .collect()
 }
 
 /// What to benchmark.
@@ -396,6 +402,23 @@ impl fmt::Display for StepBenchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_optimizer_is_in_the_default_list_and_builds() {
+        let list = default_optimizers();
+        for &kind in OptimizerKind::ALL {
+            assert!(list.iter().any(|(_, s)| s.kind == Some(kind)), "{kind}");
+        }
+        for (l, s) in &list {
+            assert!(build(s).is_ok(), "{l}");
+        }
+        let labels: Vec<&str> = list.iter().map(|(l, _)| l.as_str()).collect();
+        assert!(labels.contains(&"lamb (timm, clip)") && labels.contains(&"adamw (pytorch)"));
+        let mut unique = labels.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), labels.len(), "{labels:?}");
+    }
 
     #[test]
     fn tensor_sets_have_the_documented_sizes() {

@@ -1,10 +1,17 @@
-//! Small pieces shared by the optimizers: step bookkeeping, the finiteness bound, the global
-//! gradient norm.
+//! Pieces shared by the optimizers, each written once: the state and bookkeeping every
+//! optimizer keeps ([`Core`]) and the [`Optimizer`] trait plumbing around a step ([`Family`]),
+//! the commit policy of a step attempt ([`Counters::finish`]), the exact element check behind
+//! the cheap finiteness bounds ([`first_bad_update`]), the global gradient norm, and the
+//! scalar coefficients (`1 - beta`, bias corrections) in f32 or from the decimal in f64.
 
+use crate::patterns::{Exclusions, LayerAdaptation};
 use crate::reduce::{combine, sum_squares_group, CHUNK, GROUP};
+use crate::schedule::Schedule;
 use crate::simd::multiversion;
 use crate::slots::Registry;
-use crate::{NonFinitePolicy, OptimError, ParamMut, StepOutcome};
+use crate::{
+    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+};
 use rayon::prelude::*;
 
 /// Largest update magnitude for which `w - delta` is guaranteed finite for every finite `w`
@@ -61,6 +68,154 @@ impl Counters {
             }
         }
     }
+}
+
+/// What every optimizer keeps besides its configuration: the per-tensor state, the step
+/// counters and how tensors are classified (decayed, adapted) from their names.
+#[derive(Debug, Clone)]
+pub(crate) struct Core<P> {
+    /// Per-tensor slots, in step order.
+    pub reg: Registry<P>,
+    /// Steps applied and skipped.
+    pub count: Counters,
+    /// The compiled exclusion lists.
+    excl: Exclusions,
+    /// Which tensors get a trust ratio.
+    adaptation: LayerAdaptation,
+    /// The weight-decay rate (`LayerAdaptation::DecayedOnly` adapts only when it is not 0).
+    decay_rate: f32,
+}
+
+impl<P: Default + Clone> Core<P> {
+    /// Empty state for an optimizer with these slots, compiling the exclusion lists.
+    pub(crate) fn new(
+        slots: &'static [&'static str],
+        exclude_from_weight_decay: &[String],
+        exclude_from_layer_adaptation: &[String],
+        adaptation: LayerAdaptation,
+        decay_rate: f32,
+    ) -> Result<Self, OptimError> {
+        Ok(Self {
+            reg: Registry::new(slots),
+            count: Counters::default(),
+            excl: Exclusions::new(exclude_from_weight_decay, exclude_from_layer_adaptation)?,
+            adaptation,
+            decay_rate,
+        })
+    }
+
+    /// Whether the tensor `name` is (decayed, adapted).
+    fn classify(&self, name: &str) -> (bool, bool) {
+        self.excl.classify(self.adaptation, self.decay_rate, name)
+    }
+}
+
+/// An optimizer of the family as its module writes it: a name, its [`Core`], its schedule
+/// and policy, and one step attempt. Every [`Optimizer`] method around that is written once,
+/// in the blanket implementation below.
+pub(crate) trait Family: Send {
+    /// Per-tensor scalars of a step.
+    type Plan: Default + Clone + Send;
+    /// The optimizer's name in states and messages.
+    fn label(&self) -> &'static str;
+    /// The shared state.
+    fn core(&self) -> &Core<Self::Plan>;
+    /// The shared state, mutably.
+    fn core_mut(&mut self) -> &mut Core<Self::Plan>;
+    /// Base learning rate and schedule.
+    fn schedule(&self) -> (f32, &Schedule);
+    /// What a non-finite value does.
+    fn non_finite(&self) -> NonFinitePolicy;
+    /// One step attempt at step `t` on tensors already checked and registered; changes
+    /// nothing when it returns an error.
+    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError>;
+}
+
+impl<F: Family> Optimizer for F {
+    fn name(&self) -> &'static str {
+        self.label()
+    }
+
+    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
+        let t = self.core().count.step + 1;
+        self.core().reg.check(params, t)?;
+        let core = self.core_mut();
+        let fresh = {
+            let Core {
+                reg,
+                excl,
+                adaptation,
+                decay_rate,
+                ..
+            } = core;
+            reg.establish(params, |n| excl.classify(*adaptation, *decay_rate, n))
+        };
+        let result = self.try_step(params, t);
+        let policy = self.non_finite();
+        let Core { reg, count, .. } = self.core_mut();
+        count.finish(result, policy, fresh, reg)
+    }
+
+    fn telemetry(&self) -> &[TensorTelemetry] {
+        let c = self.core();
+        if c.count.telemetry_valid {
+            &c.reg.telemetry
+        } else {
+            &[]
+        }
+    }
+
+    fn steps(&self) -> u64 {
+        self.core().count.step
+    }
+
+    fn skipped_steps(&self) -> u64 {
+        self.core().count.skipped
+    }
+
+    fn current_learning_rate(&self) -> f32 {
+        let (lr, schedule) = self.schedule();
+        schedule.learning_rate(lr, self.core().count.step + 1)
+    }
+
+    fn state(&self) -> OptimizerState {
+        let c = self.core();
+        c.reg.to_state(self.label(), c.count.step, c.count.skipped)
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
+        let c = self.core();
+        let mut reg = c.reg.clone();
+        reg.load(self.label(), state, |n| c.classify(n))?;
+        let c = self.core_mut();
+        c.reg = reg;
+        c.count = Counters::loaded(state);
+        Ok(())
+    }
+}
+
+/// The exact check behind a cheap bound that did not suffice: the first element `i` of
+/// `0..len` whose new state or weight is not finite (`new(i)` gives whether all are finite
+/// and the value to report) is an error naming the tensor, step and element.
+pub(crate) fn first_bad_update(
+    name: &str,
+    step: u64,
+    len: usize,
+    new: impl Fn(usize) -> (bool, f32),
+) -> Result<(), OptimError> {
+    for index in 0..len {
+        let (finite, value) = new(index);
+        if !finite {
+            return Err(OptimError::NonFinite {
+                what: "update",
+                name: name.to_string(),
+                step,
+                index,
+                value,
+            });
+        }
+    }
+    Ok(())
 }
 
 multiversion! {

@@ -20,16 +20,19 @@
 //! ```
 
 use crate::common::{
-    bias_correction, clip_divisor, complement, global_norm, gradient_norms, safe, scalar, Counters,
+    bias_correction, clip_divisor, complement, first_bad_update, global_norm, gradient_norms, safe,
+    scalar, Core, Family,
 };
-use crate::patterns::Exclusions;
+use crate::describe::{check_ranges, configure, settings_of, Field, Hyperparameter, Key, Preset};
+use crate::patterns::LayerAdaptation;
 use crate::reduce::{abs_bits, combine, for_blocks, reduce_chunks, Lanes, Partial, CHUNK, LANES};
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
-use crate::slots::{first_bad_gradient, Registry, StateBuf};
+use crate::slots::{first_bad_gradient, StateBuf};
 use crate::validate;
+use crate::validate::Range;
 use crate::{
-    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec, ParamMut,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -47,22 +50,6 @@ pub enum BiasCorrection {
     StepSize,
     /// No correction (cybertronai pytorch-lamb, torch_optimizer default).
     None,
-}
-
-/// Which tensors get the trust ratio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LayerAdaptation {
-    /// Every tensor not matched by `exclude_from_layer_adaptation` (or, when that list is
-    /// empty, by `exclude_from_weight_decay`): tensorflow-addons.
-    Exclusions,
-    /// Every tensor (optax, pytorch-lamb, NVLAMB, DeepSpeed; timm `always_adapt=True`).
-    All,
-    /// Only tensors that are weight-decayed with a non-zero rate (timm `always_adapt=False`,
-    /// apex `use_nvlamb=False`).
-    DecayedOnly,
-    /// No tensor (pytorch-lamb `adam=True`: ratio forced to 1).
-    Never,
 }
 
 /// Named LAMB implementations. [`LambConfig::preset`] sets their formula switches and
@@ -96,26 +83,31 @@ pub enum LambPreset {
     DeepSpeed,
 }
 
+impl LambPreset {
+    /// Every preset, in the order of [`DESCRIPTION`]'s presets.
+    const ALL: [LambPreset; 7] = [
+        LambPreset::Tfa,
+        LambPreset::Nvlamb,
+        LambPreset::PytorchLamb,
+        LambPreset::TorchOptimizer,
+        LambPreset::Timm,
+        LambPreset::Optax,
+        LambPreset::DeepSpeed,
+    ];
+
+    /// The preset a description entry names.
+    fn of(p: &Preset) -> Self {
+        let i = DESCRIPTION.presets.iter().position(|q| q == p).unwrap_or(0);
+        Self::ALL[i]
+    }
+}
+
 impl FromStr for LambPreset {
     type Err = OptimError;
     /// Accepts `tfa`, `nvlamb`, `pytorch-lamb`, `torch-optimizer`, `timm`, `optax`,
-    /// `deepspeed` (and `_` for `-`, any case).
+    /// `deepspeed` and their aliases in [`DESCRIPTION`] (and `_` for `-`, any case).
     fn from_str(s: &str) -> Result<Self, OptimError> {
-        match s.to_ascii_lowercase().replace('_', "-").as_str() {
-            "tfa" | "tensorflow-addons" => Ok(Self::Tfa),
-            "nvlamb" | "apex" => Ok(Self::Nvlamb),
-            "pytorch-lamb" | "cybertronai" => Ok(Self::PytorchLamb),
-            "torch-optimizer" => Ok(Self::TorchOptimizer),
-            "timm" => Ok(Self::Timm),
-            "optax" => Ok(Self::Optax),
-            "deepspeed" => Ok(Self::DeepSpeed),
-            _ => Err(OptimError::InvalidHyperparameter {
-                name: "preset",
-                value: s.to_string(),
-                valid: "one of tfa, nvlamb, pytorch-lamb, torch-optimizer, timm, optax, deepspeed"
-                    .into(),
-            }),
-        }
+        Ok(Self::of(DESCRIPTION.preset(s)?))
     }
 }
 
@@ -291,7 +283,7 @@ impl LambConfig {
 
 /// Per-step scalars of one tensor.
 #[derive(Debug, Clone, Copy, Default)]
-struct Plan {
+pub(crate) struct Plan {
     wd: f32,
     k: f32,
     ratio: f32,
@@ -724,41 +716,33 @@ fn write_tensor(coef: &Coef, ts: &mut Slot, p: &mut ParamMut<'_>) {
 #[derive(Debug, Clone)]
 pub struct Lamb {
     cfg: LambConfig,
-    excl: Exclusions,
-    reg: Registry<Plan>,
-    count: Counters,
+    core: Core<Plan>,
     /// One per tensor, used with [`StepMemory::Fast`].
     scratch: Vec<Scratch>,
 }
 
 impl Lamb {
     /// Validates every hyperparameter and compiles the exclusion patterns.
-    pub fn new(cfg: LambConfig) -> Result<Self, OptimError> {
-        validate::learning_rate("learning_rate", cfg.learning_rate)?;
+    pub fn new(mut cfg: LambConfig) -> Result<Self, OptimError> {
+        check_ranges(&DESCRIPTION, &mut cfg, fields)?;
         cfg.schedule.validate()?;
-        validate::beta("beta_1", cfg.beta_1)?;
-        validate::beta("beta_2", cfg.beta_2)?;
-        validate::positive("epsilon", cfg.epsilon)?;
-        validate::non_negative("epsilon_root", cfg.epsilon_root)?;
-        validate::non_negative("weight_decay_rate", cfg.weight_decay_rate)?;
-        if let Some(n) = cfg.max_grad_norm {
-            validate::positive("max_grad_norm", n)?;
-        }
+        Range::NonNegative.check("epsilon_root", cfg.epsilon_root)?;
         if let Some((lo, hi)) = cfg.weight_norm_clamp {
             validate::clamp_range("weight_norm_clamp", lo, hi)?;
         }
         if let Some((lo, hi)) = cfg.trust_ratio_clamp {
             validate::clamp_range("trust_ratio_clamp", lo, hi)?;
         }
-        let excl = Exclusions::new(
+        let core = Core::new(
+            &["m", "v"],
             &cfg.exclude_from_weight_decay,
             &cfg.exclude_from_layer_adaptation,
+            cfg.layer_adaptation,
+            cfg.weight_decay_rate,
         )?;
         Ok(Self {
             cfg,
-            excl,
-            reg: Registry::new(&["m", "v"]),
-            count: Counters::default(),
+            core,
             scratch: Vec::new(),
         })
     }
@@ -766,17 +750,6 @@ impl Lamb {
     /// The configuration.
     pub fn config(&self) -> &LambConfig {
         &self.cfg
-    }
-
-    fn classify(&self) -> impl Fn(&str) -> (bool, bool) + '_ {
-        move |name: &str| {
-            classify_with(
-                &self.excl,
-                self.cfg.layer_adaptation,
-                self.cfg.weight_decay_rate,
-                name,
-            )
-        }
     }
 
     fn coef(&self, t: u64, gscale: f32) -> Coef {
@@ -806,21 +779,21 @@ impl Lamb {
         }
     }
 
-    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+    fn attempt(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
         let lr = self.current_learning_rate();
         let mut gscale = 1.0f32;
         if let Some(max_norm) = self.cfg.max_grad_norm {
-            gradient_norms(&mut self.reg, params);
+            gradient_norms(&mut self.core.reg, params);
             if self.cfg.non_finite != NonFinitePolicy::Unchecked {
-                if let Some(e) = first_bad_gradient(&self.reg, params, t) {
+                if let Some(e) = first_bad_gradient(&self.core.reg, params, t) {
                     return Err(e);
                 }
             }
-            gscale = (1.0 / clip_divisor(global_norm(&self.reg), max_norm)) as f32;
+            gscale = (1.0 / clip_divisor(global_norm(&self.core.reg), max_norm)) as f32;
         }
         let coef = self.coef(t, gscale);
         let wd_rate = self.cfg.weight_decay_rate;
-        for ts in &mut self.reg.tensors {
+        for ts in &mut self.core.reg.tensors {
             ts.plan.wd = if ts.decay { wd_rate } else { 0.0 };
         }
         let step_size = match self.cfg.bias_correction {
@@ -831,9 +804,8 @@ impl Lamb {
             }
             _ => scalar(lr, self.cfg.f64_scalars),
         };
-        let Lamb {
-            cfg, reg, scratch, ..
-        } = self;
+        let Lamb { cfg, core, scratch } = self;
+        let reg = &mut core.reg;
         let fast = cfg.step_memory == StepMemory::Fast;
         let checked = cfg.non_finite != NonFinitePolicy::Unchecked;
         if fast {
@@ -878,22 +850,16 @@ impl Lamb {
                 if checked && !bounded {
                     let (m, v) = (&ts.bufs[0], &ts.bufs[1]);
                     let w = &*p.value;
-                    for j in 0..ts.len {
+                    first_bad_update(&ts.name, t, ts.len, |j| {
                         let (m2, v2, u) = match scratch.get(i) {
                             Some(sc) if fast => (sc.m[j], sc.v[j], sc.u[j]),
                             _ => elem(&coef, ts.plan.wd, p.grad[j], m[j], v[j], w[j]),
                         };
                         let nw = w[j] - k * u;
-                        if !(m2.is_finite() && v2.is_finite() && u.is_finite() && nw.is_finite()) {
-                            return Err(OptimError::NonFinite {
-                                what: "update",
-                                name: ts.name.clone(),
-                                step: t,
-                                index: j,
-                                value: if u.is_finite() { nw } else { u },
-                            });
-                        }
-                    }
+                        let finite =
+                            m2.is_finite() && v2.is_finite() && u.is_finite() && nw.is_finite();
+                        (finite, if u.is_finite() { nw } else { u })
+                    })?;
                 }
             }
             // Checked: every value is finite. Commit.
@@ -914,7 +880,13 @@ impl Lamb {
                     .for_each(|(ts, p)| write_tensor(&coef, ts, p));
             }
         }
-        for (tel, ts) in self.reg.telemetry.iter_mut().zip(&self.reg.tensors) {
+        for (tel, ts) in self
+            .core
+            .reg
+            .telemetry
+            .iter_mut()
+            .zip(&self.core.reg.tensors)
+        {
             tel.weight_norm = ts.plan.wn;
             tel.update_norm = ts.plan.un;
             tel.trust_ratio = ts.plan.ratio;
@@ -924,67 +896,217 @@ impl Lamb {
     }
 }
 
-impl Optimizer for Lamb {
-    fn name(&self) -> &'static str {
+impl Family for Lamb {
+    type Plan = Plan;
+
+    fn label(&self) -> &'static str {
         "lamb"
     }
 
-    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
-        let t = self.count.step + 1;
-        self.reg.check(params, t)?;
-        let Lamb { cfg, excl, reg, .. } = self;
-        let fresh = reg.establish(params, |n| {
-            classify_with(excl, cfg.layer_adaptation, cfg.weight_decay_rate, n)
-        });
-        let result = self.try_step(params, t);
-        self.count
-            .finish(result, self.cfg.non_finite, fresh, &mut self.reg)
+    fn core(&self) -> &Core<Plan> {
+        &self.core
     }
 
-    fn telemetry(&self) -> &[TensorTelemetry] {
-        if self.count.telemetry_valid {
-            &self.reg.telemetry
-        } else {
-            &[]
-        }
+    fn core_mut(&mut self) -> &mut Core<Plan> {
+        &mut self.core
     }
 
-    fn steps(&self) -> u64 {
-        self.count.step
+    fn schedule(&self) -> (f32, &Schedule) {
+        (self.cfg.learning_rate, &self.cfg.schedule)
     }
 
-    fn skipped_steps(&self) -> u64 {
-        self.count.skipped
+    fn non_finite(&self) -> NonFinitePolicy {
+        self.cfg.non_finite
     }
 
-    fn current_learning_rate(&self) -> f32 {
-        self.cfg
-            .schedule
-            .learning_rate(self.cfg.learning_rate, self.count.step + 1)
-    }
-
-    fn state(&self) -> OptimizerState {
-        self.reg
-            .to_state(self.name(), self.count.step, self.count.skipped)
-    }
-
-    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
-        let classify = self.classify();
-        let mut reg = self.reg.clone();
-        reg.load("lamb", state, classify)?;
-        self.reg = reg;
-        self.count = Counters::loaded(state);
-        Ok(())
+    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+        self.attempt(params, t)
     }
 }
 
-fn classify_with(excl: &Exclusions, mode: LayerAdaptation, wd: f32, name: &str) -> (bool, bool) {
-    let decay = excl.decays(name);
-    let adapt = match mode {
-        LayerAdaptation::Exclusions => excl.adapts(name),
-        LayerAdaptation::All => true,
-        LayerAdaptation::DecayedOnly => decay && wd != 0.0,
-        LayerAdaptation::Never => false,
-    };
-    (decay, adapt)
+/// LAMB's description: hyperparameters, presets and how a spec becomes a [`LambConfig`].
+pub(crate) static DESCRIPTION: Description = Description {
+    kind: OptimizerKind::Lamb,
+    name: "lamb",
+    summary: "LAMB (You et al. 2019): Adam's direction rescaled per tensor by the trust ratio ||w||/||u||",
+    trust_ratio: true,
+    hyperparameters: &[
+        Hyperparameter {
+            key: Key::LearningRate,
+            range: Some(Range::NonNegative),
+            doc: "Base learning rate (the peak of warmup schedules).",
+        },
+        Hyperparameter {
+            key: Key::Beta1,
+            range: Some(Range::Fraction),
+            doc: "First-moment decay.",
+        },
+        Hyperparameter {
+            key: Key::Beta2,
+            range: Some(Range::Fraction),
+            doc: "Second-moment decay.",
+        },
+        Hyperparameter {
+            key: Key::Epsilon,
+            range: Some(Range::Positive),
+            doc: "Added to sqrt(v_hat) in the direction's denominator.",
+        },
+        Hyperparameter {
+            key: Key::WeightDecayRate,
+            range: Some(Range::NonNegative),
+            doc: "Decoupled weight decay: wd*w is added to the Adam direction before the trust \
+                  ratio (u += wd*w), so it counts in ||u||.",
+        },
+        Hyperparameter {
+            key: Key::ExcludeFromWeightDecay,
+            range: None,
+            doc: "Regexes searched in tensor names; matching tensors are not decayed.",
+        },
+        Hyperparameter {
+            key: Key::ExcludeFromLayerAdaptation,
+            range: None,
+            doc: "Regexes of tensors that keep ratio 1 where the preset adapts by exclusion \
+                  lists (tfa); empty: the weight-decay list.",
+        },
+        Hyperparameter {
+            key: Key::MaxGradNorm,
+            range: Some(Range::Positive),
+            doc: "Global gradient-norm clipping before the moments: g /= max(G/max, 1).",
+        },
+        Hyperparameter {
+            key: Key::TrustClip,
+            range: None,
+            doc: "Cap the trust ratio at 1 (LAMBC, timm trust_clip).",
+        },
+        Hyperparameter {
+            key: Key::Schedule,
+            range: None,
+            doc: "Learning-rate schedule.",
+        },
+        Hyperparameter {
+            key: Key::NonFinite,
+            range: None,
+            doc: "What a non-finite gradient or update does: error, skip_step or unchecked.",
+        },
+        Hyperparameter {
+            key: Key::StepMemory,
+            range: None,
+            doc: "Scratch memory traded for step speed: fast or lean (bit-identical results).",
+        },
+    ],
+    presets: &[
+        Preset {
+            name: "tfa",
+            aliases: &["tensorflow-addons"],
+            reference: "tensorflow-addons 0.23 LAMB",
+            verified: "golden files tfa/",
+        },
+        Preset {
+            name: "nvlamb",
+            aliases: &["apex"],
+            reference: "NVIDIA apex FusedLAMB(use_nvlamb=True)",
+            verified: "documented formula only (CUDA-only reference)",
+        },
+        Preset {
+            name: "pytorch-lamb",
+            aliases: &["cybertronai"],
+            reference: "cybertronai pytorch-lamb Lamb",
+            verified: "golden files pytorch_lamb/",
+        },
+        Preset {
+            name: "torch-optimizer",
+            aliases: &[],
+            reference: "torch_optimizer 0.3 Lamb",
+            verified: "golden files torch_optimizer/",
+        },
+        Preset {
+            name: "timm",
+            aliases: &[],
+            reference: "timm 1.0 Lamb",
+            verified: "golden files timm/",
+        },
+        Preset {
+            name: "optax",
+            aliases: &[],
+            reference: "optax 0.2 lamb",
+            verified: "golden files optax/",
+        },
+        Preset {
+            name: "deepspeed",
+            aliases: &[],
+            reference: "DeepSpeed FusedLamb",
+            verified: "documented formula only (CUDA-only reference)",
+        },
+    ],
+    build: |spec| Ok(Box::new(Lamb::new(lamb_config(spec)?)?)),
+    effective: |spec| Ok(settings_of(&DESCRIPTION, &mut lamb_config(spec)?, fields)),
+    config: |spec| Ok(serde_json::to_value(lamb_config(spec)?).unwrap_or_default()),
+};
+
+/// Which [`LambConfig`] field each of LAMB's hyperparameters is.
+fn fields(c: &mut LambConfig) -> Vec<(Key, Field<'_>)> {
+    vec![
+        (Key::LearningRate, Field::Number(&mut c.learning_rate)),
+        (Key::Beta1, Field::Number(&mut c.beta_1)),
+        (Key::Beta2, Field::Number(&mut c.beta_2)),
+        (Key::Epsilon, Field::Number(&mut c.epsilon)),
+        (
+            Key::WeightDecayRate,
+            Field::Number(&mut c.weight_decay_rate),
+        ),
+        (
+            Key::ExcludeFromWeightDecay,
+            Field::Patterns(&mut c.exclude_from_weight_decay),
+        ),
+        (
+            Key::ExcludeFromLayerAdaptation,
+            Field::Patterns(&mut c.exclude_from_layer_adaptation),
+        ),
+        (
+            Key::MaxGradNorm,
+            Field::OptionalNumber(&mut c.max_grad_norm),
+        ),
+        (Key::TrustClip, Field::Switch(&mut c.trust_clip)),
+        (Key::Schedule, Field::Schedule(&mut c.schedule)),
+        (Key::NonFinite, Field::NonFinite(&mut c.non_finite)),
+        (Key::StepMemory, Field::StepMemory(&mut c.step_memory)),
+    ]
+}
+
+/// The LAMB configuration a spec describes (preset, then overrides).
+pub fn lamb_config(spec: &OptimizerSpec) -> Result<LambConfig, OptimError> {
+    configure(
+        spec,
+        &DESCRIPTION,
+        |p| LambConfig::preset(LambPreset::of(p)),
+        fields,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn description_presets_name_the_preset_enum_in_order() {
+        assert_eq!(LambPreset::ALL.len(), DESCRIPTION.presets.len());
+        let names = [
+            "tfa",
+            "nvlamb",
+            "pytorch-lamb",
+            "torch-optimizer",
+            "timm",
+            "optax",
+            "deepspeed",
+        ];
+        for (p, name) in LambPreset::ALL.iter().zip(names) {
+            assert_eq!(name.parse::<LambPreset>().unwrap(), *p);
+        }
+        assert_eq!("apex".parse::<LambPreset>().unwrap(), LambPreset::Nvlamb);
+        assert_eq!(
+            "Cybertronai".parse::<LambPreset>().unwrap(),
+            LambPreset::PytorchLamb
+        );
+        assert!("lamb".parse::<LambPreset>().is_err());
+    }
 }

@@ -20,18 +20,18 @@
 //! exclusion lists). Both are verified against the golden files `timm/*lars*` and
 //! `optax/*lars*`.
 
-use crate::common::{complement, safe, scalar, Counters};
-use crate::lamb::LayerAdaptation;
-use crate::patterns::Exclusions;
+use crate::common::{complement, first_bad_update, safe, scalar, Core, Family};
+use crate::describe::{check_ranges, configure, settings_of, Field, Hyperparameter, Key, Preset};
+use crate::patterns::LayerAdaptation;
 use crate::reduce::{
     abs_bits, bits_value, combine, for_blocks, lockstep_chunks, Lanes, Partial, CHUNK, GROUP, LANES,
 };
 use crate::schedule::Schedule;
 use crate::simd::multiversion;
-use crate::slots::{first_bad_gradient, Registry};
-use crate::validate;
+use crate::slots::first_bad_gradient;
+use crate::validate::Range;
 use crate::{
-    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec, ParamMut,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -47,19 +47,21 @@ pub enum LarsPreset {
     Optax,
 }
 
+impl LarsPreset {
+    /// The preset a description entry names.
+    fn of(p: &Preset) -> Self {
+        match p.name {
+            "optax" => Self::Optax,
+            _ => Self::Timm,
+        }
+    }
+}
+
 impl FromStr for LarsPreset {
     type Err = OptimError;
-    /// `timm` or `optax`.
+    /// `timm` or `optax` (any case).
     fn from_str(s: &str) -> Result<Self, OptimError> {
-        match s.to_ascii_lowercase().as_str() {
-            "timm" => Ok(Self::Timm),
-            "optax" => Ok(Self::Optax),
-            _ => Err(OptimError::InvalidHyperparameter {
-                name: "preset",
-                value: s.to_string(),
-                valid: "lars: timm or optax".into(),
-            }),
-        }
+        Ok(Self::of(DESCRIPTION.preset(s)?))
     }
 }
 
@@ -87,7 +89,8 @@ pub struct LarsConfig {
     pub dampening: f32,
     /// Nesterov momentum. Default false.
     pub nesterov: bool,
-    /// Weight decay added to the gradient before the ratio. Default 0.
+    /// L2 weight decay added to the gradient before the trust ratio (`d = g + wd*w`, not
+    /// decoupled); the ratio's norm includes it. Default 0.
     pub weight_decay_rate: f32,
     /// Trust coefficient `tc` (> 0). Default 1e-3.
     pub trust_coefficient: f32,
@@ -156,7 +159,7 @@ impl LarsConfig {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct Plan {
+pub(crate) struct Plan {
     wd: f32,
     ratio: f32,
     wn: f32,
@@ -293,22 +296,14 @@ multiversion! {
 #[derive(Debug, Clone)]
 pub struct Lars {
     cfg: LarsConfig,
-    excl: Exclusions,
-    reg: Registry<Plan>,
-    count: Counters,
-    name: &'static str,
+    core: Core<Plan>,
 }
 
 impl Lars {
     /// Validates every hyperparameter and compiles the exclusion patterns.
-    pub fn new(cfg: LarsConfig) -> Result<Self, OptimError> {
-        validate::learning_rate("learning_rate", cfg.learning_rate)?;
+    pub fn new(mut cfg: LarsConfig) -> Result<Self, OptimError> {
+        check_ranges(&DESCRIPTION, &mut cfg, fields)?;
         cfg.schedule.validate()?;
-        validate::beta("momentum", cfg.momentum)?;
-        validate::unit_interval("dampening", cfg.dampening)?;
-        validate::non_negative("weight_decay_rate", cfg.weight_decay_rate)?;
-        validate::positive("trust_coefficient", cfg.trust_coefficient)?;
-        validate::non_negative("epsilon", cfg.epsilon)?;
         if cfg.nesterov && cfg.momentum == 0.0 {
             return Err(OptimError::InvalidHyperparameter {
                 name: "nesterov",
@@ -316,23 +311,14 @@ impl Lars {
                 valid: "requires momentum > 0".into(),
             });
         }
-        let excl = Exclusions::new(
+        let core = Core::new(
+            &["momentum"],
             &cfg.exclude_from_weight_decay,
             &cfg.exclude_from_layer_adaptation,
+            cfg.layer_adaptation,
+            cfg.weight_decay_rate,
         )?;
-        Ok(Self {
-            cfg,
-            excl,
-            reg: Registry::new(&["momentum"]),
-            count: Counters::default(),
-            name: "lars",
-        })
-    }
-
-    /// Same engine under another name (used by [`crate::Sgd`]).
-    pub(crate) fn renamed(mut self, name: &'static str) -> Self {
-        self.name = name;
-        self
+        Ok(Self { cfg, core })
     }
 
     /// The configuration.
@@ -340,7 +326,12 @@ impl Lars {
         &self.cfg
     }
 
-    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+    /// One step attempt (see [`Family::try_step`]).
+    pub(crate) fn attempt(
+        &mut self,
+        params: &mut [ParamMut<'_>],
+        t: u64,
+    ) -> Result<(), OptimError> {
         let lr = self.current_learning_rate();
         let cfg = &self.cfg;
         let optax = cfg.form == LarsForm::Optax;
@@ -352,10 +343,11 @@ impl Lars {
             first: t == 1,
             nesterov: cfg.nesterov,
         };
-        for ts in &mut self.reg.tensors {
+        for ts in &mut self.core.reg.tensors {
             ts.plan.wd = if ts.decay { cfg.weight_decay_rate } else { 0.0 };
         }
-        self.reg
+        self.core
+            .reg
             .tensors
             .par_iter_mut()
             .zip(params.par_iter())
@@ -369,11 +361,11 @@ impl Lars {
                     .for_each(|((parts, g), w)| read_group_mv(wd, g, w, parts));
                 ts.total = combine(&ts.partials);
             });
-        if let Some(e) = first_bad_gradient(&self.reg, params, t) {
+        if let Some(e) = first_bad_gradient(&self.core.reg, params, t) {
             return Err(e);
         }
         let lr64 = scalar(lr, cfg.f64_scalars);
-        for ts in self.reg.tensors.iter_mut() {
+        for ts in self.core.reg.tensors.iter_mut() {
             let wn = ts.total.sums[0].sqrt();
             let gn = ts.total.sums[1].sqrt();
             let sn = ts.total.sums[2].sqrt();
@@ -392,7 +384,7 @@ impl Lars {
             ts.plan.wn = wn as f32;
             ts.plan.dn = denom as f32;
         }
-        for (ts, p) in self.reg.tensors.iter().zip(params.iter()) {
+        for (ts, p) in self.core.reg.tensors.iter().zip(params.iter()) {
             // |d| <= r*||g + wd*w||; bound the new buffer and the weight change.
             let dmax = ts.plan.ratio as f64 * ts.total.sums[2].sqrt() * 1.001;
             let bmax = ts.buf_max[0];
@@ -417,25 +409,18 @@ impl Lars {
             let bounded = safe(buf * 1.001) && safe(delta * 1.001);
             if !bounded {
                 let b = &ts.bufs[0];
-                for i in 0..ts.len {
+                first_bad_update(&ts.name, t, ts.len, |i| {
                     let (nb, nw) = if optax {
                         elem::<true>(&coef, ts.plan, p.grad[i], b[i], p.value[i])
                     } else {
                         elem::<false>(&coef, ts.plan, p.grad[i], b[i], p.value[i])
                     };
-                    if !(nb.is_finite() && nw.is_finite()) {
-                        return Err(OptimError::NonFinite {
-                            what: "update",
-                            name: ts.name.clone(),
-                            step: t,
-                            index: i,
-                            value: nw,
-                        });
-                    }
-                }
+                    (nb.is_finite() && nw.is_finite(), nw)
+                })?;
             }
         }
-        self.reg
+        self.core
+            .reg
             .tensors
             .par_iter_mut()
             .zip(params.par_iter_mut())
@@ -455,7 +440,13 @@ impl Lars {
                     });
                 ts.buf_max[0] = bits_value(combine(&ts.partials).gbits);
             });
-        for (tel, ts) in self.reg.telemetry.iter_mut().zip(&self.reg.tensors) {
+        for (tel, ts) in self
+            .core
+            .reg
+            .telemetry
+            .iter_mut()
+            .zip(&self.core.reg.tensors)
+        {
             tel.weight_norm = ts.plan.wn;
             tel.update_norm = ts.plan.dn;
             tel.trust_ratio = ts.plan.ratio;
@@ -465,71 +456,162 @@ impl Lars {
     }
 }
 
-fn classify(excl: &Exclusions, mode: LayerAdaptation, wd: f32, name: &str) -> (bool, bool) {
-    let decay = excl.decays(name);
-    let adapt = match mode {
-        LayerAdaptation::Exclusions => excl.adapts(name),
-        LayerAdaptation::All => true,
-        LayerAdaptation::DecayedOnly => decay && wd != 0.0,
-        LayerAdaptation::Never => false,
-    };
-    (decay, adapt)
+impl Family for Lars {
+    type Plan = Plan;
+
+    fn label(&self) -> &'static str {
+        "lars"
+    }
+
+    fn core(&self) -> &Core<Plan> {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut Core<Plan> {
+        &mut self.core
+    }
+
+    fn schedule(&self) -> (f32, &Schedule) {
+        (self.cfg.learning_rate, &self.cfg.schedule)
+    }
+
+    fn non_finite(&self) -> NonFinitePolicy {
+        self.cfg.non_finite
+    }
+
+    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+        self.attempt(params, t)
+    }
 }
 
-impl Optimizer for Lars {
-    fn name(&self) -> &'static str {
-        self.name
-    }
+/// LARS's description: hyperparameters, presets and how a spec becomes a [`LarsConfig`].
+pub(crate) static DESCRIPTION: Description = Description {
+    kind: OptimizerKind::Lars,
+    name: "lars",
+    summary: "LARS (You et al. 2017): SGD with momentum, each tensor's step scaled by tc*||w||/||g + wd*w||",
+    trust_ratio: true,
+    hyperparameters: &[
+        Hyperparameter {
+            key: Key::LearningRate,
+            range: Some(Range::NonNegative),
+            doc: "Base learning rate.",
+        },
+        Hyperparameter {
+            key: Key::Momentum,
+            range: Some(Range::Fraction),
+            doc: "Momentum.",
+        },
+        Hyperparameter {
+            key: Key::Dampening,
+            range: Some(Range::UnitInterval),
+            doc: "Dampening of the momentum buffer (timm form only).",
+        },
+        Hyperparameter {
+            key: Key::Nesterov,
+            range: None,
+            doc: "Nesterov momentum (needs momentum > 0).",
+        },
+        Hyperparameter {
+            key: Key::WeightDecayRate,
+            range: Some(Range::NonNegative),
+            doc: "L2 weight decay added to the gradient before the trust ratio (d = g + wd*w, \
+                  not decoupled); the ratio's norm includes it.",
+        },
+        Hyperparameter {
+            key: Key::TrustCoefficient,
+            range: Some(Range::Positive),
+            doc: "Trust coefficient tc of the ratio tc*||w||/||d||.",
+        },
+        Hyperparameter {
+            key: Key::Epsilon,
+            range: Some(Range::NonNegative),
+            doc: "Added to the ratio's denominator.",
+        },
+        Hyperparameter {
+            key: Key::TrustClip,
+            range: None,
+            doc: "LARC clipping: r = min(r/lr, 1).",
+        },
+        Hyperparameter {
+            key: Key::ExcludeFromWeightDecay,
+            range: None,
+            doc: "Regexes searched in tensor names; matching tensors are not decayed.",
+        },
+        Hyperparameter {
+            key: Key::ExcludeFromLayerAdaptation,
+            range: None,
+            doc: "Regexes of tensors that keep ratio 1 where the preset adapts by exclusion \
+                  lists (optax); empty: the weight-decay list.",
+        },
+        Hyperparameter {
+            key: Key::Schedule,
+            range: None,
+            doc: "Learning-rate schedule.",
+        },
+        Hyperparameter {
+            key: Key::NonFinite,
+            range: None,
+            doc: "What a non-finite gradient or update does: error or skip_step (unchecked \
+                  checks as error).",
+        },
+    ],
+    presets: &[
+        Preset {
+            name: "timm",
+            aliases: &[],
+            reference: "timm 1.0 Lars",
+            verified: "golden files timm/*lars*",
+        },
+        Preset {
+            name: "optax",
+            aliases: &[],
+            reference: "optax 0.2 lars",
+            verified: "golden files optax/*lars*",
+        },
+    ],
+    build: |spec| Ok(Box::new(Lars::new(lars_config(spec)?)?)),
+    effective: |spec| Ok(settings_of(&DESCRIPTION, &mut lars_config(spec)?, fields)),
+    config: |spec| Ok(serde_json::to_value(lars_config(spec)?).unwrap_or_default()),
+};
 
-    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
-        let t = self.count.step + 1;
-        self.reg.check(params, t)?;
-        let Lars { cfg, excl, reg, .. } = self;
-        let fresh = reg.establish(params, |n| {
-            classify(excl, cfg.layer_adaptation, cfg.weight_decay_rate, n)
-        });
-        let result = self.try_step(params, t);
-        self.count
-            .finish(result, self.cfg.non_finite, fresh, &mut self.reg)
-    }
+/// Which [`LarsConfig`] field each of LARS's hyperparameters is.
+fn fields(c: &mut LarsConfig) -> Vec<(Key, Field<'_>)> {
+    vec![
+        (Key::LearningRate, Field::Number(&mut c.learning_rate)),
+        (Key::Momentum, Field::Number(&mut c.momentum)),
+        (Key::Dampening, Field::Number(&mut c.dampening)),
+        (Key::Nesterov, Field::Switch(&mut c.nesterov)),
+        (
+            Key::WeightDecayRate,
+            Field::Number(&mut c.weight_decay_rate),
+        ),
+        (
+            Key::TrustCoefficient,
+            Field::Number(&mut c.trust_coefficient),
+        ),
+        (Key::Epsilon, Field::Number(&mut c.epsilon)),
+        (Key::TrustClip, Field::Switch(&mut c.trust_clip)),
+        (
+            Key::ExcludeFromWeightDecay,
+            Field::Patterns(&mut c.exclude_from_weight_decay),
+        ),
+        (
+            Key::ExcludeFromLayerAdaptation,
+            Field::Patterns(&mut c.exclude_from_layer_adaptation),
+        ),
+        (Key::Schedule, Field::Schedule(&mut c.schedule)),
+        (Key::NonFinite, Field::NonFinite(&mut c.non_finite)),
+    ]
+}
 
-    fn telemetry(&self) -> &[TensorTelemetry] {
-        if self.count.telemetry_valid {
-            &self.reg.telemetry
-        } else {
-            &[]
-        }
-    }
-
-    fn steps(&self) -> u64 {
-        self.count.step
-    }
-
-    fn skipped_steps(&self) -> u64 {
-        self.count.skipped
-    }
-
-    fn current_learning_rate(&self) -> f32 {
-        self.cfg
-            .schedule
-            .learning_rate(self.cfg.learning_rate, self.count.step + 1)
-    }
-
-    fn state(&self) -> OptimizerState {
-        self.reg
-            .to_state(self.name, self.count.step, self.count.skipped)
-    }
-
-    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
-        let mut reg = self.reg.clone();
-        let (excl, cfg) = (&self.excl, &self.cfg);
-        reg.load(self.name, state, |n| {
-            classify(excl, cfg.layer_adaptation, cfg.weight_decay_rate, n)
-        })?;
-        self.reg = reg;
-        self.count = Counters::loaded(state);
-        Ok(())
-    }
+/// The LARS configuration a spec describes (preset, then overrides).
+pub fn lars_config(spec: &OptimizerSpec) -> Result<LarsConfig, OptimError> {
+    configure(
+        spec,
+        &DESCRIPTION,
+        |p| LarsConfig::preset(LarsPreset::of(p)),
+        fields,
+    )
 }
 
 #[cfg(test)]

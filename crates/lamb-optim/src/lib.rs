@@ -13,7 +13,10 @@
 //! assert!(w[0] < 1.0 && w[1] > 2.0);
 //! ```
 //!
-//! Construction from names and flags: [`build`] with an [`OptimizerSpec`]. Every optimizer
+//! Construction from names and flags: [`build`] with an [`OptimizerSpec`]. Each optimizer's
+//! [`Description`] (`OptimizerKind::Lamb.description()`) lists its hyperparameters with their
+//! ranges and docs and its presets with their references; [`defaults`], [`effective`] and
+//! [`preset_changes`] give the values and formula switches they lead to. Every optimizer
 //! validates its hyperparameters at construction ([`OptimError::InvalidHyperparameter`] names
 //! the argument, value and valid range), checks every tensor and gradient before changing
 //! anything in a step, and saves/loads its state bit-exactly ([`Optimizer::state`]).
@@ -50,6 +53,7 @@ pub use api::*;
 mod adam;
 pub mod bench;
 mod common;
+mod describe;
 mod lamb;
 mod lars;
 mod patterns;
@@ -61,13 +65,17 @@ mod slots;
 mod spec;
 mod validate;
 
-pub use adam::{Adam, AdamConfig, EpsilonMode};
-pub use lamb::{BiasCorrection, Lamb, LambConfig, LambPreset, LayerAdaptation, StepMemory};
-pub use lars::{Lars, LarsConfig, LarsForm, LarsPreset};
+pub use adam::{adam_config, Adam, AdamConfig, EpsilonMode};
+pub use describe::{
+    defaults, effective, preset_changes, settings_line, Description, Hyperparameter, Key,
+    OptimizerKind, Preset, Setting, Value, ValueKind,
+};
+pub use lamb::{lamb_config, BiasCorrection, Lamb, LambConfig, LambPreset, StepMemory};
+pub use lars::{lars_config, Lars, LarsConfig, LarsForm, LarsPreset};
+pub use patterns::LayerAdaptation;
 pub use reduce::CHUNK;
 pub use schedule::{linear_scaled_learning_rate, sqrt_scaled_learning_rate, Schedule};
-pub use sgd::{Sgd, SgdConfig};
+pub use sgd::{sgd_config, Sgd, SgdConfig};
 pub use simd::{best_available, set_simd_level, simd_level, SimdLevel};
-pub use spec::{
-    adam_config, build, lamb_config, lars_config, sgd_config, OptimizerKind, OptimizerSpec,
-};
+pub use spec::{build, OptimizerSpec};
+pub use validate::Range;

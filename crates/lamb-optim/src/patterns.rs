@@ -3,6 +3,23 @@
 
 use crate::OptimError;
 use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// Which tensors get the trust ratio (LAMB, LARS; SGD adapts none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerAdaptation {
+    /// Every tensor not matched by `exclude_from_layer_adaptation` (or, when that list is
+    /// empty, by `exclude_from_weight_decay`): tensorflow-addons, optax LARS.
+    Exclusions,
+    /// Every tensor (optax, pytorch-lamb, NVLAMB, DeepSpeed; timm `always_adapt=True`).
+    All,
+    /// Only tensors that are weight-decayed with a non-zero rate (timm `always_adapt=False`,
+    /// apex `use_nvlamb=False`).
+    DecayedOnly,
+    /// No tensor (pytorch-lamb `adam=True`: ratio forced to 1; SGD).
+    Never,
+}
 
 /// A compiled list of exclusion patterns for one argument.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +93,21 @@ impl Exclusions {
     }
 }
 
+impl Exclusions {
+    /// Whether the tensor `name` is (decayed, adapted) under `mode` with weight-decay rate
+    /// `wd`: the classification every optimizer resolves once per tensor.
+    pub(crate) fn classify(&self, mode: LayerAdaptation, wd: f32, name: &str) -> (bool, bool) {
+        let decay = self.decays(name);
+        let adapt = match mode {
+            LayerAdaptation::Exclusions => self.adapts(name),
+            LayerAdaptation::All => true,
+            LayerAdaptation::DecayedOnly => decay && wd != 0.0,
+            LayerAdaptation::Never => false,
+        };
+        (decay, adapt)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +122,19 @@ mod tests {
         assert!(e.decays("dense/bias"));
         assert!(!e.adapts("dense/bias"));
         assert!(e.adapts("dense/kernel"));
+    }
+
+    #[test]
+    fn classification_by_mode() {
+        let e = super::Exclusions::new(&["bias".into()], &["norm".into()]).unwrap();
+        use LayerAdaptation::*;
+        assert_eq!(e.classify(Exclusions, 0.0, "dense/bias"), (false, true));
+        assert_eq!(e.classify(Exclusions, 0.0, "ln/norm"), (true, false));
+        assert_eq!(e.classify(All, 0.0, "ln/norm"), (true, true));
+        assert_eq!(e.classify(DecayedOnly, 0.0, "dense/kernel"), (true, false));
+        assert_eq!(e.classify(DecayedOnly, 0.1, "dense/kernel"), (true, true));
+        assert_eq!(e.classify(DecayedOnly, 0.1, "dense/bias"), (false, false));
+        assert_eq!(e.classify(Never, 0.1, "dense/kernel"), (true, false));
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! ```
 //! It runs on the LARS engine with no tensor adapted.
 
-use crate::lamb::LayerAdaptation;
+use crate::common::{Core, Family};
+use crate::describe::{configure, settings_of, Field, Hyperparameter, Key, Preset};
 use crate::lars::{Lars, LarsConfig, LarsForm};
+use crate::patterns::LayerAdaptation;
+use crate::validate::Range;
 use crate::{
-    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, Schedule, StepOutcome,
-    TensorTelemetry,
+    Description, NonFinitePolicy, OptimError, OptimizerKind, OptimizerSpec, ParamMut, Schedule,
 };
 use serde::{Deserialize, Serialize};
 
@@ -76,7 +78,7 @@ impl Sgd {
             ..LarsConfig::default()
         };
         Ok(Self {
-            inner: Lars::new(lars)?.renamed("sgd"),
+            inner: Lars::new(lars)?,
             cfg,
         })
     }
@@ -87,29 +89,115 @@ impl Sgd {
     }
 }
 
-impl Optimizer for Sgd {
-    fn name(&self) -> &'static str {
+impl Family for Sgd {
+    type Plan = <Lars as Family>::Plan;
+
+    fn label(&self) -> &'static str {
         "sgd"
     }
-    fn step(&mut self, params: &mut [ParamMut<'_>]) -> Result<StepOutcome, OptimError> {
-        self.inner.step(params)
+
+    fn core(&self) -> &Core<Self::Plan> {
+        self.inner.core()
     }
-    fn telemetry(&self) -> &[TensorTelemetry] {
-        self.inner.telemetry()
+
+    fn core_mut(&mut self) -> &mut Core<Self::Plan> {
+        self.inner.core_mut()
     }
-    fn steps(&self) -> u64 {
-        self.inner.steps()
+
+    fn schedule(&self) -> (f32, &Schedule) {
+        self.inner.schedule()
     }
-    fn skipped_steps(&self) -> u64 {
-        self.inner.skipped_steps()
+
+    fn non_finite(&self) -> NonFinitePolicy {
+        self.inner.non_finite()
     }
-    fn current_learning_rate(&self) -> f32 {
-        self.inner.current_learning_rate()
+
+    fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
+        self.inner.attempt(params, t)
     }
-    fn state(&self) -> OptimizerState {
-        self.inner.state()
-    }
-    fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {
-        self.inner.load_state(state)
-    }
+}
+
+/// SGD's description: hyperparameters, presets and how a spec becomes an [`SgdConfig`].
+pub(crate) static DESCRIPTION: Description = Description {
+    kind: OptimizerKind::Sgd,
+    name: "sgd",
+    summary: "SGD with optional (Nesterov) momentum and L2 weight decay, PyTorch semantics",
+    trust_ratio: false,
+    hyperparameters: &[
+        Hyperparameter {
+            key: Key::LearningRate,
+            range: Some(Range::NonNegative),
+            doc: "Learning rate.",
+        },
+        Hyperparameter {
+            key: Key::Momentum,
+            range: Some(Range::Fraction),
+            doc: "Momentum.",
+        },
+        Hyperparameter {
+            key: Key::Dampening,
+            range: Some(Range::UnitInterval),
+            doc: "Dampening of the momentum buffer.",
+        },
+        Hyperparameter {
+            key: Key::Nesterov,
+            range: None,
+            doc: "Nesterov momentum (needs momentum > 0).",
+        },
+        Hyperparameter {
+            key: Key::WeightDecayRate,
+            range: Some(Range::NonNegative),
+            doc: "L2 weight decay added to the gradient (d = g + wd*w).",
+        },
+        Hyperparameter {
+            key: Key::ExcludeFromWeightDecay,
+            range: None,
+            doc: "Regexes searched in tensor names; matching tensors are not decayed.",
+        },
+        Hyperparameter {
+            key: Key::Schedule,
+            range: None,
+            doc: "Learning-rate schedule.",
+        },
+        Hyperparameter {
+            key: Key::NonFinite,
+            range: None,
+            doc: "What a non-finite gradient or update does: error or skip_step (unchecked \
+                  checks as error).",
+        },
+    ],
+    presets: &[Preset {
+        name: "pytorch",
+        aliases: &["torch"],
+        reference: "torch.optim.SGD",
+        verified: "golden files torch_adam/c_sgd_*",
+    }],
+    build: |spec| Ok(Box::new(Sgd::new(sgd_config(spec)?)?)),
+    effective: |spec| Ok(settings_of(&DESCRIPTION, &mut sgd_config(spec)?, fields)),
+    config: |spec| Ok(serde_json::to_value(sgd_config(spec)?).unwrap_or_default()),
+};
+
+/// Which [`SgdConfig`] field each of SGD's hyperparameters is.
+fn fields(c: &mut SgdConfig) -> Vec<(Key, Field<'_>)> {
+    vec![
+        (Key::LearningRate, Field::Number(&mut c.learning_rate)),
+        (Key::Momentum, Field::Number(&mut c.momentum)),
+        (Key::Dampening, Field::Number(&mut c.dampening)),
+        (Key::Nesterov, Field::Switch(&mut c.nesterov)),
+        (
+            Key::WeightDecayRate,
+            Field::Number(&mut c.weight_decay_rate),
+        ),
+        (
+            Key::ExcludeFromWeightDecay,
+            Field::Patterns(&mut c.exclude_from_weight_decay),
+        ),
+        (Key::Schedule, Field::Schedule(&mut c.schedule)),
+        (Key::NonFinite, Field::NonFinite(&mut c.non_finite)),
+    ]
+}
+
+/// The SGD configuration a spec describes.
+pub fn sgd_config(spec: &OptimizerSpec) -> Result<SgdConfig, OptimError> {
+    configure(spec, &DESCRIPTION, |_| SgdConfig::default(), fields)
 }

@@ -1,56 +1,21 @@
-//! Building any optimizer of the family from a serialisable description (command-line flags,
-//! config files).
+//! [`OptimizerSpec`]: a serialisable request for any optimizer of the family (command-line
+//! flags, config files), and [`build`]. What each kind accepts is in its
+//! [`Description`](crate::Description); the per-kind config functions live in the
+//! optimizers' modules.
 
-use crate::{
-    Adam, AdamConfig, Lamb, LambConfig, LambPreset, Lars, LarsConfig, LarsPreset, NonFinitePolicy,
-    OptimError, Optimizer, Schedule, Sgd, SgdConfig,
-};
+use crate::{NonFinitePolicy, OptimError, Optimizer, OptimizerKind, Schedule};
 use serde::{Deserialize, Serialize};
-use std::str::FromStr;
 
-/// The optimizer kinds [`build`] knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// [`crate::Lamb`].
-    Lamb,
-    /// [`crate::Adam`] (Keras semantics unless the preset is `pytorch`).
-    Adam,
-    /// [`crate::Adam`] with decoupled weight decay (PyTorch AdamW).
-    Adamw,
-    /// [`crate::Lars`].
-    Lars,
-    /// [`crate::Sgd`].
-    Sgd,
-}
-
-impl FromStr for OptimizerKind {
-    type Err = OptimError;
-    /// `lamb`, `adam`, `adamw`, `lars`, `sgd` (any case).
-    fn from_str(s: &str) -> Result<Self, OptimError> {
-        match s.to_ascii_lowercase().as_str() {
-            "lamb" => Ok(Self::Lamb),
-            "adam" => Ok(Self::Adam),
-            "adamw" => Ok(Self::Adamw),
-            "lars" => Ok(Self::Lars),
-            "sgd" => Ok(Self::Sgd),
-            _ => Err(OptimError::InvalidHyperparameter {
-                name: "optimizer",
-                value: s.to_string(),
-                valid: "one of lamb, adam, adamw, lars, sgd".into(),
-            }),
-        }
-    }
-}
-
-/// A description of an optimizer: its kind, an optional preset and overrides. Fields left
-/// `None` keep the preset's value. Fields that do not apply to the kind are an error.
+/// What to build: an optimizer kind, an optional preset and overrides. Fields left `None`
+/// keep the preset's value. Fields that do not apply to the kind, and (in JSON or TOML)
+/// unknown fields, are errors. Which fields apply, their ranges and the presets are in the
+/// kind's [`Description`](crate::Description) (`kind.description()`).
 ///
 /// Presets: LAMB `tfa` (default), `nvlamb`, `pytorch-lamb`, `torch-optimizer`, `timm`,
 /// `optax`, `deepspeed`; Adam `keras` (default) or `pytorch`; AdamW `pytorch` (default);
 /// LARS `timm` (default) or `optax`; SGD `pytorch` (default).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct OptimizerSpec {
     /// Which optimizer (required).
     pub kind: Option<OptimizerKind>,
@@ -112,285 +77,15 @@ impl OptimizerSpec {
     }
 }
 
-fn not_applicable(name: &'static str, kind: OptimizerKind) -> OptimError {
-    OptimError::InvalidHyperparameter {
-        name,
-        value: "given".into(),
-        valid: format!("does not apply to {kind:?}"),
-    }
-}
-
-/// Errors if any of the named fields is set.
-fn reject(
-    spec: &OptimizerSpec,
-    kind: OptimizerKind,
-    names: &[&'static str],
-) -> Result<(), OptimError> {
-    for &n in names {
-        let set = match n {
-            "beta_1" => spec.beta_1.is_some(),
-            "beta_2" => spec.beta_2.is_some(),
-            "exclude_from_layer_adaptation" => spec.exclude_from_layer_adaptation.is_some(),
-            "max_grad_norm" => spec.max_grad_norm.is_some(),
-            "momentum" => spec.momentum.is_some(),
-            "nesterov" => spec.nesterov.is_some(),
-            "dampening" => spec.dampening.is_some(),
-            "trust_coefficient" => spec.trust_coefficient.is_some(),
-            "trust_clip" => spec.trust_clip.is_some(),
-            "step_memory" => spec.step_memory.is_some(),
-            _ => false,
-        };
-        if set {
-            return Err(not_applicable(n, kind));
-        }
-    }
-    Ok(())
-}
-
-/// The LARS configuration a spec describes.
-pub fn lars_config(spec: &OptimizerSpec) -> Result<LarsConfig, OptimError> {
-    let preset = match &spec.preset {
-        Some(p) => LarsPreset::from_str(p)?,
-        None => LarsPreset::Timm,
-    };
-    reject(
-        spec,
-        OptimizerKind::Lars,
-        &["beta_1", "beta_2", "max_grad_norm", "step_memory"],
-    )?;
-    let mut c = LarsConfig::preset(preset);
-    if let Some(x) = spec.learning_rate {
-        c.learning_rate = x;
-    }
-    if let Some(x) = spec.momentum {
-        c.momentum = x;
-    }
-    if let Some(x) = spec.nesterov {
-        c.nesterov = x;
-    }
-    if let Some(x) = spec.dampening {
-        c.dampening = x;
-    }
-    if let Some(x) = spec.epsilon {
-        c.epsilon = x;
-    }
-    if let Some(x) = spec.trust_coefficient {
-        c.trust_coefficient = x;
-    }
-    if let Some(x) = spec.trust_clip {
-        c.trust_clip = x;
-    }
-    if let Some(x) = spec.weight_decay_rate {
-        c.weight_decay_rate = x;
-    }
-    if let Some(x) = &spec.exclude_from_weight_decay {
-        c.exclude_from_weight_decay = x.clone();
-    }
-    if let Some(x) = &spec.exclude_from_layer_adaptation {
-        c.exclude_from_layer_adaptation = x.clone();
-    }
-    if let Some(x) = spec.schedule {
-        c.schedule = x;
-    }
-    if let Some(x) = spec.non_finite {
-        c.non_finite = x;
-    }
-    Ok(c)
-}
-
-/// The SGD configuration a spec describes.
-pub fn sgd_config(spec: &OptimizerSpec) -> Result<SgdConfig, OptimError> {
-    match spec
-        .preset
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("pytorch") | Some("torch") => {}
-        Some(p) => {
-            return Err(OptimError::InvalidHyperparameter {
-                name: "preset",
-                value: p.to_string(),
-                valid: "sgd: pytorch".into(),
-            })
-        }
-    }
-    reject(
-        spec,
-        OptimizerKind::Sgd,
-        &[
-            "beta_1",
-            "beta_2",
-            "exclude_from_layer_adaptation",
-            "max_grad_norm",
-            "trust_coefficient",
-            "trust_clip",
-            "step_memory",
-        ],
-    )?;
-    if spec.epsilon.is_some() {
-        return Err(not_applicable("epsilon", OptimizerKind::Sgd));
-    }
-    let mut c = SgdConfig::default();
-    if let Some(x) = spec.learning_rate {
-        c.learning_rate = x;
-    }
-    if let Some(x) = spec.momentum {
-        c.momentum = x;
-    }
-    if let Some(x) = spec.nesterov {
-        c.nesterov = x;
-    }
-    if let Some(x) = spec.dampening {
-        c.dampening = x;
-    }
-    if let Some(x) = spec.weight_decay_rate {
-        c.weight_decay_rate = x;
-    }
-    if let Some(x) = &spec.exclude_from_weight_decay {
-        c.exclude_from_weight_decay = x.clone();
-    }
-    if let Some(x) = spec.schedule {
-        c.schedule = x;
-    }
-    if let Some(x) = spec.non_finite {
-        c.non_finite = x;
-    }
-    Ok(c)
-}
-
-/// The LAMB configuration a spec describes (preset, then overrides).
-pub fn lamb_config(spec: &OptimizerSpec) -> Result<LambConfig, OptimError> {
-    let preset = match &spec.preset {
-        Some(p) => LambPreset::from_str(p)?,
-        None => LambPreset::Tfa,
-    };
-    let mut c = LambConfig::preset(preset);
-    reject(
-        spec,
-        OptimizerKind::Lamb,
-        &["momentum", "nesterov", "dampening", "trust_coefficient"],
-    )?;
-    if let Some(x) = spec.trust_clip {
-        c.trust_clip = x;
-    }
-    if let Some(x) = spec.learning_rate {
-        c.learning_rate = x;
-    }
-    if let Some(x) = spec.beta_1 {
-        c.beta_1 = x;
-    }
-    if let Some(x) = spec.beta_2 {
-        c.beta_2 = x;
-    }
-    if let Some(x) = spec.epsilon {
-        c.epsilon = x;
-    }
-    if let Some(x) = spec.weight_decay_rate {
-        c.weight_decay_rate = x;
-    }
-    if let Some(x) = &spec.exclude_from_weight_decay {
-        c.exclude_from_weight_decay = x.clone();
-    }
-    if let Some(x) = &spec.exclude_from_layer_adaptation {
-        c.exclude_from_layer_adaptation = x.clone();
-    }
-    if let Some(x) = spec.max_grad_norm {
-        c.max_grad_norm = Some(x);
-    }
-    if let Some(x) = spec.schedule {
-        c.schedule = x;
-    }
-    if let Some(x) = spec.step_memory {
-        c.step_memory = x;
-    }
-    if let Some(x) = spec.non_finite {
-        c.non_finite = x;
-    }
-    Ok(c)
-}
-
-/// The Adam configuration a spec describes (`kind` adam or adamw).
-pub fn adam_config(spec: &OptimizerSpec) -> Result<AdamConfig, OptimError> {
-    let kind = spec.kind.unwrap_or(OptimizerKind::Adam);
-    let mut c = match (
-        kind,
-        spec.preset
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref(),
-    ) {
-        (OptimizerKind::Adamw, None | Some("pytorch") | Some("torch")) => AdamConfig::adamw(),
-        (_, None | Some("keras") | Some("tf") | Some("tensorflow")) => AdamConfig::keras(),
-        (_, Some("pytorch") | Some("torch")) => AdamConfig::pytorch(),
-        (_, Some(p)) => {
-            return Err(OptimError::InvalidHyperparameter {
-                name: "preset",
-                value: p.to_string(),
-                valid: "adam: keras or pytorch; adamw: pytorch".into(),
-            })
-        }
-    };
-    reject(
-        spec,
-        kind,
-        &[
-            "exclude_from_layer_adaptation",
-            "max_grad_norm",
-            "momentum",
-            "nesterov",
-            "dampening",
-            "trust_coefficient",
-            "trust_clip",
-            "step_memory",
-        ],
-    )?;
-    if let Some(x) = spec.learning_rate {
-        c.learning_rate = x;
-    }
-    if let Some(x) = spec.beta_1 {
-        c.beta_1 = x;
-    }
-    if let Some(x) = spec.beta_2 {
-        c.beta_2 = x;
-    }
-    if let Some(x) = spec.epsilon {
-        c.epsilon = x;
-    }
-    if let Some(x) = spec.weight_decay_rate {
-        c.weight_decay_rate = x;
-    }
-    if let Some(x) = &spec.exclude_from_weight_decay {
-        c.exclude_from_weight_decay = x.clone();
-    }
-    if let Some(x) = spec.schedule {
-        c.schedule = x;
-    }
-    if let Some(x) = spec.non_finite {
-        c.non_finite = x;
-    }
-    Ok(c)
-}
-
 /// Builds the optimizer a spec describes, validating every value.
 pub fn build(spec: &OptimizerSpec) -> Result<Box<dyn Optimizer>, OptimError> {
-    let kind = spec.kind.ok_or_else(|| OptimError::InvalidHyperparameter {
-        name: "kind",
-        value: "missing".into(),
-        valid: "one of lamb, adam, adamw, lars, sgd".into(),
-    })?;
-    Ok(match kind {
-        OptimizerKind::Lamb => Box::new(Lamb::new(lamb_config(spec)?)?),
-        OptimizerKind::Adam | OptimizerKind::Adamw => Box::new(Adam::new(adam_config(spec)?)?),
-        OptimizerKind::Lars => Box::new(Lars::new(lars_config(spec)?)?),
-        OptimizerKind::Sgd => Box::new(Sgd::new(sgd_config(spec)?)?),
-    })
+    (spec.description()?.build)(spec)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ParamMut;
+    use crate::{adam_config, lamb_config, ParamMut};
 
     fn one_step(spec: &OptimizerSpec) -> Vec<f32> {
         let mut opt = build(spec).unwrap();
@@ -447,8 +142,16 @@ mod tests {
             ..OptimizerSpec::new(OptimizerKind::Adam)
         };
         let e = build(&spec).err().unwrap().to_string();
-        assert!(e.contains("momentum"), "{e}");
+        assert!(
+            e.contains("momentum") && e.contains("does not apply to adam"),
+            "{e}"
+        );
         assert!(build(&OptimizerSpec::default()).is_err());
+        // Misspelt keys in a file are refused, naming the key.
+        let e = serde_json::from_str::<OptimizerSpec>(r#"{"kind":"lamb","betta_1":0.8}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("betta_1"), "{e}");
     }
 
     #[test]

@@ -1,63 +1,59 @@
-//! Construction-time checks of hyperparameters. Each failure names the argument (with the
-//! tensorflow-addons spelling), the value given and the valid range.
+//! Valid ranges of hyperparameters, written once: the optimizers check their configuration
+//! with them at construction and the descriptions ([`crate::Description`]) show them. Each
+//! failure names the argument (with the tensorflow-addons spelling), the value given and the
+//! valid range.
 
 use crate::OptimError;
+use serde::{Deserialize, Serialize};
 
-fn invalid(name: &'static str, value: f32, valid: &str) -> OptimError {
-    OptimError::InvalidHyperparameter {
-        name,
-        value: format!("{value:?}"),
-        valid: valid.to_string(),
-    }
+/// The valid range of a numeric hyperparameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Range {
+    /// Finite and >= 0 (learning rates, weight decay, an epsilon that may be 0).
+    NonNegative,
+    /// Finite and > 0 (an epsilon that must not be 0, clipping norms, trust coefficients).
+    Positive,
+    /// In [0, 1) (moment decay rates, momentum).
+    Fraction,
+    /// In [0, 1] (dampening).
+    UnitInterval,
 }
 
-/// A learning rate: finite and >= 0.
-pub(crate) fn learning_rate(name: &'static str, value: f32) -> Result<(), OptimError> {
-    if value.is_finite() && value >= 0.0 {
-        Ok(())
-    } else {
-        Err(invalid(name, value, "must be finite and >= 0"))
+impl Range {
+    /// The range in words, as error messages give it.
+    pub fn text(self) -> &'static str {
+        match self {
+            Range::NonNegative => "must be finite and >= 0",
+            Range::Positive => {
+                "must be finite and > 0 (tensorflow-addons silently turns 0 into 1e-7; pass 1e-7 explicitly)"
+            }
+            Range::Fraction => "must be in [0, 1)",
+            Range::UnitInterval => "must be in [0, 1]",
+        }
     }
-}
 
-/// A moment decay rate: in [0, 1).
-pub(crate) fn beta(name: &'static str, value: f32) -> Result<(), OptimError> {
-    if (0.0..1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(invalid(name, value, "must be in [0, 1)"))
+    /// Whether `value` lies in the range.
+    pub fn contains(self, value: f64) -> bool {
+        match self {
+            Range::NonNegative => value.is_finite() && value >= 0.0,
+            Range::Positive => value.is_finite() && value > 0.0,
+            Range::Fraction => (0.0..1.0).contains(&value),
+            Range::UnitInterval => (0.0..=1.0).contains(&value),
+        }
     }
-}
 
-/// An epsilon that must be strictly positive (tensorflow-addons silently replaces 0 by 1e-7;
-/// this crate rejects it instead).
-pub(crate) fn positive(name: &'static str, value: f32) -> Result<(), OptimError> {
-    if value.is_finite() && value > 0.0 {
-        Ok(())
-    } else {
-        Err(invalid(
-            name,
-            value,
-            "must be finite and > 0 (tensorflow-addons silently turns 0 into 1e-7; pass 1e-7 explicitly)",
-        ))
-    }
-}
-
-/// A finite value >= 0 (weight decay, epsilon that may be 0, clipping norms).
-pub(crate) fn non_negative(name: &'static str, value: f32) -> Result<(), OptimError> {
-    if value.is_finite() && value >= 0.0 {
-        Ok(())
-    } else {
-        Err(invalid(name, value, "must be finite and >= 0"))
-    }
-}
-
-/// A value in [0, 1] (dampening).
-pub(crate) fn unit_interval(name: &'static str, value: f32) -> Result<(), OptimError> {
-    if (0.0..=1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(invalid(name, value, "must be in [0, 1]"))
+    /// `Ok` if `value` lies in the range, else the error naming `name`, the value and the range.
+    pub fn check(self, name: &'static str, value: f32) -> Result<(), OptimError> {
+        if self.contains(value as f64) {
+            Ok(())
+        } else {
+            Err(OptimError::InvalidHyperparameter {
+                name,
+                value: format!("{value:?}"),
+                valid: self.text().to_string(),
+            })
+        }
     }
 }
 
@@ -86,15 +82,19 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert!(learning_rate("learning_rate", 0.0).is_ok());
-        assert!(learning_rate("learning_rate", -1e-3).is_err());
-        assert!(learning_rate("learning_rate", f32::NAN).is_err());
-        assert!(beta("beta_1", 0.0).is_ok());
-        assert!(beta("beta_1", 1.0).is_err());
-        assert!(positive("epsilon", 0.0).is_err());
+        assert!(Range::NonNegative.check("learning_rate", 0.0).is_ok());
+        assert!(Range::NonNegative.check("learning_rate", -1e-3).is_err());
+        assert!(Range::NonNegative.check("learning_rate", f32::NAN).is_err());
+        assert!(Range::Fraction.check("beta_1", 0.0).is_ok());
+        assert!(Range::Fraction.check("beta_1", 1.0).is_err());
+        assert!(Range::Positive.check("epsilon", 0.0).is_err());
+        assert!(Range::UnitInterval.check("dampening", 1.0).is_ok());
         assert!(clamp_range("trust_ratio_clamp", 2.0, 1.0).is_err());
         assert!(clamp_range("trust_ratio_clamp", 0.0, f32::INFINITY).is_ok());
-        let e = beta("beta_2", 1.5).unwrap_err().to_string();
+        let e = Range::Fraction
+            .check("beta_2", 1.5)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("beta_2") && e.contains("1.5") && e.contains("[0, 1)"),
             "{e}"

@@ -73,7 +73,7 @@ pub struct CompareFile {
 }
 
 const SIDE_KEYS: &str =
-    "optimizer, preset, lr, beta1, beta2, epsilon, weight-decay, momentum, activation";
+    "optimizer, preset, lr, beta1, beta2, epsilon, weight-decay, momentum, activation and a [hyper] table";
 
 fn side_only_optimizer_keys(s: &Settings, table: &str) -> Result<()> {
     let shared = [
@@ -98,7 +98,7 @@ impl CompareFile {
     /// Parses a compare config's TOML text.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
         let mut table: toml::Table =
-            toml::from_str(text).with_context(|| format!("invalid config file {origin}"))?;
+            toml::from_str(text).map_err(|e| crate::config::toml_error(&e, text, origin))?;
         let mut side = |name: &str| -> Result<Settings> {
             match table.remove(name) {
                 None => Ok(Settings::default()),
@@ -124,8 +124,7 @@ impl CompareFile {
 
     /// Reads a compare config file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+        let text = crate::config::read_config_text(path)?;
         Self::from_toml(&text, &path.display().to_string())
     }
 }
@@ -208,23 +207,20 @@ pub fn compare(file: &CompareFile, flags: &CompareSettings, stop: Arc<AtomicBool
     let mode = Mode::from_flags(lamb_cfg.quiet, lamb_cfg.json);
     let top = Progress::new(mode, "", lamb_cfg.epochs);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let data = run::load_data(
-        lamb_cfg.data.as_deref(),
-        lamb_cfg.limit_train,
-        lamb_cfg.limit_test,
-    )?;
+    let data = crate::loading(|| {
+        run::load_data(
+            lamb_cfg.data.as_deref(),
+            lamb_cfg.limit_train,
+            lamb_cfg.limit_test,
+        )
+    })?;
     let mut results = Vec::new();
     for (tag, cfg) in [("lamb", &lamb_cfg), ("adam", &adam_cfg)] {
+        // A run directory from an earlier, interrupted `lamb compare` of the same settings is
+        // resumed; one that never reached its first checkpoint starts again.
         let resume = run::holds_run(&cfg.out);
         if resume {
-            // A run directory from an earlier, interrupted `lamb compare` of the same settings.
             let ck = cfg.out.join(checkpoint::FILE);
-            if !ck.exists() {
-                bail!(
-                    "{} holds a run without checkpoint; remove it or choose another --out",
-                    cfg.out.display()
-                );
-            }
             let c = Checkpoint::load(&ck)?;
             if c.progress.epoch >= cfg.epochs
                 && c.progress.step == 0
@@ -273,21 +269,17 @@ pub fn compare(file: &CompareFile, flags: &CompareSettings, stop: Arc<AtomicBool
         reference: REFERENCE_ADAM,
     };
     let classic = is_classic(file, &lamb_cfg);
-    let describe =
-        |c: &RunConfig| {
-            format!(
-            "{}: {}{} lr {}, beta_1 {}, beta_2 {}, epsilon {}, weight decay {}; run directory `{}`",
+    let describe = |c: &RunConfig| {
+        format!(
+            "{}: {}; run directory `{}`",
             run::display_name(c),
-            c.optimizer,
-            c.preset.as_deref().map(|p| format!(" ({p})")).unwrap_or_default(),
-            c.hyper.lr,
-            c.hyper.beta1.unwrap_or(f64::NAN),
-            c.hyper.beta2.unwrap_or(f64::NAN),
-            c.hyper.epsilon.unwrap_or(f64::NAN),
-            c.hyper.weight_decay,
-            c.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            c.optimizer_line(),
+            c.out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         )
-        };
+    };
     let settings = vec![
         format!(
             "epochs {}, batch size {}, seed {}; data {} ({} training, {} test images)",
@@ -382,6 +374,31 @@ mod tests {
         assert_eq!((l.epochs, l.seed, l.hyper.lr), (5, 3, 0.002));
         assert_eq!(a.activation, ActivationKind::Relu);
         assert!(!is_classic(&f, &l));
+        // Any other hyperparameter of a side's optimizer, by its description's name.
+        let f = CompareFile::from_toml(
+            "[lamb]\npreset = \"timm\"\n[lamb.hyper]\ntrust_clip = true",
+            "c",
+        )
+        .unwrap();
+        let (_, l, _) = resolve(&f, &CompareSettings::default()).unwrap();
+        assert_eq!(
+            l.extra_hyper,
+            [("trust_clip".to_string(), "true".to_string())]
+        );
+        assert!(
+            l.optimizer_line().contains("trust_clip true"),
+            "{}",
+            l.optimizer_line()
+        );
+        let f = CompareFile::from_toml("[adam.hyper]\ntrust_clip = true", "c").unwrap();
+        let e = format!(
+            "{:#}",
+            resolve(&f, &CompareSettings::default()).unwrap_err()
+        );
+        assert!(
+            e.contains("adam run") && e.contains("does not apply to adam"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,43 +8,81 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// The optimizer of a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// LAMB (tensorflow-addons semantics).
-    Lamb,
-    /// Adam (Keras).
-    Adam,
-    /// AdamW (decoupled weight decay, PyTorch defaults).
-    Adamw,
-    /// LARS (layer-wise adaptive rate scaling with momentum, timm defaults).
-    Lars,
-    /// Plain SGD with optional momentum.
-    Sgd,
+pub use crate::optim::Hyper;
+pub use lamb_optim::OptimizerKind;
+
+/// Parses `--optimizer` (the names of `lamb_optim`'s descriptions, listed in the help).
+fn optimizer_parser() -> impl clap::builder::TypedValueParser<Value = OptimizerKind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(OptimizerKind::names())
+        .try_map(|s| s.parse::<OptimizerKind>().map_err(|e| e.to_string()))
 }
 
-impl OptimizerKind {
-    /// The name used in files and messages (`lamb`, `adam`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Lamb => "lamb",
-            Self::Adam => "adam",
-            Self::Adamw => "adamw",
-            Self::Lars => "lars",
-            Self::Sgd => "sgd",
-        }
-    }
+/// The `--preset` help: every optimizer's presets, from the descriptions.
+fn preset_help() -> String {
+    let each: Vec<String> = OptimizerKind::ALL
+        .iter()
+        .map(|k| {
+            let d = k.description();
+            format!("{} {}", d.name, d.preset_list())
+        })
+        .collect();
+    format!(
+        "Reference implementation to follow (the first of each is the default): {}",
+        each.join("; ")
+    )
+}
 
-    /// Whether the optimizer scales updates by a per-tensor trust ratio (worth plotting).
-    pub fn has_trust_ratio(self) -> bool {
-        matches!(self, Self::Lamb | Self::Lars)
+/// Parses one `--hyper KEY=VALUE`.
+fn hyper_pair(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!(
+            "`{s}`: expected KEY=VALUE, e.g. nesterov=true or exclude_from_weight_decay=bias,LayerNorm"
+        )),
     }
 }
 
-impl fmt::Display for OptimizerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The `hyper` table of a config file: `KEY = value` with TOML values (numbers, booleans,
+/// strings, arrays of strings), kept as the text `--hyper KEY=VALUE` would give.
+mod hyper_table {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(v: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        let m: BTreeMap<&str, &str> = v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        m.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        let m = BTreeMap::<String, toml::Value>::deserialize(d)?;
+        m.into_iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    toml::Value::Array(a) => a
+                        .into_iter()
+                        .map(|x| match x {
+                            toml::Value::String(s) => Ok(s),
+                            other => Err(D::Error::custom(format!(
+                                "`hyper.{k}`: list items must be strings, not {other}"
+                            ))),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                        .join(","),
+                    other => {
+                        return Err(D::Error::custom(format!(
+                            "`hyper.{k}` = {other}: expected a number, true/false, a string or a list of strings"
+                        )))
+                    }
+                };
+                Ok((k, text))
+            })
+            .collect()
     }
 }
 
@@ -149,24 +187,6 @@ impl fmt::Display for ActivationKind {
     }
 }
 
-/// Optimizer hyperparameters after the preset's defaults are applied. `None` means "does not
-/// apply to this optimizer".
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Hyper {
-    /// Learning rate.
-    pub lr: f64,
-    /// First-moment decay (Adam family, LAMB).
-    pub beta1: Option<f64>,
-    /// Second-moment decay (Adam family, LAMB).
-    pub beta2: Option<f64>,
-    /// Denominator epsilon.
-    pub epsilon: Option<f64>,
-    /// Weight decay rate (decoupled for LAMB, AdamW, LARS; L2 for SGD).
-    pub weight_decay: f64,
-    /// Momentum (LARS, SGD).
-    pub momentum: Option<f64>,
-}
-
 /// The default model: the classic experiment's seed CNN.
 pub const SEED_CNN: &str = "seed-cnn";
 
@@ -193,12 +213,11 @@ pub struct Settings {
     #[serde(alias = "batch_size")]
     pub batch_size: Option<usize>,
     /// Optimizer [default: lamb].
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = optimizer_parser())]
     pub optimizer: Option<OptimizerKind>,
-    /// Reference implementation to follow: lamb tfa (default), nvlamb, pytorch-lamb,
-    /// torch-optimizer, timm, optax, deepspeed; adam keras (default) or pytorch; adamw
-    /// pytorch; lars timm (default) or optax; sgd pytorch.
-    #[arg(long)]
+    /// Reference implementation to follow (each optimizer's presets are listed in the help,
+    /// from `lamb_optim`'s descriptions).
+    #[arg(long, help = preset_help())]
     pub preset: Option<String>,
     /// Learning rate [default: the preset's; 1e-3 for lamb, adam and adamw].
     #[arg(long)]
@@ -215,7 +234,9 @@ pub struct Settings {
     /// Epsilon [default: the preset's; 1e-6 for lamb (tensorflow-addons), 1e-7 for adam (Keras)].
     #[arg(long)]
     pub epsilon: Option<f64>,
-    /// Weight decay rate [default: the preset's; 0 for lamb and adam, 0.01 for adamw].
+    /// Weight decay rate [default: the preset's; 0 for lamb and adam, 0.01 for adamw]:
+    /// decoupled for lamb (added to the direction before the trust ratio) and adamw; L2 on the
+    /// gradient for adam, sgd and lars (before the trust ratio).
     #[arg(long)]
     #[serde(
         alias = "weight_decay",
@@ -275,30 +296,91 @@ pub struct Settings {
     #[arg(long, action = clap::ArgAction::SetTrue)]
     #[serde(default, skip_serializing_if = "is_false")]
     pub json: bool,
+    /// Any other hyperparameter of the optimizer's description, by its tensorflow-addons name
+    /// (repeatable): e.g. nesterov=true, trust_coefficient=0.02, max_grad_norm=1,
+    /// exclude_from_weight_decay=bias,LayerNorm, step_memory=lean. In a config file: a
+    /// `[hyper]` table. A key that does not apply to the optimizer is an error.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = hyper_pair)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hyper_table")]
+    pub hyper: Vec<(String, String)>,
+}
+
+/// The largest config or grid file read (real ones are a few hundred bytes).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a TOML config or grid file: a regular file (not a FIFO or device) of at most
+/// [`MAX_CONFIG_BYTES`], in UTF-8.
+pub fn read_config_text(path: &Path) -> Result<String> {
+    let bytes = lamb_nn::files::read_capped(path, MAX_CONFIG_BYTES, "config file")
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "config file {} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// A TOML error as one short message: the place (line, column), what is wrong, and at most
+/// 80 characters of the line around it (a 10 MB line is not echoed).
+pub fn toml_error(e: &toml::de::Error, text: &str, origin: &str) -> anyhow::Error {
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("invalid config file {origin}: {}", e.message());
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let col = text[line_start..start].chars().count() + 1;
+    let line = &text[line_start..line_end];
+    let excerpt: String = if line.chars().count() <= 80 {
+        line.to_string()
+    } else {
+        let skip = col.saturating_sub(40);
+        let cut: String = line.chars().skip(skip).take(80).collect();
+        format!("{}{cut}...", if skip > 0 { "..." } else { "" })
+    };
+    anyhow::anyhow!(
+        "invalid config file {origin}, line {line_no}, column {col}: {}\n  | {excerpt}",
+        e.message().trim_end()
+    )
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// Whether two `--hyper` keys name the same hyperparameter (`-` or `_`, any case).
+fn same_key(a: &str, b: &str) -> bool {
+    a.replace('-', "_")
+        .eq_ignore_ascii_case(&b.replace('-', "_"))
+}
+
 impl Settings {
     /// Parses a TOML config file's text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        toml::from_str(text).with_context(|| format!("invalid config file {origin}"))
+        toml::from_str(text).map_err(|e| toml_error(&e, text, origin))
     }
 
-    /// Reads and parses a TOML config file.
+    /// Reads and parses a TOML config file (a regular file of at most [`MAX_CONFIG_BYTES`]).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+        let text = read_config_text(path)?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     /// `self` with every key that `over` sets replaced by `over`'s value (flags over file).
     pub fn overridden_by(&self, over: &Settings) -> Settings {
+        let mut hyper = self.hyper.clone();
+        for (k, v) in &over.hyper {
+            match hyper.iter_mut().find(|(n, _)| same_key(n, k)) {
+                Some(slot) => *slot = (k.clone(), v.clone()),
+                None => hyper.push((k.clone(), v.clone())),
+            }
+        }
         macro_rules! pick {
             ($($f:ident),*) => { Settings { $($f: over.$f.clone().or_else(|| self.$f.clone()),)*
-                quiet: over.quiet || self.quiet, json: over.json || self.json } };
+                quiet: over.quiet || self.quiet, json: over.json || self.json, hyper } };
         }
         pick!(
             data,
@@ -330,6 +412,7 @@ impl Settings {
     /// Applies defaults and checks ranges; `command` names the default run directory.
     pub fn resolve(&self, command: &str) -> Result<RunConfig> {
         let optimizer = self.optimizer.unwrap_or(OptimizerKind::Lamb);
+        let extra_hyper = crate::optim::normalise_extra(&self.hyper)?;
         let given = crate::optim::Given {
             lr: self.lr,
             beta1: self.beta1,
@@ -337,6 +420,7 @@ impl Settings {
             epsilon: self.epsilon,
             weight_decay: self.weight_decay,
             momentum: self.momentum,
+            extra: extra_hyper.clone(),
         };
         let mut first = RunConfig {
             data: None,
@@ -354,6 +438,7 @@ impl Settings {
                 weight_decay: self.weight_decay.unwrap_or(0.0),
                 momentum: self.momentum,
             },
+            extra_hyper: Vec::new(),
             schedule: ScheduleConfig::default(),
             activation: ActivationKind::Relu,
             model: SEED_CNN.into(),
@@ -365,7 +450,7 @@ impl Settings {
             quiet: false,
             json: false,
         };
-        // Our own range checks first (messages use the flag names), then the library's.
+        // Our own checks first, then the library's (messages name the flags).
         first.validate()?;
         first.hyper = crate::optim::effective(optimizer, self.preset.as_deref(), &given)?;
         let hyper = first.hyper;
@@ -386,6 +471,7 @@ impl Settings {
             optimizer,
             preset: self.preset.clone(),
             hyper,
+            extra_hyper,
             schedule: ScheduleConfig {
                 kind: self.schedule.unwrap_or_default(),
                 warmup_epochs: self.warmup_epochs.unwrap_or(0.0),
@@ -431,8 +517,10 @@ pub struct RunConfig {
     pub optimizer: OptimizerKind,
     /// Optimizer variant preset, if any.
     pub preset: Option<String>,
-    /// Optimizer hyperparameters.
+    /// Optimizer hyperparameters of the dedicated flags (effective values).
     pub hyper: Hyper,
+    /// Other hyperparameters given with `--hyper` (normalised names, values as given).
+    pub extra_hyper: Vec<(String, String)>,
     /// Learning-rate schedule.
     pub schedule: ScheduleConfig,
     /// Hidden activation.
@@ -506,38 +594,43 @@ impl RunConfig {
                 bail!("`{k}` = 0: must be at least 1");
             }
         }
-        let h = &self.hyper;
-        if !(h.lr.is_finite() && h.lr > 0.0) {
-            bail!("`lr` = {}: must be a finite number > 0", h.lr);
-        }
-        for (k, v) in [("beta1", h.beta1), ("beta2", h.beta2)] {
-            if let Some(b) = v {
-                if !(0.0..1.0).contains(&b) {
-                    bail!("`{k}` = {b}: must be in [0, 1)");
-                }
-            }
-        }
-        if let Some(e) = h.epsilon {
-            if !(e.is_finite() && e >= 0.0) {
-                bail!("`epsilon` = {e}: must be a finite number >= 0");
-            }
-        }
-        if !(h.weight_decay.is_finite() && h.weight_decay >= 0.0) {
+        if self.seed > i64::MAX as u64 {
             bail!(
-                "`weight-decay` = {}: must be a finite number >= 0",
-                h.weight_decay
+                "`seed` = {}: must be between 0 and {} (config.toml records it as a TOML \
+                 integer, which is 64-bit signed)",
+                self.seed,
+                i64::MAX
             );
         }
-        if let Some(m) = h.momentum {
-            if !(0.0..1.0).contains(&m) {
-                bail!("`momentum` = {m}: must be in [0, 1)");
-            }
+        // The optimizer's ranges are its description's (checked when it is built); a run
+        // also needs a learning rate above 0.
+        let h = &self.hyper;
+        if !(h.lr.is_finite() && h.lr > 0.0) {
+            bail!("`lr` = {:e}: must be a finite number > 0", h.lr);
+        }
+        if !((h.lr as f32).is_normal() && h.lr >= f64::from(f32::MIN_POSITIVE)) {
+            bail!(
+                "`lr` = {:e}: outside the range of the optimizers' f32 arithmetic (it would be {}); \
+                 must be between {:e} and {:e}",
+                h.lr,
+                h.lr as f32,
+                f32::MIN_POSITIVE,
+                f32::MAX
+            );
         }
         let sc = &self.schedule;
         if !(sc.warmup_epochs.is_finite() && sc.warmup_epochs >= 0.0) {
             bail!(
                 "`warmup-epochs` = {}: must be a finite number >= 0",
                 sc.warmup_epochs
+            );
+        }
+        if sc.warmup_epochs > self.epochs as f64 {
+            bail!(
+                "`warmup-epochs` = {}: longer than the run (`epochs` = {}): the learning rate \
+                 would never reach `lr`; must be at most `epochs`",
+                sc.warmup_epochs,
+                self.epochs
             );
         }
         if sc.depends_on_length() && sc.warmup_epochs >= self.epochs as f64 {
@@ -593,7 +686,31 @@ impl RunConfig {
             limit_test: self.limit_test,
             quiet: false,
             json: false,
+            hyper: self.extra_hyper.clone(),
         }
+    }
+
+    /// What the run's optimizer is given (effective values of the dedicated flags, extras).
+    fn given(&self) -> crate::optim::Given {
+        crate::optim::given_of(&self.hyper, &self.extra_hyper)
+    }
+
+    /// Builds the run's optimizer for `train_len` training images (which, with the batch size
+    /// and epochs, turns the schedule's epochs into steps).
+    pub fn build_optimizer(&self, train_len: usize) -> Result<Box<dyn lamb_optim::Optimizer>> {
+        let steps_per_epoch = train_len.div_ceil(self.batch_size).max(1);
+        let schedule = self.schedule.in_steps(steps_per_epoch, self.epochs);
+        crate::optim::build(
+            self.optimizer,
+            self.preset.as_deref(),
+            &self.given(),
+            schedule,
+        )
+    }
+
+    /// The optimizer and every effective hyperparameter, in one line for reports.
+    pub fn optimizer_line(&self) -> String {
+        crate::optim::settings_line(self.optimizer, self.preset.as_deref(), &self.given())
     }
 
     /// TOML text of [`RunConfig::to_settings`], with a header comment.
@@ -857,6 +974,100 @@ mod tests {
             let e = s.resolve("train").unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn hyper_table_and_flags_reach_the_optimizer_and_round_trip() {
+        let file = Settings::from_toml(
+            "optimizer = \"lars\"\nmomentum = 0.9\n[hyper]\nnesterov = true\n\
+             trust_coefficient = 0.02\nexclude_from_weight_decay = [\"bias\", \"norm\"]\n",
+            "t",
+        )
+        .unwrap();
+        let flags = Settings {
+            hyper: vec![("trust-coefficient".into(), "0.05".into())],
+            ..Default::default()
+        };
+        let cfg = file.overridden_by(&flags).resolve("train").unwrap();
+        let pairs: Vec<(&str, &str)> = cfg
+            .extra_hyper
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("exclude_from_weight_decay", "bias,norm"),
+                ("nesterov", "true"),
+                ("trust_coefficient", "0.05")
+            ]
+        );
+        let line = cfg.optimizer_line();
+        assert!(
+            line.starts_with("lars: learning_rate 1, momentum 0.9")
+                && line.contains("nesterov true")
+                && line.contains("trust_coefficient 0.05")
+                && line.contains("exclude_from_weight_decay [bias, norm]"),
+            "{line}"
+        );
+        assert_eq!(cfg.build_optimizer(100).unwrap().name(), "lars");
+        let back = Settings::from_toml(&cfg.to_toml().unwrap(), "t")
+            .unwrap()
+            .resolve("train")
+            .unwrap();
+        assert_eq!(back, cfg);
+        let plain = Settings::default().resolve("train").unwrap();
+        assert!(!plain.training_key().contains("hyper"));
+        assert_ne!(cfg.training_key(), {
+            let mut c = cfg.clone();
+            c.extra_hyper.pop();
+            c.training_key()
+        });
+        for (toml, needle) in [
+            ("[hyper]\nnesterov = true", "does not apply to lamb"),
+            ("[hyper]\nnesterovv = true", "nesterovv"),
+            ("[hyper]\nlearning_rate = 0.1", "--lr"),
+            ("[hyper]\nweight_decay_rate = 0.1", "--weight-decay"),
+            ("[hyper]\ntrust_clip = 3", "true or false"),
+            ("[hyper]\nmax_grad_norm = -1", "max_grad_norm"),
+        ] {
+            let e = Settings::from_toml(toml, "t")
+                .unwrap()
+                .resolve("train")
+                .unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{toml}: {e:#}");
+        }
+        assert!(Settings::from_toml("hyper = 3", "t").is_err());
+        assert!(Settings::from_toml("[hyper]\nx = { a = 1 }", "t").is_err());
+        assert!(hyper_pair("nesterov").is_err());
+        assert_eq!(
+            hyper_pair(" nesterov = true").unwrap(),
+            ("nesterov".to_string(), "true".to_string())
+        );
+    }
+
+    #[test]
+    fn every_optimizer_and_preset_spelling_resolves() {
+        for &kind in OptimizerKind::ALL {
+            let d = kind.description();
+            for p in d.presets {
+                for name in std::iter::once(&p.name).chain(p.aliases) {
+                    let s = Settings {
+                        optimizer: Some(kind),
+                        preset: Some(name.to_string()),
+                        ..Default::default()
+                    };
+                    let cfg = s.resolve("train").unwrap();
+                    assert_eq!(cfg.build_optimizer(10).unwrap().name(), kind.as_str());
+                }
+            }
+        }
+        let e = Settings::from_toml("optimizer = \"adamw\"\npreset = \"keras\"", "t")
+            .unwrap()
+            .resolve("train")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("adamw: one of pytorch"), "{e}");
     }
 
     #[test]

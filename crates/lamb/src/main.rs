@@ -2,8 +2,6 @@
 //! data, benchmark the engine. Every run writes a directory with its config, history, plots,
 //! weights, checkpoint and summary.
 
-mod atomic;
-mod checkpoint;
 mod compare;
 mod config;
 mod models;
@@ -13,11 +11,16 @@ mod progress;
 mod report;
 mod run;
 mod sweep;
+mod tensorboard;
+mod testhooks;
+
+/// Atomic writes and checkpoints live in the `lamb-run` library (shared with library users).
+pub(crate) use lamb_run::{atomic, checkpoint};
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -70,6 +73,8 @@ struct TrainArgs {
     resume: Option<PathBuf>,
     #[command(flatten)]
     settings: Settings,
+    #[command(flatten)]
+    tb: tensorboard::TbFlags,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +113,8 @@ struct CompareArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: CompareSettings,
+    #[command(flatten)]
+    tb: tensorboard::TbFlags,
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,34 +203,84 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// A flag that Ctrl-C sets (the run then stops at the next step boundary and checkpoints); a
-/// second Ctrl-C exits at once.
+/// The signals that stop a run like Ctrl-C: SIGINT, SIGTERM (`kill`) and SIGHUP (a closed
+/// terminal or ssh session).
+pub(crate) const STOP_SIGNALS: [i32; 3] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+];
+
+/// True while the process only reads (data loading): a stop signal then ends it at once, since
+/// there is nothing to save.
+static LOADING: AtomicBool = AtomicBool::new(false);
+
+/// A flag that a stop signal sets (the run then stops at the next step boundary and
+/// checkpoints); a second signal exits at once, and a signal during data loading (see
+/// [`loading`]) exits at once with a message. Exit status 130 in every case.
 fn stop_flag() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::SIGUSR1;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(
-            sig,
-            EXIT_INTERRUPTED as i32,
-            stop.clone(),
-        )
+    // SIGUSR1 asks for a graceful stop only, however often it comes: `lamb train --workers N`
+    // (and `kill -USR1 <mpirun>`) stops the ranks with it through mpirun, and a sweep's child
+    // gets it when the sweep dies.
+    for sig in STOP_SIGNALS.into_iter().chain([SIGUSR1]) {
+        // SAFETY: the action only loads an atomic, writes a constant message with write(2) and
+        // calls _exit(2), all async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(sig, || {
+                if LOADING.load(Ordering::SeqCst) {
+                    let msg = b"\nInterrupted while loading data; nothing was written.\n";
+                    libc::write(2, msg.as_ptr().cast(), msg.len());
+                    libc::_exit(EXIT_INTERRUPTED as i32);
+                }
+            })
+        }
         .context("installing the Ctrl-C handler")?;
+        if sig != SIGUSR1 {
+            signal_hook::flag::register_conditional_shutdown(
+                sig,
+                EXIT_INTERRUPTED as i32,
+                stop.clone(),
+            )
+            .context("installing the Ctrl-C handler")?;
+        }
         signal_hook::flag::register(sig, stop.clone()).context("installing the Ctrl-C handler")?;
     }
-    // `lamb train --workers N` (and `kill -USR1 <mpirun>`) stops the ranks gracefully with
-    // SIGUSR1, which mpirun forwards to every rank.
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, stop.clone())
-        .context("installing the SIGUSR1 handler")?;
     Ok(stop)
+}
+
+/// Runs `load` (reading data) in the phase where a stop signal ends the process at once.
+pub(crate) fn loading<T>(load: impl FnOnce() -> Result<T>) -> Result<T> {
+    LOADING.store(true, Ordering::SeqCst);
+    testhooks::at_load();
+    let r = load();
+    LOADING.store(false, Ordering::SeqCst);
+    r
 }
 
 /// Flags that may change when resuming (they do not change the numbers).
 fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
     let path = dir.join("config.toml");
-    if !path.is_file() {
-        bail!(
-            "{} is not a run directory: it has no config.toml (give the directory a `lamb train --out DIR` wrote)",
+    match lamb_run::rundir::inspect(dir).with_context(|| format!("reading {}", dir.display()))? {
+        lamb_run::DirState::Empty => bail!(
+            "{} holds no run: there is nothing to resume; start one with `lamb train --out {}`",
+            dir.display(),
             dir.display()
-        );
+        ),
+        lamb_run::DirState::NotARun(entries) => bail!(
+            "{} is not a lamb run directory (it holds {}, but no checkpoint or {}); give \
+             --resume a directory that `lamb train --out DIR` wrote",
+            dir.display(),
+            entries.join(", "),
+            lamb_run::rundir::MARKER
+        ),
+        _ if !path.is_file() => bail!(
+            "{} has no config.toml, which every run writes when it starts: the run directory \
+             is damaged; start a new run with `lamb train --out DIR`",
+            dir.display()
+        ),
+        _ => {}
     }
     let recorded = Settings::from_file(&path)?;
     let fixed = [
@@ -238,6 +295,7 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
         ("epsilon", flags.epsilon.is_some()),
         ("weight-decay", flags.weight_decay.is_some()),
         ("momentum", flags.momentum.is_some()),
+        ("hyper", !flags.hyper.is_empty()),
         ("activation", flags.activation.is_some()),
         ("schedule", flags.schedule.is_some()),
         ("warmup-epochs", flags.warmup_epochs.is_some()),
@@ -295,7 +353,7 @@ fn launch_workers(a: &TrainArgs, cfg: &RunConfig) -> Result<ExitCode> {
     let mut launch = lamb_dist::Launch::new(n);
     launch.threads_per_worker = cfg.threads;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    for sig in STOP_SIGNALS {
         signal_hook::flag::register(sig, stop.clone()).context("installing the Ctrl-C handler")?;
     }
     let status = launch.run_current_exe(&args, Some(&stop))?;
@@ -305,6 +363,7 @@ fn launch_workers(a: &TrainArgs, cfg: &RunConfig) -> Result<ExitCode> {
 }
 
 fn cmd_train(a: &TrainArgs) -> Result<ExitCode> {
+    tensorboard::configure(&a.tb)?;
     let settings = match (&a.resume, &a.config) {
         (Some(dir), _) => resume_settings(dir, &a.settings)?,
         (None, Some(file)) => Settings::from_file(file)?.overridden_by(&a.settings),
@@ -347,7 +406,7 @@ fn cmd_train(a: &TrainArgs) -> Result<ExitCode> {
 fn train_ranks(a: &TrainArgs, cfg: &RunConfig, comm: &mut dyn Communicator) -> Result<ExitCode> {
     set_threads(cfg.threads)?;
     let stop = stop_flag()?;
-    let data = run::load_data(cfg.data.as_deref(), cfg.limit_train, cfg.limit_test)?;
+    let data = loading(|| run::load_data(cfg.data.as_deref(), cfg.limit_train, cfg.limit_test))?;
     let r = run::train_with(cfg, &data, a.resume.is_some(), "", stop, comm)?;
     if comm.rank() > 0 {
         return Ok(match r.end {
@@ -424,6 +483,7 @@ fn cmd_evaluate(a: &EvaluateArgs) -> Result<ExitCode> {
 }
 
 fn cmd_compare(a: &CompareArgs) -> Result<ExitCode> {
+    tensorboard::configure(&a.tb)?;
     let file = match &a.config {
         Some(p) => CompareFile::from_file(p)?,
         None => CompareFile::default(),
@@ -494,16 +554,26 @@ fn cmd_data(c: &DataCommand) -> Result<ExitCode> {
 }
 
 fn cmd_bench(a: &BenchArgs) -> Result<ExitCode> {
-    if a.batch_sizes.is_empty()
-        || a.batch_sizes.contains(&0)
-        || a.epochs == 0
-        || a.train_images == 0
-        || a.val_images == 0
-    {
-        bail!("--batch-sizes, --epochs, --train-images and --val-images must all be at least 1");
+    // The same limits as `lamb train`, and images held in memory bounded (3 GB at 1,000,000).
+    let range = |flag: &str, v: usize, max: usize| {
+        if v == 0 || v > max {
+            bail!("{flag} {v}: must be between 1 and {max}");
+        }
+        Ok(())
+    };
+    if a.batch_sizes.is_empty() {
+        bail!("--batch-sizes: give at least one batch size");
     }
-    if a.optimizer_steps == 0 {
-        bail!("--optimizer-steps must be at least 1");
+    range("--train-images", a.train_images, 1_000_000)?;
+    range("--val-images", a.val_images, 1_000_000)?;
+    for &b in &a.batch_sizes {
+        range("--batch-sizes holds", b, a.train_images)
+            .context("a batch is at most the training images (--train-images)")?;
+    }
+    range("--epochs", a.epochs, 100_000)?;
+    range("--optimizer-steps", a.optimizer_steps, 100_000)?;
+    if let Some(t) = a.threads {
+        range("--threads", t, 1024)?;
     }
     set_threads(a.threads)?;
     if a.what != BenchWhat::Optimizers {
@@ -546,19 +616,31 @@ fn main() -> ExitCode {
         Command::Compare(a) => cmd_compare(a),
         Command::Data(c) => cmd_data(c),
         Command::Bench(a) => cmd_bench(a),
-        Command::Sweep(a) => sweep::run(a).map(|done| {
-            if done {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_INTERRUPTED)
-            }
-        }),
+        Command::Sweep(a) => tensorboard::configure(&a.tb)
+            .and_then(|()| sweep::run(a))
+            .map(|done| {
+                if done {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_INTERRUPTED)
+                }
+            }),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let locked = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<lamb_run::LockError>(),
+                    Some(lamb_run::LockError::Held { .. })
+                )
+            });
+            if locked {
+                ExitCode::from(lamb_run::lock::EXIT_LOCKED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

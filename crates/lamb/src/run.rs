@@ -14,6 +14,10 @@ use lamb_dist::{Communicator, Parallel, SingleProcess};
 use lamb_nn::{Activation, FitEvent, FitOptions, FitProgress, History, Model};
 use lamb_optim::Optimizer;
 
+use lamb_run::rundir::{self, DirState, RunMarker};
+use lamb_run::RunLock;
+use sha2::{Digest, Sha256};
+
 use crate::atomic::write_atomic;
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{ActivationKind, RunConfig};
@@ -31,6 +35,27 @@ pub struct RunData {
     pub train: Dataset,
     /// Test images, the validation data (after `--limit-test`).
     pub test: Dataset,
+}
+
+impl RunData {
+    /// A hash of what a run trains and validates on (shape, class names, labels and pixels of
+    /// both splits, after the limits): the same data at another path has the same fingerprint.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for d in [&self.train, &self.test] {
+            for n in [d.len(), d.height, d.width, d.channels, d.class_names.len()] {
+                h.update((n as u64).to_le_bytes());
+            }
+            for c in &d.class_names {
+                h.update((c.len() as u64).to_le_bytes());
+                h.update(c.as_bytes());
+            }
+            h.update(&d.labels);
+            h.update(&d.images);
+        }
+        let digest = h.finalize();
+        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// `n` indices spread evenly over `0..len` (`i * len / n`), in order: a subset that keeps the
@@ -124,9 +149,9 @@ pub fn display_name(cfg: &RunConfig) -> String {
     )
 }
 
-/// Whether `dir` already holds a run (a config or a checkpoint).
+/// Whether `dir` holds a run that can be resumed (it has a checkpoint).
 pub fn holds_run(dir: &Path) -> bool {
-    dir.join("config.toml").exists() || dir.join(checkpoint::FILE).exists()
+    matches!(rundir::inspect(dir), Ok(DirState::Resumable))
 }
 
 /// Status line of `summary.md`.
@@ -171,21 +196,7 @@ fn summary_markdown(s: &SummaryInput<'_>) -> String {
         ),
     };
     let _ = writeln!(md, "**Status:** {status}\n");
-    let h = &cfg.hyper;
-    let opt_line = format!(
-        "{}{}: lr {}, beta_1 {}, beta_2 {}, epsilon {}, weight decay {}, momentum {}",
-        cfg.optimizer,
-        cfg.preset
-            .as_deref()
-            .map(|p| format!(" ({p})"))
-            .unwrap_or_default(),
-        h.lr,
-        h.beta1.map(|v| v.to_string()).unwrap_or("-".into()),
-        h.beta2.map(|v| v.to_string()).unwrap_or("-".into()),
-        h.epsilon.map(|v| v.to_string()).unwrap_or("-".into()),
-        h.weight_decay,
-        h.momentum.map(|v| v.to_string()).unwrap_or("-".into())
-    );
+    let opt_line = cfg.optimizer_line();
     let _ = writeln!(md, "## Setup\n");
     let _ = writeln!(md, "- optimizer: {opt_line}");
     if cfg.model == crate::config::SEED_CNN {
@@ -315,30 +326,83 @@ pub fn train(
     train_with(cfg, data, resume, tag, stop, &mut SingleProcess::new())
 }
 
-/// Rank 0's part of starting a run: the directory check, creating it, and on `resume` reading
-/// the checkpoint into `model`, `opt` and `progress`.
+/// Rank 0's part of starting a run: lock the directory (held until the run ends), check what
+/// it holds, remove temporary files a kill left, record or check the data, and on `resume`
+/// read the checkpoint into `model`, `opt` and `progress`. A run that stopped before its first
+/// checkpoint starts again from the beginning, whether asked to resume or to start.
 #[allow(clippy::too_many_arguments)]
 fn start_run(
     dir: &Path,
     ck_path: &Path,
     key: &str,
     resume: bool,
+    data: &RunData,
     model: &mut Model,
     opt: &mut dyn Optimizer,
     progress: &mut FitProgress,
     out: &Progress,
     name: &str,
-) -> Result<()> {
-    if !resume && holds_run(dir) {
-        bail!(
+) -> Result<(RunLock, bool)> {
+    let lock = RunLock::acquire(dir)?;
+    let state = rundir::inspect(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let resume = match state {
+        DirState::Empty if resume => bail!(
+            "{} holds no run: there is nothing to resume; start one with `lamb train --out {}`",
+            dir.display(),
+            dir.display()
+        ),
+        DirState::Empty => false,
+        DirState::NotARun(entries) => bail!(
+            "{} is not empty and is not a lamb run directory (it holds {}); give --out a new or \
+             empty directory",
+            dir.display(),
+            entries.join(", ")
+        ),
+        DirState::NotCheckpointed => {
+            out.warn(&format!(
+                "{} holds a run that stopped before its first checkpoint (nothing to resume): \
+                 starting it again from the beginning",
+                dir.display()
+            ));
+            false
+        }
+        DirState::Resumable if !resume => bail!(
             "{} already holds a run; continue it with `lamb train --resume {}` or choose another --out",
             dir.display(),
             dir.display()
-        );
+        ),
+        DirState::Resumable => true,
+    };
+    let removed = rundir::remove_stale_temporaries(dir)
+        .with_context(|| format!("removing temporary files in {}", dir.display()))?;
+    if !removed.is_empty() {
+        out.warn(&format!(
+            "Removed {} temporary file(s) left by an earlier stop: {}",
+            removed.len(),
+            removed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating run directory {}", dir.display()))?;
+    let fingerprint = data.fingerprint();
     if resume {
+        if let Some(m) = RunMarker::read(dir)? {
+            if m.data_fingerprint != fingerprint {
+                bail!(
+                    "{} was trained on other data: it recorded {} (fingerprint {}), this command \
+                     loaded {} (fingerprint {}); resume it with the data it started with \
+                     (--data {})",
+                    dir.display(),
+                    m.data_source.display(),
+                    m.data_fingerprint,
+                    data.source.display(),
+                    fingerprint,
+                    m.data_source.display()
+                );
+            }
+        }
         let ck = Checkpoint::load(ck_path)?;
         ck.restore(ck_path, model, opt, key)?;
         *progress = ck.progress;
@@ -350,7 +414,8 @@ fn start_run(
             progress.step
         ));
     }
-    Ok(())
+    RunMarker::new(&data.source, &fingerprint).write(dir)?;
+    Ok((lock, resume))
 }
 
 /// Trains one run into `cfg.out` over the ranks of `comm` (every rank calls it with the same
@@ -381,22 +446,24 @@ pub fn train_with(
     };
     let mut out = Progress::new(mode, tag, cfg.epochs);
     let mut model = crate::models::build(&cfg.model, cfg.activation, cfg.seed)?;
-    let mut opt = crate::optim::build_for_run(cfg, data.train.len())?;
+    let mut opt = cfg.build_optimizer(data.train.len())?;
     let ck_path = dir.join(checkpoint::FILE);
     let mut progress = FitProgress::default();
+    let mut tb = None;
     let setup = if root {
         start_run(
             &dir,
             &ck_path,
             &key,
             resume,
+            data,
             &mut model,
             opt.as_mut(),
             &mut progress,
             &out,
             &name,
         )
-        .and_then(|()| {
+        .and_then(|(lock, resumed)| {
             if progress.epoch > cfg.epochs {
                 bail!(
                     "--epochs {} is below the {} epochs {} has already completed; give --epochs {} \
@@ -407,10 +474,17 @@ pub fn train_with(
                     progress.epoch
                 );
             }
-            Ok(())
+            Ok((Some(lock), resumed))
+        })
+        .and_then(|started| {
+            // TensorBoard event files (rank 0; `None` under --no-tensorboard).
+            let steps = data.train.len().div_ceil(cfg.batch_size);
+            let trust = cfg.optimizer.has_trust_ratio();
+            tb = crate::tensorboard::TbRun::open(&dir, &model, &progress, steps, trust)?;
+            Ok(started)
         })
     } else {
-        Ok(())
+        Ok((None, resume))
     };
     if comm.size() > 1 {
         // Every rank learns whether rank 0 could start, then gets its weights, optimizer
@@ -420,14 +494,15 @@ pub fn train_with(
         if failed[0] > 0.0 {
             return Err(match setup {
                 Err(e) => e.context(StartFailed),
-                Ok(()) => anyhow::Error::new(StartFailed),
+                Ok(_) => anyhow::Error::new(StartFailed),
             });
         }
         if resume {
             lamb_dist::sync_from_root(&mut model, Some(opt.as_mut()), &mut progress, comm)?;
         }
     }
-    setup?;
+    // The lock is held until the run ends; a run that never reached a checkpoint starts fresh.
+    let (_lock, resume) = setup?;
     let parallel = format!(
         "{} x {} ({}); accumulate: {} micro-batch{} per rank and step",
         comm.size(),
@@ -496,9 +571,20 @@ pub fn train_with(
                         step,
                         steps_per_epoch,
                         running,
+                        telemetry,
                         ..
-                    } => out.step(*epoch, *step, *steps_per_epoch, *running),
+                    } => {
+                        if let Some(tb) = tb.as_mut() {
+                            tb.step(*epoch, *step, *steps_per_epoch, *running, telemetry, &stop);
+                        }
+                        out.step(*epoch, *step, *steps_per_epoch, *running);
+                        let global = (*epoch as u64 - 1) * *steps_per_epoch as u64 + *step as u64;
+                        crate::testhooks::at_step(global, &stop);
+                    }
                     FitEvent::EpochEnd { record, progress } => {
+                        if let Some(tb) = tb.as_mut() {
+                            tb.epoch_end(record);
+                        }
                         out.epoch_end(record, steps);
                         next = Some((*progress).clone());
                     }
@@ -541,8 +627,21 @@ pub fn train_with(
         // Rank 0's checkpoint stands for every rank: check that they all hold its weights.
         lamb_dist::check_in_sync(&model, comm)?;
         if root {
-            Checkpoint::capture(&model, opt.as_ref(), &p, &key).save(&ck_path)?;
-            write_history(&dir, &p.history)?;
+            let saved = Checkpoint::capture(&model, opt.as_ref(), &p, &key)
+                .save(&ck_path)
+                .map_err(anyhow::Error::new)
+                .and_then(|()| write_history(&dir, &p.history));
+            if let Err(e) = saved {
+                mark_failed(&dir, &format!("{e:#}"), |m| {
+                    summary(Status::Failed(m), &model, &progress.history)
+                });
+                return Err(e.context(format!(
+                    "saving the checkpoint of {name} failed (disk full?); the run stopped"
+                )));
+            }
+            if let Some(tb) = tb.as_mut() {
+                tb.checkpointed(&model, &p)?;
+            }
         }
         progress = p;
         if stopped {
@@ -558,6 +657,9 @@ pub fn train_with(
                     &model,
                     &progress.history,
                 )?;
+                if let Some(tb) = &tb {
+                    out.info(&tb.report());
+                }
                 out.warn(&format!(
                     "Stopped at epoch {}, step {}/{}; checkpoint written to {}.\nResume with: lamb train --resume {}",
                     progress.epoch + 1,
@@ -578,21 +680,52 @@ pub fn train_with(
         }
     }
     if root {
-        model.save_safetensors(&dir.join("weights.safetensors"))?;
-        write_history(&dir, &progress.history)?;
-        write_run_plots(
-            &dir,
-            &name,
-            &progress.history,
-            cfg.optimizer.has_trust_ratio(),
-        )?;
-        summary(Status::Completed, &model, &progress.history)?;
+        let written = model
+            .save_safetensors(&dir.join("weights.safetensors"))
+            .map_err(anyhow::Error::new)
+            .and_then(|()| write_history(&dir, &progress.history))
+            .and_then(|()| {
+                write_run_plots(
+                    &dir,
+                    &name,
+                    &progress.history,
+                    cfg.optimizer.has_trust_ratio(),
+                )
+            })
+            .and_then(|()| summary(Status::Completed, &model, &progress.history));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(dir.join("weights.safetensors"));
+            mark_failed(&dir, &format!("{e:#}"), |m| {
+                summary(Status::Failed(m), &model, &progress.history)
+            });
+            return Err(e.context(format!(
+                "writing the results of {name} failed (disk full?); its checkpoint is kept in {}",
+                ck_path.display()
+            )));
+        }
+        if let Some(tb) = &tb {
+            out.info(&tb.report());
+        }
     }
     Ok(RunResult {
         end: RunEnd::Completed,
         history: progress.history,
         dir,
     })
+}
+
+/// Marks a run FAILED in its `summary.md` after a write failed: through `write` (the full
+/// summary, written atomically), else, when even that fails (a full disk has no room for the
+/// temporary file), by overwriting the file in place with one status line, so the run never
+/// stays marked RUNNING.
+fn mark_failed(dir: &Path, msg: &str, write: impl FnOnce(&str) -> Result<()>) {
+    if write(msg).is_ok() {
+        return;
+    }
+    let _ = std::fs::write(
+        dir.join("summary.md"),
+        format!("# Run\n\n**Status:** FAILED: {msg}\n"),
+    );
 }
 
 /// A one-paragraph final summary of a completed run (printed in every mode).

@@ -307,6 +307,9 @@ mod mpi {
         ] {
             assert!(d0.join("run").join(f).is_file(), "rank 0 did not write {f}");
         }
+        for d in ["tb/train", "tb/validation"] {
+            assert!(d0.join("run").join(d).is_dir(), "rank 0 did not write {d}");
+        }
         assert!(
             std::fs::read_dir(&d1).unwrap().next().is_none(),
             "rank 1 wrote into its working directory"

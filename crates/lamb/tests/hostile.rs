@@ -5,30 +5,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lamb");
+mod common;
 
-/// Writes an official-layout directory: `per_file` records in each training batch, 10 test
-/// records, pseudo-random pixels, labels cycling over 0..9.
-fn official(dir: &Path, per_file: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut state = 0x2545_f491_u32;
-    let mut records = |n: usize| -> Vec<u8> {
-        let mut out = Vec::with_capacity(n * 3073);
-        for i in 0..n {
-            out.push((i % 10) as u8);
-            for _ in 0..3072 {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                out.push((state >> 24) as u8);
-            }
-        }
-        out
-    };
-    for k in 1..=5 {
-        let name = format!("data_batch_{k}.bin");
-        std::fs::write(dir.join(name), records(per_file)).unwrap();
-    }
-    std::fs::write(dir.join("test_batch.bin"), records(10)).unwrap();
-}
+use common::official;
+
+use common::BIN;
 
 fn lamb(dir: &Path, args: &[&str]) -> Output {
     let o = Command::new(BIN)

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{data, fail, lamb, ok, stdout};
+use common::{data, fail, lamb, ok, stdout, wait_unlocked};
 
 const GRID: &str = r#"
 batch-sizes = [20, 100]
@@ -35,6 +35,17 @@ momentum = 0.9
 "#;
 
 fn sweep(dir: &Path, data: &Path, grid: &Path, out: &Path) -> std::process::Command {
+    sweep_jobs(dir, data, grid, out, 2)
+}
+
+/// [`sweep`] running `jobs` runs at a time.
+fn sweep_jobs(
+    dir: &Path,
+    data: &Path,
+    grid: &Path,
+    out: &Path,
+    jobs: usize,
+) -> std::process::Command {
     let mut c = lamb(dir);
     c.arg("sweep")
         .arg("--config")
@@ -43,7 +54,7 @@ fn sweep(dir: &Path, data: &Path, grid: &Path, out: &Path) -> std::process::Comm
         .arg(out)
         .arg("--data")
         .arg(data)
-        .args(["--jobs", "2", "--threads", "1"]);
+        .args(["--jobs", &jobs.to_string(), "--threads", "1"]);
     c
 }
 
@@ -141,45 +152,90 @@ fn bad_grids_are_refused_with_the_key_named() {
     }
 }
 
-#[test]
-fn ctrl_c_stops_the_runs_resumably_and_the_same_command_finishes_them() {
-    let Some(data) = data() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let grid = tmp.path().join("grid.toml");
-    // One longer run: 3000 images in batches of 20 (150 steps per epoch), 30 epochs: a few
-    // seconds even where the engine is fast (2 epochs took 0.3 s, shorter than the wait
-    // below), so the interrupt lands mid-run.
-    let long = GRID
-        .replace("\nepochs = 2\n", "\nepochs = 30\n")
+/// The grid with only its LAMB run (batch 20: 20 steps per epoch).
+fn one_run_grid(tmp: &Path) -> (std::path::PathBuf, &'static str) {
+    let grid = tmp.join("grid.toml");
+    let one = GRID
         .replace("batch-sizes = [20, 100]", "batch-sizes = [20]")
-        .replace("train-images = 400", "train-images = 3000")
         .replace(
             "[[optimizers]]\noptimizer = \"sgd\"\nbase-lr = 0.01\nmomentum = 0.9\n",
             "",
         );
-    std::fs::write(&grid, &long).unwrap();
+    std::fs::write(&grid, one).unwrap();
+    (grid, "lamb-b20-lr2.000e-3")
+}
+
+/// Waits until the run's log shows that its trainer reached the pause point.
+fn wait_paused(run: &Path) {
+    let t = Instant::now();
+    while !std::fs::read_to_string(run.join("train.log"))
+        .unwrap_or_default()
+        .contains("LAMB_TEST_PAUSED")
+    {
+        // A guard against a hang, not a timing assumption.
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "the run never paused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The PID of the process holding run directory `run` (its lock file's content).
+fn holder(run: &Path) -> i32 {
+    std::fs::read_to_string(run.join(".lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Whether process `pid` still runs (a zombie, ended but not yet reaped by its new parent,
+/// does not).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// Stops a sweep with `sig` while its run is held at step 5 of 20, then checks that the run
+/// stopped at a checkpoint, its trainer is gone, and the same command finishes it.
+fn stop_sweep_and_finish(sig: i32, expect_exit: Option<i32>) {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (grid, id) = one_run_grid(tmp.path());
     let out = tmp.path().join("sw");
     let mut child = sweep(tmp.path(), &data, &grid, &out)
+        .env("LAMB_TEST_PAUSE_AT", "5")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let run = out.join("runs/lamb-b20-lr2.000e-3");
-    let t0 = Instant::now();
-    // Wait until the run has trained a while (its config is written when training starts).
-    while !run.join("config.toml").is_file() && t0.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(700));
+    let run = out.join("runs").join(id);
+    wait_paused(&run);
+    let trainer = holder(&run);
     // SAFETY: kill(2) on our own child.
     unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        libc::kill(child.id() as libc::pid_t, sig);
     }
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "an interrupted sweep exits 130");
+    assert_eq!(status.code(), expect_exit, "the sweep's exit");
+    // The trainer checkpoints and exits whether the sweep asked it (SIGINT, SIGHUP) or died
+    // (SIGKILL: the parent-death signal).
+    wait_unlocked(&run);
+    assert!(!alive(trainer), "the trainer {trainer} outlived its sweep");
     assert!(
         run.join("checkpoint/checkpoint.safetensors").is_file(),
         "the stopped run left a checkpoint"
+    );
+    let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("INTERRUPTED at epoch 1, step 5/20"),
+        "{summary}"
     );
     assert!(
         !run.join("sweep-status.json").is_file(),
@@ -189,5 +245,73 @@ fn ctrl_c_stops_the_runs_resumably_and_the_same_command_finishes_them() {
     assert!(
         again.contains("resume") && again.contains("1 completed"),
         "{again}"
+    );
+}
+
+#[test]
+fn ctrl_c_stops_the_runs_resumably_and_the_same_command_finishes_them() {
+    stop_sweep_and_finish(libc::SIGINT, Some(130));
+}
+
+#[test]
+fn sighup_stops_a_sweep_like_ctrl_c() {
+    stop_sweep_and_finish(libc::SIGHUP, Some(130));
+}
+
+#[test]
+fn a_killed_sweep_takes_its_trainers_with_it() {
+    stop_sweep_and_finish(libc::SIGKILL, None);
+}
+
+#[test]
+fn two_sweeps_on_one_directory_never_run_the_same_run() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = tmp.path().join("grid.toml");
+    std::fs::write(
+        &grid,
+        GRID.replace("batch-sizes = [20, 100]", "batch-sizes = [20]"),
+    )
+    .unwrap();
+    let out = tmp.path().join("sw");
+    // The first worker runs one run at a time and is held inside its first run.
+    let mut first = sweep_jobs(tmp.path(), &data, &grid, &out, 1)
+        .env("LAMB_TEST_PAUSE_AT", "5")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runs = ["lamb-b20-lr2.000e-3", "sgd-b20-lr1.000e-2"].map(|id| out.join("runs").join(id));
+    let t = Instant::now();
+    let held = loop {
+        if let Some(r) = runs.iter().find(|r| {
+            std::fs::read_to_string(r.join("train.log"))
+                .unwrap_or_default()
+                .contains("LAMB_TEST_PAUSED")
+        }) {
+            break r.clone();
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "no run paused");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let other = runs.iter().find(|r| **r != held).unwrap();
+    // A second worker on the same directory leaves the held run alone and does the other.
+    let second = stdout(&ok(&mut sweep_jobs(tmp.path(), &data, &grid, &out, 1)));
+    assert!(
+        second.contains("1 run(s) are held by another process"),
+        "{second}"
+    );
+    assert!(second.contains("1 completed"), "{second}");
+    assert!(other.join("sweep-status.json").is_file());
+    assert!(!held.join("sweep-status.json").is_file());
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(first.id() as libc::pid_t, libc::SIGINT);
+    }
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+    let last = stdout(&ok(&mut sweep(tmp.path(), &data, &grid, &out)));
+    assert!(
+        last.contains("1 completed") && last.contains("1 kept"),
+        "{last}"
     );
 }

@@ -11,40 +11,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use super::spec::{RunPlan, SweepSpec};
+use super::status::{RunStatus, STATUS_FILE};
+use lamb_run::lock::EXIT_LOCKED;
+use lamb_run::{LockError, RunLock};
+
 use crate::atomic::write_atomic;
 use crate::config::ScheduleKind;
 
-/// File in each run directory recording how the sweep's child ended (absent: not finished).
-pub const STATUS_FILE: &str = "sweep-status.json";
 /// The child's output (appended to on resume).
-pub const LOG_FILE: &str = "train.log";
-
-/// How a run ended, as recorded in [`STATUS_FILE`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunStatus {
-    /// `completed` or `failed`.
-    pub state: String,
-    /// Exit status of the child's last invocation.
-    pub exit_code: Option<i32>,
-    /// Last lines of the log for failures (e.g. the divergence message), empty otherwise.
-    pub message: String,
-}
-
-impl RunStatus {
-    /// Reads a run directory's status file (`None` when absent or unreadable: not finished).
-    pub fn read(run_dir: &Path) -> Option<RunStatus> {
-        let text = std::fs::read_to_string(run_dir.join(STATUS_FILE)).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    /// Whether the run completed all its epochs.
-    pub fn completed(&self) -> bool {
-        self.state == "completed"
-    }
-}
+pub use lamb_run::rundir::LOG_FILE;
 
 /// How the sweep runs its children.
 #[derive(Clone, Debug)]
@@ -72,6 +49,8 @@ pub struct Tally {
     pub failed: usize,
     /// Runs stopped by Ctrl-C (resumable) or not started because of it.
     pub interrupted: usize,
+    /// Runs left alone because another process (another sweep worker) holds their directory.
+    pub elsewhere: usize,
 }
 
 enum Start {
@@ -94,26 +73,39 @@ pub fn run_grid(
     let mut tally = Tally::default();
     for p in plans {
         let d = runs.join(&p.id);
+        if RunLock::is_held(&d) {
+            // Another sweep worker (or a `lamb train` by hand) is running it.
+            tally.elsewhere += 1;
+            continue;
+        }
         match RunStatus::read(&d) {
             Some(s) if s.completed() || !ex.retry_failed => {
                 tally.skipped += 1;
                 continue;
             }
             Some(_) => {
-                std::fs::remove_dir_all(&d)
-                    .with_context(|| format!("removing failed run {} to retry it", d.display()))?;
+                if !remove_unless_held(&d, "failed run, to retry it")? {
+                    tally.elsewhere += 1;
+                    continue;
+                }
                 todo.push((p, Start::Fresh));
             }
             None if d.join(crate::checkpoint::FILE).is_file() => todo.push((p, Start::Resume)),
             None => {
-                if d.exists() {
-                    // Stopped before its first checkpoint: nothing to keep.
-                    std::fs::remove_dir_all(&d)
-                        .with_context(|| format!("removing unfinished run {}", d.display()))?;
+                // Stopped before its first checkpoint: nothing to keep.
+                if d.exists() && !remove_unless_held(&d, "unfinished run")? {
+                    tally.elsewhere += 1;
+                    continue;
                 }
                 todo.push((p, Start::Fresh));
             }
         }
+    }
+    if tally.elsewhere > 0 {
+        println!(
+            "{} run(s) are held by another process (another sweep worker?) and left to it",
+            tally.elsewhere
+        );
     }
     if tally.skipped > 0 {
         println!(
@@ -152,6 +144,7 @@ pub fn run_grid(
                     Ok(Ended::Completed) => t.completed += 1,
                     Ok(Ended::Failed) => t.failed += 1,
                     Ok(Ended::Interrupted) => t.interrupted += 1,
+                    Ok(Ended::Elsewhere) => t.elsewhere += 1,
                     Err(e) => {
                         if let Ok(mut slot) = error.lock() {
                             slot.get_or_insert(e);
@@ -166,7 +159,7 @@ pub fn run_grid(
         return Err(e);
     }
     let mut t = shared.into_inner().unwrap_or_else(|e| e.into_inner());
-    let started = t.completed + t.failed + t.interrupted;
+    let started = t.completed + t.failed + t.interrupted + t.elsewhere;
     t.interrupted += total.saturating_sub(started);
     Ok(t)
 }
@@ -175,6 +168,20 @@ enum Ended {
     Completed,
     Failed,
     Interrupted,
+    /// Another process took the run directory first.
+    Elsewhere,
+}
+
+/// Removes `dir` while holding its lock; `false` (nothing removed) when another process holds
+/// it. `what` says what it is, for errors.
+fn remove_unless_held(dir: &Path, what: &str) -> Result<bool> {
+    let _lock = match RunLock::acquire(dir) {
+        Ok(l) => l,
+        Err(LockError::Held { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {what} {}", dir.display()))?;
+    Ok(true)
 }
 
 /// The `lamb train` arguments of a fresh run.
@@ -220,6 +227,7 @@ pub fn train_args(spec: &SweepSpec, p: &RunPlan, out: &Path, ex: &Execution) -> 
 
 fn common_args(a: &mut Vec<String>, ex: &Execution) {
     a.extend(["--threads".into(), ex.threads.to_string(), "--quiet".into()]);
+    a.extend(crate::tensorboard::child_args());
     if let Some(d) = &ex.data {
         a.extend(["--data".into(), d.display().to_string()]);
     }
@@ -267,14 +275,33 @@ fn run_one(
         p.id
     );
     let began = Instant::now();
-    let mut child = Command::new(exe)
-        .args(&args)
+    let mut cmd = Command::new(exe);
+    cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err_log)
         // Own process group: a terminal Ctrl-C reaches only the sweep, which then asks each
         // child once to checkpoint (a second SIGINT would make the child exit at once).
-        .process_group(0)
+        .process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl(2), getppid(2) and kill(2) are async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(move || {
+            // When the sweep dies in any way (even SIGKILL), the child gets SIGUSR1: it
+            // checkpoints and exits, so no trainer outlives its sweep. Not SIGTERM: the
+            // signal comes again each time the child is handed to another of the dying
+            // sweep's threads, and a second SIGTERM means "exit now", a second SIGUSR1 nothing.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The sweep may have died before the prctl took effect.
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGUSR1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
     let mut asked = false;
@@ -293,6 +320,13 @@ fn run_one(
     };
     let secs = began.elapsed().as_secs_f64();
     let code = status.code();
+    if code == Some(i32::from(EXIT_LOCKED)) {
+        println!(
+            "[{index:>3}/{total}] skip   {} (another process holds it)",
+            p.id
+        );
+        return Ok(Ended::Elsewhere);
+    }
     if code == Some(0) && dir.join("weights.safetensors").is_file() {
         write_status(&dir, "completed", code, String::new())?;
         println!(
@@ -343,10 +377,18 @@ fn write_status(dir: &Path, state: &str, exit_code: Option<i32>, message: String
 
 /// The last `n` non-empty lines of a text file (empty if unreadable).
 fn tail(path: &Path, n: usize) -> String {
-    let Ok(f) = File::open(path) else {
+    // The end of the log only (a diverged run's message is in its last lines).
+    let Ok(mut f) = File::open(path) else {
         return String::new();
     };
-    let text = std::io::read_to_string(f).unwrap_or_default();
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = std::io::Seek::seek(
+        &mut f,
+        std::io::SeekFrom::Start(len.saturating_sub(64 << 10)),
+    );
+    let mut raw = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 << 10), &mut raw);
+    let text = String::from_utf8_lossy(&raw);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod report;
 pub mod spec;
+pub mod status;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +68,8 @@ pub struct SweepArgs {
     /// Only rewrite the table and plots from the runs already there.
     #[arg(long, conflicts_with = "dry_run")]
     pub report: bool,
+    #[command(flatten)]
+    pub tb: crate::tensorboard::TbFlags,
 }
 
 fn cores() -> usize {
@@ -160,7 +163,7 @@ pub fn run(a: &SweepArgs) -> Result<bool> {
     let mut tally = Tally::default();
     if !a.report {
         let stop = Arc::new(AtomicBool::new(false));
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        for sig in crate::STOP_SIGNALS {
             signal_hook::flag::register(sig, stop.clone())
                 .context("installing the Ctrl-C handler")?;
         }
@@ -190,8 +193,16 @@ pub fn run(a: &SweepArgs) -> Result<bool> {
         return Ok(true);
     }
     println!(
-        "This invocation: {} completed, {} failed, {} kept from before, {} not finished",
-        tally.completed, tally.failed, tally.skipped, tally.interrupted
+        "This invocation: {} completed, {} failed, {} kept from before, {} not finished{}",
+        tally.completed,
+        tally.failed,
+        tally.skipped,
+        tally.interrupted,
+        if tally.elsewhere > 0 {
+            format!(", {} left to another process", tally.elsewhere)
+        } else {
+            String::new()
+        }
     );
     if tally.interrupted > 0 {
         println!("Stopped. Run the same command again to continue (finished runs are kept).");

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use lamb_nn::History;
 
-use super::exec::RunStatus;
 use super::spec::{RunPlan, SweepSpec};
+use super::status::RunStatus;
 use crate::atomic::write_atomic;
 use crate::plots::{write_chart, Chart, Dash, Series};
 use crate::report::{trust_ratio_chart, RunStats};

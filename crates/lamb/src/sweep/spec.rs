@@ -169,12 +169,16 @@ pub struct RunPlan {
     pub lr: f64,
 }
 
+/// The most runs one sweep holds (the full preset has 175).
+pub const MAX_RUNS: usize = 10_000;
+
 impl SweepSpec {
     /// Reads a sweep file (TOML).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::config::read_config_text(path)
             .with_context(|| format!("reading sweep file {}", path.display()))?;
         let spec: SweepSpec = toml::from_str(&text)
+            .map_err(|e| crate::config::toml_error(&e, &text, &path.display().to_string()))
             .with_context(|| format!("invalid sweep file {}", path.display()))?;
         spec.validate()
             .with_context(|| format!("invalid sweep file {}", path.display()))?;
@@ -220,6 +224,32 @@ impl SweepSpec {
         }
         if self.epochs == 0 {
             bail!("`epochs` = 0: must be at least 1");
+        }
+        let runs = self
+            .batch_sizes
+            .len()
+            .saturating_mul(self.optimizers.len())
+            .saturating_mul(self.lr_multipliers.len());
+        if runs > MAX_RUNS {
+            bail!(
+                "the grid has {} batch sizes x {} optimizers x {} learning rates = {runs} runs; \
+                 a sweep holds at most {MAX_RUNS} (split it into several sweeps)",
+                self.batch_sizes.len(),
+                self.optimizers.len(),
+                self.lr_multipliers.len()
+            );
+        }
+        // Each optimizer's preset and values, checked by its description now rather than
+        // when its first run starts.
+        for o in &self.optimizers {
+            let given = crate::optim::Given {
+                lr: Some(o.base_lr),
+                weight_decay: o.weight_decay,
+                momentum: o.momentum,
+                ..Default::default()
+            };
+            crate::optim::effective(o.optimizer, o.preset.as_deref(), &given)
+                .with_context(|| format!("optimizer `{}` of the grid", o.label()))?;
         }
         let mut ids: Vec<String> = self.plan().into_iter().map(|p| p.id).collect();
         let n = ids.len();
@@ -367,5 +397,20 @@ mod tests {
             .contains("batch-sizes"));
         let unknown = format!("{text}\nbogus = 1\n");
         assert!(toml::from_str::<SweepSpec>(&unknown).is_err());
+        // Presets and values are checked against the optimizer's description.
+        for (change, needle) in [
+            ("preset", "lamb-nope"),
+            ("momentum", "does not apply to lamb"),
+            ("weight-decay", "weight-decay"),
+        ] {
+            let mut bad = s.clone();
+            match change {
+                "preset" => bad.optimizers[0].preset = Some("nope".into()),
+                "momentum" => bad.optimizers[0].momentum = Some(0.9),
+                _ => bad.optimizers[0].weight_decay = Some(-1.0),
+            }
+            let e = format!("{:#}", bad.validate().unwrap_err());
+            assert!(e.contains(needle), "{change}: {e}");
+        }
     }
 }

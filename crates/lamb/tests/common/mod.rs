@@ -79,3 +79,118 @@ pub fn fail(c: &mut Command) -> String {
     );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A `lamb` process held at a known point by its hidden pause hook (`LAMB_TEST_PAUSE_AT`):
+/// signals sent to it land exactly there, however fast or loaded the machine is.
+pub struct Paused {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its standard error, line by line (read on a thread).
+    pub stderr: std::sync::mpsc::Receiver<String>,
+    /// Its standard error up to the pause line.
+    pub before: String,
+}
+
+/// Spawns `c` with `LAMB_TEST_PAUSE_AT=at` (`load`, or a global step from 1) and waits until
+/// it announces on stderr that it has reached that point.
+pub fn spawn_paused(c: &mut Command, at: &str) -> Paused {
+    use std::io::BufRead;
+    let mut child = c
+        .env("LAMB_TEST_PAUSE_AT", at)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting lamb");
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut before = String::new();
+    loop {
+        // A guard against a hang, not a timing assumption: the line comes after a few steps.
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(600))
+            .unwrap_or_else(|_| panic!("lamb never reached the pause point {at}:\n{before}"));
+        if line.starts_with("LAMB_TEST_PAUSED") {
+            break;
+        }
+        before.push_str(&line);
+        before.push('\n');
+    }
+    Paused {
+        child,
+        stderr: rx,
+        before,
+    }
+}
+
+impl Paused {
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(r, 0, "kill failed");
+    }
+
+    /// Waits for the process to end; its exit status and the rest of its stderr.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        let rest: Vec<String> = self.stderr.iter().collect();
+        let err = rest.join("\n");
+        assert!(!err.contains("panicked"), "lamb panicked:\n{err}");
+        (status, err)
+    }
+}
+
+/// Waits until no process holds the lock of run directory `dir` (a process that was told to
+/// stop, or whose parent died, has ended); panics after 10 minutes.
+pub fn wait_unlocked(dir: &Path) {
+    let t = std::time::Instant::now();
+    loop {
+        let held = std::fs::File::open(dir.join(".lock"))
+            .map(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+            .unwrap_or(false);
+        if !held {
+            return;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(600),
+            "{} stayed locked",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Writes an official-layout directory: `per_file` records in each training batch, 10 test
+/// records, pseudo-random pixels, labels cycling over 0..9.
+pub fn official(dir: &Path, per_file: usize) {
+    official_seeded(dir, per_file, 0x2545_f491);
+}
+
+/// [`official`] with pixels from another pseudo-random `seed` (other data, same shape).
+pub fn official_seeded(dir: &Path, per_file: usize, seed: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut state = seed;
+    let mut records = |n: usize| -> Vec<u8> {
+        let mut out = Vec::with_capacity(n * 3073);
+        for i in 0..n {
+            out.push((i % 10) as u8);
+            for _ in 0..3072 {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                out.push((state >> 24) as u8);
+            }
+        }
+        out
+    };
+    for k in 1..=5 {
+        let name = format!("data_batch_{k}.bin");
+        std::fs::write(dir.join(name), records(per_file)).unwrap();
+    }
+    std::fs::write(dir.join("test_batch.bin"), records(10)).unwrap();
+}

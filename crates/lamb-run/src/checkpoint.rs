@@ -79,7 +79,7 @@ pub struct Checkpoint {
     pub params: Vec<(String, Vec<usize>, Vec<f32>)>,
     /// Full optimizer state.
     pub optimizer: OptimizerState,
-    /// The settings that decide the numbers ([`crate::config::RunConfig::training_key`]).
+    /// The settings that decide the numbers (the command's `RunConfig::training_key`).
     pub config_key: String,
 }
 
@@ -262,12 +262,23 @@ impl Checkpoint {
 
     /// Reads and verifies a checkpoint (format, checksum, structure).
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => CheckpointError::Missing { path: path.into() },
-            _ => CheckpointError::Io {
+        let bytes = lamb_nn::files::read_safetensors(path).map_err(|e| match e {
+            lamb_nn::NnError::Io { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound => {
+                CheckpointError::Missing { path: path.into() }
+            }
+            lamb_nn::NnError::Weights { message, .. } => CheckpointError::Corrupt {
+                path: path.into(),
+                message,
+            },
+            lamb_nn::NnError::Io { cause, .. } => CheckpointError::Io {
                 action: "read",
                 path: path.into(),
-                source: e.into(),
+                source: cause.into(),
+            },
+            other => CheckpointError::Io {
+                action: "read",
+                path: path.into(),
+                source: other.into(),
             },
         })?;
         Self::from_bytes(&bytes, path)
@@ -450,6 +461,37 @@ mod tests {
     use lamb_nn::{classic_cnn, Activation, Padding, Sequential};
     use lamb_optim::{Lamb, LambConfig};
 
+    /// A history of `acc.len()` epochs with these validation accuracies and losses, each epoch
+    /// with the trust ratios of two tensors.
+    pub(super) fn history(acc: &[f64], loss: &[f64]) -> lamb_nn::History {
+        let stats = |name: &str, mean: f64| lamb_nn::TensorStats {
+            name: name.into(),
+            mean,
+            min: 0.1,
+            max: 1.0,
+            last: 0.5,
+            weight_norm_last: 1.0,
+            update_norm_last: 2.0,
+        };
+        lamb_nn::History {
+            epochs: acc
+                .iter()
+                .zip(loss)
+                .enumerate()
+                .map(|(i, (&a, &l))| lamb_nn::EpochRecord {
+                    epoch: i + 1,
+                    loss: l * 0.8,
+                    accuracy: a + 0.05,
+                    val_loss: Some(l),
+                    val_accuracy: Some(a),
+                    train_seconds: 1.0 + i as f64,
+                    val_seconds: 0.5,
+                    trust_ratios: vec![stats("conv2d/kernel", 0.5), stats("conv2d/bias", 0.02)],
+                })
+                .collect(),
+        }
+    }
+
     fn trained() -> (Model, Lamb, FitProgress) {
         let mut model = classic_cnn(Activation::Relu, 3).unwrap();
         let mut opt = Lamb::new(LambConfig::default()).unwrap();
@@ -457,7 +499,7 @@ mod tests {
             .map(|i| ((i * 7919) % 255) as f32 / 255.0)
             .collect();
         model.train_step(&x, &[1, 2, 3, 4], &mut opt).unwrap();
-        let mut history = crate::report::tests::history(&[0.5, 0.25], &[1.5, f64::NAN]);
+        let mut history = history(&[0.5, 0.25], &[1.5, f64::NAN]);
         history.epochs[1].val_accuracy = None;
         history.epochs[0].trust_ratios[1].mean = f64::INFINITY;
         let telemetry = vec![lamb_nn::TelemetryAccum {
@@ -521,7 +563,7 @@ mod tests {
         let e = anyhow::Error::new(Checkpoint::load(dir.path()).unwrap_err());
         let text = format!("{e:#}");
         assert!(text.starts_with("cannot read checkpoint"), "{text}");
-        assert_eq!(text.matches("os error").count(), 1, "{text}");
+        assert_eq!(text.matches("is a directory").count(), 1, "{text}");
     }
 
     #[test]
@@ -618,7 +660,7 @@ mod props {
                 loss_sum: 2.5,
                 correct: 1,
                 seen: 2,
-                history: crate::report::tests::history(&[0.5], &[1.5]),
+                history: super::tests::history(&[0.5], &[1.5]),
                 telemetry: vec![],
                 train_seconds: 0.01,
             };
