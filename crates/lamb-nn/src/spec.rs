@@ -337,11 +337,8 @@ impl ModelSpec {
     /// The description stored in a weights file's metadata (`keras_model`, written by
     /// [`Model::save_safetensors`]); `Ok(None)` when the file has none.
     pub fn from_weights_file(path: &Path) -> Result<Option<Self>, NnError> {
-        let bytes = std::fs::read(path).map_err(|cause| NnError::Io {
-            action: "reading",
-            path: path.to_path_buf(),
-            cause,
-        })?;
+        // Bounded: a FIFO, device or lying header is refused without reading it.
+        let bytes = crate::files::read_safetensors(path)?;
         let (_, meta) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| NnError::Weights {
                 path: path.to_path_buf(),
@@ -367,10 +364,17 @@ impl ModelSpec {
 
     /// [`ModelSpec::from_keras_json`] of a file.
     pub fn from_file(path: &Path) -> Result<Self, NnError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| NnError::Io {
-            action: "reading",
+        // Model files are small; a FIFO, device or huge file is refused without reading it.
+        let bytes = crate::files::read_capped(path, 64 << 20, "model file").map_err(|cause| {
+            NnError::Io {
+                action: "reading",
+                path: path.to_path_buf(),
+                cause,
+            }
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| NnError::ModelFileAt {
             path: path.to_path_buf(),
-            cause,
+            cause: Box::new(NnError::ModelFile(format!("not UTF-8 text: {e}"))),
         })?;
         ModelSpec::from_keras_json(&text).map_err(|e| NnError::ModelFileAt {
             path: path.to_path_buf(),
