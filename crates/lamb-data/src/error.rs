@@ -32,9 +32,12 @@ pub enum DataError {
     /// A path exists but is none of the supported data layouts.
     #[error(
         "{path} is not a supported data layout: expected a directory holding data_batch_1.bin .. \
-         data_batch_5.bin and test_batch.bin (or a cifar-10-batches-bin/ subdirectory), a \
-         directory holding train/<class>/*.jpg|*.jpeg|*.png and test/<class>/..., or a .tar.gz / \
-         .tar archive of either"
+         data_batch_5.bin and test_batch.bin (CIFAR-10, or a cifar-10-batches-bin/ \
+         subdirectory), train.bin and test.bin (CIFAR-100, or cifar-100-binary/), the four MNIST \
+         IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], \
+         t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]), a directory holding \
+         train/<class>/*.jpg|*.jpeg|*.png and test/<class>/..., or a .tar.gz / .tar / .zip \
+         archive of images or of the CIFAR-10 batches"
     )]
     UnknownLayout {
         /// The path that was inspected.
@@ -132,7 +135,8 @@ pub enum DataError {
     /// An image's size differs from the size the split must share.
     #[error(
         "{container}: image {member} is {found_w}x{found_h}, expected {expected_w}x{expected_h} \
-         (all images must share the size of the first one, {first})"
+         (all images must share the size of the first one, {first}, unless resized with --resize \
+         HxW)"
     )]
     WrongImageSize {
         /// The archive or folder holding the image.
@@ -239,7 +243,7 @@ pub enum DataError {
     },
 
     /// No data was found where the loader looked.
-    #[error("{}", crate::locate::no_data_help(searched))]
+    #[error("{}", no_data_help(searched))]
     NoData {
         /// Every location that was searched, in order.
         searched: Vec<PathBuf>,
@@ -268,6 +272,114 @@ pub enum DataError {
         /// What was expected.
         expected: String,
     },
+
+    /// A path is a FIFO, socket or device: refused before opening (opening a FIFO blocks).
+    #[error("{path} is {kind}; expected a regular file or a directory")]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+
+    /// A file is longer than a reader accepts.
+    #[error("{path}: {size} bytes; files larger than {limit} bytes are refused here")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size (or the bytes read before giving up).
+        size: u64,
+        /// The largest size accepted.
+        limit: u64,
+    },
+
+    /// A directory holds several archives and nothing else that is data: which one is meant?
+    #[error(
+        "{path} holds {} archives ({}); name one of them with --data",
+        archives.len(),
+        archives.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    SeveralArchives {
+        /// The directory.
+        path: PathBuf,
+        /// The archives found in it.
+        archives: Vec<PathBuf>,
+    },
+
+    /// A file of a fixed binary format (CIFAR-100 batch, IDX, the data cache) is malformed.
+    #[error("{path}: {problem}; expected {expected}")]
+    BadFormat {
+        /// The file (or `archive!member`).
+        path: PathBuf,
+        /// What is wrong, with the record or offset when known.
+        problem: String,
+        /// What is valid.
+        expected: String,
+    },
+
+    /// An image's channel count differs from the one its split must share.
+    #[error(
+        "{container}: image {member} has {found} channel(s), expected {expected} (all images must \
+         share the channel count of the first one, {first}; 1 = grayscale, 3 = RGB, alpha is \
+         dropped)"
+    )]
+    WrongChannels {
+        /// The archive or folder holding the image.
+        container: PathBuf,
+        /// The image's path inside the container.
+        member: String,
+        /// Channels found.
+        found: usize,
+        /// Channels expected.
+        expected: usize,
+        /// The member that set the expected count.
+        first: String,
+    },
+
+    /// A class name that cannot be represented faithfully (not UTF-8, or with a line break).
+    #[error("{container}: class {name} {problem}")]
+    BadClassName {
+        /// The folder, archive or file naming the class.
+        container: PathBuf,
+        /// The name, escaped for display.
+        name: String,
+        /// Why it is refused and what is valid.
+        problem: String,
+    },
+
+    /// An archive holds the same image path twice (or a link it cannot resolve).
+    #[error("{container}: member {member} {problem}")]
+    BadMember {
+        /// The archive.
+        container: PathBuf,
+        /// The member's path.
+        member: String,
+        /// What is wrong and what is valid.
+        problem: String,
+    },
+}
+
+/// The message shown when no data is found: where the search looked, and the three ways to
+/// provide data (`--data PATH` or `$LAMB_DATA`, `lamb data download`, `lamb data import`).
+pub fn no_data_help(searched: &[PathBuf]) -> String {
+    let mut s = String::from(
+        "no CIFAR-10 data found: neither --data PATH nor $LAMB_DATA was given, and none of these \
+         exists:\n",
+    );
+    for p in searched {
+        s.push_str(&format!("  - {}\n", p.display()));
+    }
+    s.push_str(
+        "To fix this, do one of:\n\
+         \x20 - pass --data PATH (or set LAMB_DATA=PATH) naming a cifar-10-batches-bin directory, \
+         a folder with train/<class>/*.jpg|png and test/<class>/..., or a .tar.gz/.tar/.zip \
+         archive of either;\n\
+         \x20 - with internet access, run `lamb data download` to fetch the official binary \
+         release (170 MB) into ./data/cifar-10-batches-bin;\n\
+         \x20 - run `lamb data import ARCHIVE` to convert an image archive you already have into \
+         the binary layout for fast loading.",
+    );
+    s
 }
 
 impl DataError {

@@ -1,13 +1,20 @@
 //! Image folders and archives laid out as `<split>/<class>/<file>.jpg|.jpeg|.png` with split
-//! `train` and `test`, and `.tar.gz` / `.tar` archives (of that layout, or of the official
-//! binary layout).
+//! `train` and `test` (the torchvision ImageFolder convention, one folder per split), and
+//! `.tar.gz` / `.tar` / `.zip` archives (of that layout, or of the official CIFAR-10 binary
+//! layout).
 //!
 //! Rules, chosen so that loading is deterministic and errors are specific:
-//! - Images are decoded in parallel (rayon) with the `image` crate and converted to RGB 8-bit
-//!   (grayscale or RGBA PNGs included); members are ordered by path (byte order), train first.
-//! - All images of both splits must share one size: the size of the first image in that order
-//!   (`train/<first class>/<first file>`). The model, not the reader, decides whether that size
-//!   fits it; importing into the official layout additionally requires 32x32.
+//! - Images are decoded in parallel (rayon) with the `image` crate to 8 bits per channel:
+//!   grayscale images to 1 channel, colour images to 3 (RGB); an alpha channel is dropped.
+//!   Members are ordered by path (byte order), train first.
+//! - All images of both splits must share one size and channel count: those of the first image
+//!   in that order (`train/<first class>/<first file>`), unless a [`Resize`] is given, which
+//!   resamples every image of another size (bilinear). The model, not the reader, decides
+//!   whether that shape fits it; importing into the official layout additionally requires
+//!   32x32 RGB.
+//! - Class names must be UTF-8 (names that would change in a lossy conversion could merge two
+//!   classes); an archive must not hold one image path twice; a tar hard link to an earlier
+//!   image is that image again under the link's path; symbolic links are refused.
 //! - Class order: sorted by name (byte order), which for CIFAR-10's folder names is exactly
 //!   CIFAR-10's label order (airplane = 0 .. truck = 9). Train and test must hold the same
 //!   classes.
@@ -24,13 +31,15 @@ use std::fs;
 use std::io::{self, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 
-use image::ImageReader;
+use image::{DynamicImage, ImageReader};
 use rayon::prelude::*;
 
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, Splits};
 use crate::error::DataError;
-use crate::load::Splits;
+use crate::fsutil::check_openable;
 use crate::official::{self, META_FILE, TEST_FILE, TRAIN_FILES};
+use crate::options::Resize;
+use crate::resize::resize_pixels;
 
 /// Image members larger than this are refused (a 32x32 image is about 1 KB).
 pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
@@ -62,8 +71,9 @@ pub fn is_image_name(file_name: &str) -> bool {
     lower.ends_with(".jpg") || lower.ends_with(".jpeg") || lower.ends_with(".png")
 }
 
-/// Reads an image folder `dir` holding `train/<class>/*` and `test/<class>/*`.
-pub fn read_image_folder(dir: &Path) -> Result<Splits, DataError> {
+/// Reads an image folder `dir` holding `train/<class>/*` and `test/<class>/*`, every image
+/// resized to `resize` when given.
+pub fn read_image_folder(dir: &Path, resize: Option<Resize>) -> Result<Splits, DataError> {
     let mut members = Vec::new();
     let mut classes: [BTreeSet<String>; 2] = Default::default();
     for (s, split) in SPLITS.iter().enumerate() {
@@ -88,6 +98,15 @@ pub fn read_image_folder(dir: &Path) -> Result<Splits, DataError> {
             if class.starts_with('.') {
                 continue;
             }
+            if class_path.file_name().is_some_and(|n| n.to_str().is_none()) {
+                return Err(DataError::BadClassName {
+                    container: dir.to_path_buf(),
+                    name: format!("{split}/{class}"),
+                    problem: "is not valid UTF-8; class folder names must be UTF-8 (a lossy \
+                              conversion could make two classes one)"
+                        .into(),
+                });
+            }
             classes[s].insert(class.clone());
             for (file, path) in sorted_entries(&class_path)? {
                 if path.is_dir() && !file.starts_with('.') {
@@ -108,7 +127,7 @@ pub fn read_image_folder(dir: &Path) -> Result<Splits, DataError> {
             }
         }
     }
-    build(dir, members, classes)
+    build(dir, members, classes, resize)
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
@@ -150,21 +169,34 @@ impl<R: Read> Read for TailReader<R> {
 /// What an archive holds, gathered in one pass.
 #[derive(Default)]
 pub(crate) struct ArchiveContents {
+    /// Image members in archive order: (path, bytes).
     images: Vec<(String, Vec<u8>)>,
     dirs: Vec<String>,
     /// Official-layout members by file name: (member path, bytes).
     pub(crate) batches: BTreeMap<String, (String, Vec<u8>)>,
+    /// Normalized paths of the images and batch files taken, with the member name first seen.
+    seen: std::collections::HashMap<String, String>,
+    /// Where each taken member's bytes are: an index into `images`, or a key of `batches`.
+    bytes_of: std::collections::HashMap<String, Result<usize, String>>,
 }
 
-/// Reads a `.tar.gz` or `.tar` archive (detected by content, not name) holding either the
-/// image layout or the official binary layout (`cifar-10-batches-bin/*.bin`).
-pub fn read_archive(path: &Path) -> Result<Splits, DataError> {
+/// Reads a `.tar.gz`, `.tar` or `.zip` archive (detected by content, not name) holding either
+/// the image layout or the official binary layout (`cifar-10-batches-bin/*.bin`); images are
+/// resized to `resize` when given.
+pub fn read_archive(path: &Path, resize: Option<Resize>) -> Result<Splits, DataError> {
     let contents = scan_archive(path)?;
     if !contents.images.is_empty() {
-        return archive_images(path, contents);
+        return archive_images(path, contents, resize);
     }
     if !contents.batches.is_empty() {
-        return archive_official(path, contents);
+        let s = archive_official(path, contents)?;
+        return Ok(match resize {
+            Some(r) => Splits {
+                train: crate::resize::resize_dataset(s.train, r),
+                test: crate::resize::resize_dataset(s.test, r),
+            },
+            None => s,
+        });
     }
     Err(DataError::UnknownLayout {
         path: path.to_path_buf(),
@@ -184,7 +216,11 @@ pub fn looks_like_archive(path: &Path) -> bool {
             Ok(k) => n += k,
         }
     }
-    is_gzip(&head[..n]) || (n >= 262 && &head[257..262] == b"ustar")
+    is_gzip(&head[..n]) || is_zip(&head[..n]) || (n >= 262 && &head[257..262] == b"ustar")
+}
+
+fn is_zip(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06")
 }
 
 fn is_gzip(head: &[u8]) -> bool {
@@ -203,6 +239,7 @@ fn archive_err(path: &Path, member: Option<(&str, &str)>, e: impl std::fmt::Disp
 }
 
 pub(crate) fn scan_archive(path: &Path) -> Result<ArchiveContents, DataError> {
+    check_openable(path)?;
     if !path.is_file() {
         return Err(DataError::NotFound {
             path: path.to_path_buf(),
@@ -210,10 +247,18 @@ pub(crate) fn scan_archive(path: &Path) -> Result<ArchiveContents, DataError> {
         });
     }
     let mut file = fs::File::open(path).map_err(|e| DataError::io("opening", path, e))?;
-    let mut magic = [0u8; 2];
-    let n = file
-        .read(&mut magic)
-        .map_err(|e| DataError::io("reading", path, e))?;
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < magic.len() {
+        match file.read(&mut magic[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(DataError::io("reading", path, e)),
+        }
+    }
+    if is_zip(&magic[..n]) {
+        return scan_zip(path);
+    }
     let file = fs::File::open(path).map_err(|e| DataError::io("opening", path, e))?;
     let buffered = BufReader::with_capacity(1 << 16, file);
     let reader: Box<dyn Read> = if is_gzip(&magic[..n]) {
@@ -236,40 +281,26 @@ fn scan_tar(path: &Path, reader: Box<dyn Read>) -> Result<ArchiveContents, DataE
         for entry in entries {
             let mut entry = entry
                 .map_err(|e| archive_err(path, last_member.as_deref().map(|m| (" after", m)), e))?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let raw = entry.path_bytes().into_owned();
+            let name = String::from_utf8_lossy(&raw).into_owned();
             let kind = entry.header().entry_type();
-            let file_name = name.rsplit('/').find(|c| !c.is_empty()).unwrap_or("");
             let size = entry.size();
-            if kind.is_dir() {
-                out.dirs.push(name.clone());
-            } else if kind.is_file() && is_image_name(file_name) {
-                if size > MAX_IMAGE_BYTES {
-                    return Err(DataError::MemberTooLarge {
-                        container: path.to_path_buf(),
-                        member: name,
-                        size,
-                        limit: MAX_IMAGE_BYTES,
-                    });
-                }
-                let bytes = read_member(path, &name, &mut entry, size)?;
-                out.images.push((name.clone(), bytes));
-            } else if kind.is_file()
-                && (TRAIN_FILES.contains(&file_name)
-                    || file_name == TEST_FILE
-                    || file_name == META_FILE)
-            {
-                if size > MAX_BATCH_BYTES {
-                    return Err(DataError::MemberTooLarge {
-                        container: path.to_path_buf(),
-                        member: name,
-                        size,
-                        limit: MAX_BATCH_BYTES,
-                    });
-                }
-                let bytes = read_member(path, &name, &mut entry, size)?;
-                out.batches
-                    .insert(file_name.to_string(), (name.clone(), bytes));
-            }
+            let kind = if kind.is_dir() {
+                MemberKind::Dir
+            } else if kind.is_file() {
+                MemberKind::File
+            } else if kind.is_hard_link() {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| String::from_utf8_lossy(&t).into_owned())
+                    .unwrap_or_default();
+                MemberKind::HardLink(target)
+            } else if kind.is_symlink() {
+                MemberKind::Symlink
+            } else {
+                MemberKind::Other
+            };
+            out.add(path, &raw, name.clone(), kind, size, &mut entry)?;
             last_member = Some(name);
         }
     }
@@ -286,6 +317,153 @@ fn scan_tar(path: &Path, reader: Box<dyn Read>) -> Result<ArchiveContents, DataE
     Ok(out)
 }
 
+/// What kind of archive member an entry is.
+enum MemberKind {
+    Dir,
+    File,
+    /// A tar hard link to the named earlier member.
+    HardLink(String),
+    Symlink,
+    Other,
+}
+
+/// `name` without empty and `.` components: the path an image is known by.
+fn normalize(name: &str) -> String {
+    name.split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl ArchiveContents {
+    /// Takes in one archive member: images and official batch files are read (refusing
+    /// oversized members, duplicated paths, non-UTF-8 image paths and symbolic links to
+    /// images); a hard link to an earlier image repeats its bytes; other members are skipped.
+    fn add(
+        &mut self,
+        path: &Path,
+        raw: &[u8],
+        name: String,
+        kind: MemberKind,
+        size: u64,
+        entry: &mut impl Read,
+    ) -> Result<(), DataError> {
+        let file_name = name.rsplit('/').find(|c| !c.is_empty()).unwrap_or("");
+        let bad = |problem: String| DataError::BadMember {
+            container: path.to_path_buf(),
+            member: name.clone(),
+            problem,
+        };
+        let is_batch =
+            TRAIN_FILES.contains(&file_name) || file_name == TEST_FILE || file_name == META_FILE;
+        let is_image = is_image_name(file_name);
+        if matches!(kind, MemberKind::Dir) {
+            self.dirs.push(name.clone());
+            return Ok(());
+        }
+        if !(is_image || is_batch) || matches!(kind, MemberKind::Other) {
+            return Ok(());
+        }
+        if std::str::from_utf8(raw).is_err() {
+            return Err(bad(
+                "has a path that is not valid UTF-8; image paths must be UTF-8 (a \
+                            lossy conversion could merge two classes or files)"
+                    .into(),
+            ));
+        }
+        let key = normalize(&name);
+        if let Some(first) = self.seen.get(&key) {
+            return Err(bad(format!(
+                "appears twice in the archive (first as {first}); an archive must hold each \
+                 image or batch file once"
+            )));
+        }
+        self.seen.insert(key.clone(), name.clone());
+        let bytes = match kind {
+            MemberKind::File => {
+                let limit = if is_image {
+                    MAX_IMAGE_BYTES
+                } else {
+                    MAX_BATCH_BYTES
+                };
+                if size > limit {
+                    return Err(DataError::MemberTooLarge {
+                        container: path.to_path_buf(),
+                        member: name,
+                        size,
+                        limit,
+                    });
+                }
+                read_member(path, &name, entry, size)?
+            }
+            MemberKind::HardLink(target) => {
+                let t = normalize(&target);
+                match (self.bytes_of.get(&t), is_image) {
+                    (Some(Ok(k)), true) => self.images[*k].1.clone(),
+                    (Some(Err(batch)), false) => self.batches[batch].1.clone(),
+                    _ => {
+                        return Err(bad(format!(
+                            "is a hard link to {target}, which is not an earlier {} member of \
+                             the archive",
+                            if is_image { "image" } else { "batch-file" }
+                        )))
+                    }
+                }
+            }
+            MemberKind::Symlink => {
+                return Err(bad(
+                    "is a symbolic link; store the image itself (links are not \
+                                followed)"
+                        .into(),
+                ))
+            }
+            MemberKind::Dir | MemberKind::Other => unreachable!("returned above"),
+        };
+        if is_image {
+            self.bytes_of.insert(key, Ok(self.images.len()));
+            self.images.push((name, bytes));
+        } else {
+            self.bytes_of.insert(key, Err(file_name.to_string()));
+            if let Some((other, _)) = self.batches.get(file_name) {
+                return Err(bad(format!(
+                    "is a second {file_name} (the first is {other}); an archive must hold one \
+                     set of batch files"
+                )));
+            }
+            self.batches.insert(file_name.to_string(), (name, bytes));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the members of a `.zip` archive (see [`ArchiveContents::add`]); each member's CRC-32
+/// is verified as it is read.
+fn scan_zip(path: &Path) -> Result<ArchiveContents, DataError> {
+    let file = fs::File::open(path).map_err(|e| DataError::io("opening", path, e))?;
+    let mut zip = zip::ZipArchive::new(BufReader::with_capacity(1 << 16, file))
+        .map_err(|e| archive_err(path, None, format!("zip: {e}")))?;
+    let mut out = ArchiveContents::default();
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| archive_err(path, None, format!("zip member {i}: {e}")))?;
+        let raw = entry.name_raw().to_vec();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let kind = if entry.is_dir() {
+            MemberKind::Dir
+        } else if entry.is_symlink() {
+            MemberKind::Symlink
+        } else if entry.is_file() {
+            MemberKind::File
+        } else {
+            MemberKind::Other
+        };
+        let size = entry.size();
+        out.add(path, &raw, name, kind, size, &mut entry)?;
+    }
+    Ok(out)
+}
+
 fn read_member(
     path: &Path,
     name: &str,
@@ -293,17 +471,22 @@ fn read_member(
     size: u64,
 ) -> Result<Vec<u8>, DataError> {
     let mut bytes = Vec::with_capacity(size.min(1 << 20) as usize);
+    // At most one byte more than declared, so a member that decompresses to more than its
+    // header says cannot grow memory beyond the size limits checked on the header.
     entry
+        .take(size.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| archive_err(path, Some((" at", name)), e))?;
     if bytes.len() as u64 != size {
+        let what = if bytes.len() as u64 > size {
+            "more than".to_string()
+        } else {
+            bytes.len().to_string()
+        };
         return Err(archive_err(
             path,
             Some((" at", name)),
-            format!(
-                "member holds {} of its {size} bytes (truncated)",
-                bytes.len()
-            ),
+            format!("member holds {what} of its {size} bytes (truncated or corrupt)"),
         ));
     }
     Ok(bytes)
@@ -329,7 +512,11 @@ fn archive_official(path: &Path, mut c: ArchiveContents) -> Result<Splits, DataE
     official::assemble(&files, meta, path)
 }
 
-fn archive_images(path: &Path, c: ArchiveContents) -> Result<Splits, DataError> {
+fn archive_images(
+    path: &Path,
+    c: ArchiveContents,
+    resize: Option<Resize>,
+) -> Result<Splits, DataError> {
     // Find the common prefix: everything before <split>/<class>/<file>.
     let mut prefix: Option<(String, String)> = None; // (prefix, member that set it)
     let mut members = Vec::with_capacity(c.images.len());
@@ -386,7 +573,7 @@ fn archive_images(path: &Path, c: ArchiveContents) -> Result<Splits, DataError> 
             }
         }
     }
-    build(path, members, classes)
+    build(path, members, classes, resize)
 }
 
 /// Checks the layout, orders classes and members, and decodes everything in parallel.
@@ -394,6 +581,7 @@ fn build(
     container: &Path,
     mut members: Vec<Member>,
     classes: [BTreeSet<String>; 2],
+    resize: Option<Resize>,
 ) -> Result<Splits, DataError> {
     // Splits present?
     for s in 0..2 {
@@ -458,17 +646,33 @@ fn build(
     members.sort_by(|a, b| (a.split, &a.name).cmp(&(b.split, &b.name)));
     let labels: Vec<u8> = members.iter().map(|m| label_of[m.class.as_str()]).collect();
 
-    // The first image sets the size.
+    // The first image sets the channel count, and the size unless resizing.
     let first = &members[0];
-    let (w, h, _) = decode(container, first)?;
+    let (fw, fh, channels, _) = decode(container, first)?;
+    let (w, h) = resize.map_or((fw, fh), |r| (r.width, r.height));
     let first_name = first.name.clone();
-    let image_len = (w as usize) * (h as usize) * 3;
+    let image_len = (w as usize) * (h as usize) * channels;
     let mut images = vec![0u8; members.len() * image_len];
     let results: Vec<Result<(), DataError>> = members
         .par_iter()
         .zip(images.par_chunks_mut(image_len))
         .map(|(m, out)| {
-            let (mw, mh, pixels) = decode(container, m)?;
+            let (mw, mh, mc, pixels) = decode(container, m)?;
+            if mc != channels {
+                return Err(DataError::WrongChannels {
+                    container: container.to_path_buf(),
+                    member: m.name.clone(),
+                    found: mc,
+                    expected: channels,
+                    first: first_name.clone(),
+                });
+            }
+            if let Some(r) = resize {
+                if (mw, mh) != (w, h) {
+                    out.copy_from_slice(&resize_pixels(&pixels, mw, mh, mc, r));
+                    return Ok(());
+                }
+            }
             if (mw, mh) != (w, h) {
                 return Err(DataError::WrongImageSize {
                     container: container.to_path_buf(),
@@ -497,7 +701,7 @@ fn build(
         labels,
         height: h as usize,
         width: w as usize,
-        channels: 3,
+        channels,
         class_names: names.clone(),
     };
     Ok(Splits {
@@ -506,8 +710,9 @@ fn build(
     })
 }
 
-/// Decodes one member to RGB8, returning (width, height, pixels).
-fn decode(container: &Path, m: &Member) -> Result<(u32, u32, Vec<u8>), DataError> {
+/// Decodes one member to 8-bit grayscale (1 channel) or RGB (3), alpha dropped, returning
+/// (width, height, channels, pixels).
+fn decode(container: &Path, m: &Member) -> Result<(u32, u32, usize, Vec<u8>), DataError> {
     let corrupt = |message: String| DataError::CorruptImage {
         container: container.to_path_buf(),
         member: m.name.clone(),
@@ -517,6 +722,7 @@ fn decode(container: &Path, m: &Member) -> Result<(u32, u32, Vec<u8>), DataError
     let bytes: &[u8] = match &m.source {
         Source::Bytes(b) => b,
         Source::File(p) => {
+            check_openable(p)?;
             let len = fs::metadata(p)
                 .map_err(|e| DataError::io("reading metadata of", p, e))?
                 .len();
@@ -545,13 +751,16 @@ fn decode(container: &Path, m: &Member) -> Result<(u32, u32, Vec<u8>), DataError
     limits.max_image_height = Some(1 << 14);
     limits.max_alloc = Some(256 << 20);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| corrupt(e.to_string()))?;
-    let rgb = img.into_rgb8();
-    let (w, h) = rgb.dimensions();
+    let img: DynamicImage = reader.decode().map_err(|e| corrupt(e.to_string()))?;
+    let (w, h) = (img.width(), img.height());
     if w == 0 || h == 0 {
         return Err(corrupt(format!("image has no pixels ({w}x{h})")));
     }
-    Ok((w, h, rgb.into_raw()))
+    if img.color().has_color() {
+        Ok((w, h, 3, img.into_rgb8().into_raw()))
+    } else {
+        Ok((w, h, 1, img.into_luma8().into_raw()))
+    }
 }
 
 #[cfg(test)]

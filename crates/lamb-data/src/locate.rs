@@ -4,7 +4,8 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use crate::error::DataError;
+use crate::error::{no_data_help, DataError};
+use crate::fsutil::check_openable;
 
 /// Environment variable naming the data path.
 pub const DATA_ENV: &str = "LAMB_DATA";
@@ -17,7 +18,7 @@ pub const SHARED_ARCHIVE: &str = "cifar10-jpeg.tar.gz";
 /// 3. the first existing one of [`candidate_paths`] for the current directory and executable.
 ///
 /// The result is a path for [`crate::load`] / [`crate::load_cached`]; when nothing is found
-/// the error's message ([`no_data_help`]) says where it looked and what to do.
+/// the error's message ([`crate::no_data_help`]) says where it looked and what to do.
 pub fn locate_data(explicit: Option<&Path>) -> Result<PathBuf, DataError> {
     let cwd = std::env::current_dir().ok();
     let exe = std::env::current_exe().ok();
@@ -53,6 +54,7 @@ pub fn locate_data_in(
 }
 
 fn existing(p: &Path, what: &str) -> Result<PathBuf, DataError> {
+    check_openable(p)?;
     if p.exists() {
         Ok(p.to_path_buf())
     } else {
@@ -92,25 +94,76 @@ pub fn candidate_paths(cwd: Option<&Path>, exe: Option<&Path>) -> Vec<PathBuf> {
     out
 }
 
-/// The message shown when no data is found: where the search looked, and the three ways to
-/// provide data (`--data PATH` or `$LAMB_DATA`, `lamb data download`, `lamb data import`).
-pub fn no_data_help(searched: &[PathBuf]) -> String {
-    let mut s = String::from(
-        "no CIFAR-10 data found: neither --data PATH nor $LAMB_DATA was given, and none of these \
-         exists:\n",
-    );
-    for p in searched {
-        s.push_str(&format!("  - {}\n", p.display()));
+/// What [`locate_or_download_in`] may download when no data is found (first use, as
+/// `keras.datasets.cifar10.load_data()` does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoDownload {
+    /// Directory to download into (the data lands in `dest_dir/cifar-10-batches-bin`, which the
+    /// default search finds next time when `dest_dir` is `./data`).
+    pub dest_dir: PathBuf,
+    /// The archive (the official CIFAR-10 release by default; tests serve a small one).
+    pub spec: crate::download::DownloadSpec,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl AutoDownload {
+    /// The official CIFAR-10 release into `dest_dir`, with a progress bar.
+    pub fn official(dest_dir: impl Into<PathBuf>) -> Self {
+        AutoDownload {
+            dest_dir: dest_dir.into(),
+            spec: crate::download::DownloadSpec::official(),
+            progress: true,
+        }
     }
-    s.push_str(
-        "To fix this, do one of:\n\
-         \x20 - pass --data PATH (or set LAMB_DATA=PATH) naming a cifar-10-batches-bin directory, \
-         a folder with train/<class>/*.jpg|png and test/<class>/..., or a .tar.gz/.tar archive of \
-         either;\n\
-         \x20 - with internet access, run `lamb data download` to fetch the official binary \
-         release (170 MB) into ./data/cifar-10-batches-bin;\n\
-         \x20 - run `lamb data import ARCHIVE` to convert an image archive you already have into \
-         the binary layout for fast loading.",
-    );
-    s
+}
+
+/// [`locate_data_in`], and when nothing is found and `auto` is given, downloads CIFAR-10 as
+/// `auto` says (size and md5 checked, resumable; a note on stderr first) and returns its
+/// directory. Without `auto` (`--no-download`) the error is [`DataError::NoData`] as before; a
+/// failed download is an error that keeps the search's help and adds the download's cause.
+pub fn locate_or_download_in(
+    explicit: Option<&Path>,
+    env_data: Option<&OsStr>,
+    cwd: Option<&Path>,
+    exe: Option<&Path>,
+    auto: Option<&AutoDownload>,
+) -> Result<PathBuf, DataError> {
+    match (locate_data_in(explicit, env_data, cwd, exe), auto) {
+        (Err(DataError::NoData { searched }), Some(a)) => {
+            eprintln!(
+                "no data found; downloading CIFAR-10 ({} bytes, md5-checked) into {} \
+                 (--no-download forbids this)",
+                a.spec.size,
+                a.dest_dir.display()
+            );
+            crate::download::download_official(&a.dest_dir, &a.spec, a.progress).map_err(|e| {
+                DataError::Download {
+                    url: a.spec.url.clone(),
+                    message: format!(
+                        "{e}\nThe automatic download after the search below failed; an \
+                         interrupted download resumes on the next run.\n{}",
+                        no_data_help(&searched)
+                    ),
+                }
+            })
+        }
+        (other, _) => other,
+    }
+}
+
+/// [`locate_or_download_in`] for the current directory, executable and `$LAMB_DATA`.
+pub fn locate_or_download(
+    explicit: Option<&Path>,
+    auto: Option<&AutoDownload>,
+) -> Result<PathBuf, DataError> {
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    locate_or_download_in(
+        explicit,
+        std::env::var_os(DATA_ENV).as_deref(),
+        cwd.as_deref(),
+        exe.as_deref(),
+        auto,
+    )
 }

@@ -3,14 +3,13 @@
 //! 3,072 pixel bytes: the R, G and B planes, each 32x32 row-major. Records are converted to NHWC.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::dataset::{Dataset, CIFAR10_CLASSES};
+use crate::dataset::{Dataset, Splits, CIFAR10_CLASSES};
 use crate::error::{DataError, RECORD_LEN};
-use crate::load::Splits;
+use crate::fsutil::{read_capped, sync_dir, write_synced};
 
 /// Training batch file names, in order.
 pub const TRAIN_FILES: [&str; 5] = [
@@ -126,8 +125,11 @@ pub fn encode_batch(ds: &Dataset, range: std::ops::Range<usize>) -> Vec<u8> {
     out
 }
 
+/// Batch files longer than this are refused (an official one is 30,730,000 bytes).
+const MAX_BATCH_FILE: u64 = 1 << 30;
+
 fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
-    fs::read(path).map_err(|e| DataError::io("reading", path, e))
+    read_capped(path, MAX_BATCH_FILE)
 }
 
 /// One batch file parsed: NHWC pixels and labels.
@@ -257,6 +259,32 @@ pub fn read_official(path: &Path) -> Result<Splits, DataError> {
     assemble(&files, meta, &dir)
 }
 
+/// Refuses a class name that `batches.meta.txt` (one trimmed name per line) cannot hold
+/// faithfully: empty, with a line break or other control character, or with leading or
+/// trailing white space.
+fn check_meta_name(name: &str, out_dir: &Path) -> Result<(), DataError> {
+    let problem = if name.trim().is_empty() {
+        Some("is empty or only white space")
+    } else if name.chars().any(char::is_control) {
+        Some("holds a line break or another control character")
+    } else if name.trim() != name {
+        Some("starts or ends with white space")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(DataError::BadClassName {
+            container: out_dir.join(META_FILE),
+            name: format!("{name:?}"),
+            problem: format!(
+                "{p}; batches.meta.txt holds one trimmed name per line, so rename the class \
+                 folder"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// What [`write_official`] and [`crate::import_archive`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportSummary {
@@ -279,7 +307,16 @@ pub struct ImportSummary {
 /// were written, so no file ever looks complete while half-written.
 pub fn write_official(splits: &Splits, out_dir: &Path) -> Result<ImportSummary, DataError> {
     for (ds, split) in [(&splits.train, "train"), (&splits.test, "test")] {
-        if (ds.height, ds.width, ds.channels) != (SIDE, SIDE, 3) {
+        if ds.channels != 3 {
+            return Err(DataError::BadFormat {
+                path: out_dir.to_path_buf(),
+                problem: format!("the {split} split's images have {} channel(s)", ds.channels),
+                expected: "RGB images (3 channels): the official binary layout stores 32x32 RGB \
+                           only; load grayscale data directly instead of importing it"
+                    .into(),
+            });
+        }
+        if (ds.height, ds.width) != (SIDE, SIDE) {
             return Err(DataError::WrongImageSize {
                 container: out_dir.to_path_buf(),
                 member: format!("{split} split"),
@@ -290,6 +327,9 @@ pub fn write_official(splits: &Splits, out_dir: &Path) -> Result<ImportSummary, 
                 first: "the official binary layout stores 32x32 RGB images only".into(),
             });
         }
+    }
+    for name in &splits.train.class_names {
+        check_meta_name(name, out_dir)?;
     }
     fs::create_dir_all(out_dir).map_err(|e| DataError::io("creating directory", out_dir, e))?;
     let n = splits.train.len();
@@ -335,19 +375,4 @@ pub fn write_official(splits: &Splits, out_dir: &Path) -> Result<ImportSummary, 
         class_names: splits.train.class_names.clone(),
         files: temps.into_iter().map(|(_, d)| d).collect(),
     })
-}
-
-/// Creates `path`, writes `bytes` and syncs it to disk.
-pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let mut f = fs::File::create(path).map_err(|e| DataError::io("creating", path, e))?;
-    f.write_all(bytes)
-        .map_err(|e| DataError::io("writing", path, e))?;
-    f.sync_all().map_err(|e| DataError::io("syncing", path, e))
-}
-
-/// Best-effort sync of a directory's entries (renames) to disk; not all platforms support it.
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }

@@ -33,6 +33,6 @@ mod train;
 
 pub use error::NnError;
 pub use grads::{local_gradients, split_even, GradientAccumulator};
-pub use model::{classic_cnn, Activation, Model, Padding, Sequential};
+pub use model::{classic_cnn, classic_cnn_for, Activation, Model, Padding, Sequential};
 pub use spec::ModelSpec;
 pub use train::*;

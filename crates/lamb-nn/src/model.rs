@@ -326,6 +326,18 @@ fn keras_name(base: &str, counter: &mut usize) -> String {
 /// The seed CNN of the classic experiment, built: 32x32x3 -> Conv2D 32 3x3 -> MaxPool 2 ->
 /// Conv2D 64 3x3 -> MaxPool 2 -> Flatten -> Dense 10 softmax (42,442 parameters).
 pub fn classic_cnn(hidden: Activation, seed: u64) -> Result<Model, NnError> {
+    classic_cnn_for([32, 32, 3], 10, hidden, seed)
+}
+
+/// The seed CNN's layers for inputs of `input` (height, width, channels) and `classes`
+/// outputs, e.g. `[28, 28, 1]` and 10 for MNIST; [`classic_cnn`] is `[32, 32, 3]` and 10. An
+/// input too small for the two valid 3x3 convolutions and 2x2 pools is refused by the builder.
+pub fn classic_cnn_for(
+    input: [usize; 3],
+    classes: usize,
+    hidden: Activation,
+    seed: u64,
+) -> Result<Model, NnError> {
     if !matches!(
         hidden,
         Activation::Relu | Activation::Selu | Activation::Linear
@@ -336,13 +348,13 @@ pub fn classic_cnn(hidden: Activation, seed: u64) -> Result<Model, NnError> {
             valid: "Relu, Selu or Linear".into(),
         });
     }
-    Sequential::new([32, 32, 3])
+    Sequential::new(input)
         .conv2d(32, 3, 1, Padding::Valid, hidden)
         .max_pool2d(2)
         .conv2d(64, 3, 1, Padding::Valid, hidden)
         .max_pool2d(2)
         .flatten()
-        .dense(10, Activation::Softmax)
+        .dense(classes, Activation::Softmax)
         .build(seed)
 }
 

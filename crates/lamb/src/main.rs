@@ -127,13 +127,22 @@ enum DataCommand {
         #[arg(long, value_name = "DIR", default_value = "data/cifar-10-batches-bin")]
         out: PathBuf,
     },
-    /// Download the official CIFAR-10 binary release (170 MB, md5-checked) and extract it.
+    /// Download an official dataset (size and md5 checked, resumable) and make it loadable:
+    /// cifar10 (170 MB), cifar100 (169 MB), mnist (11 MB) or fashion-mnist (30 MB).
     Download {
-        /// Directory to download into; the data lands in DIR/cifar-10-batches-bin.
+        /// The dataset: cifar10, cifar100, mnist or fashion-mnist.
+        #[arg(default_value = "cifar10", value_parser = parse_official)]
+        name: lamb_data::OfficialData,
+        /// Directory to download into; the data lands in DIR/cifar-10-batches-bin,
+        /// DIR/cifar-100-binary, DIR/mnist or DIR/fashion-mnist.
         #[arg(long, value_name = "DIR", default_value = "data")]
         out: PathBuf,
-        /// Developer option: another URL of an archive of the same layout.
-        #[arg(long, hide = true)]
+        /// Developer option: fetch the files from this base URL instead (a mirror holding the
+        /// same file names; the published sizes and md5s still apply).
+        #[arg(long, hide = true, value_name = "URL")]
+        mirror: Option<String>,
+        /// Developer option: another URL of an archive of the CIFAR-10 layout.
+        #[arg(long, hide = true, conflicts_with = "mirror")]
         url: Option<String>,
         /// Developer option: its size in bytes (with --url).
         #[arg(long, hide = true, requires = "url")]
@@ -145,11 +154,18 @@ enum DataCommand {
         #[arg(long, short = 'q')]
         quiet: bool,
     },
-    /// Where the data is found and what it holds.
+    /// Where the data is found and what it holds: image size, channels, images per class,
+    /// per-channel mean and standard deviation (pixels scaled to [0, 1]), fingerprint.
     Info {
         /// Data path [default: the default search].
         #[arg(long, value_name = "PATH")]
         data: Option<PathBuf>,
+        /// Resize every image to HEIGHTxWIDTH (bilinear) [default: all images one size].
+        #[arg(long, value_name = "HxW")]
+        resize: Option<lamb_data::Resize>,
+        /// CIFAR-100's labels: fine (100 classes) or coarse (20).
+        #[arg(long, default_value = "fine")]
+        labels: lamb_data::Cifar100Labels,
     },
 }
 
@@ -257,6 +273,22 @@ pub(crate) fn loading<T>(load: impl FnOnce() -> Result<T>) -> Result<T> {
     let r = load();
     LOADING.store(false, Ordering::SeqCst);
     r
+}
+
+/// Checks that `lamb train ARGS` (without the program name) would accept its settings, without
+/// starting anything: a sweep checks every run of its grid this way before it starts any.
+pub(crate) fn check_train_args(args: &[String]) -> Result<()> {
+    let cli = Cli::try_parse_from(std::iter::once("lamb".to_string()).chain(args.iter().cloned()))
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    let Command::Train(a) = cli.command else {
+        bail!("not a `lamb train` command");
+    };
+    let settings = match &a.config {
+        Some(file) => Settings::from_file(file)?.overridden_by(&a.settings),
+        None => a.settings.clone(),
+    };
+    settings.resolve("train")?;
+    Ok(())
 }
 
 /// Flags that may change when resuming (they do not change the numbers).
@@ -515,14 +547,16 @@ fn cmd_data(c: &DataCommand) -> Result<ExitCode> {
             );
         }
         DataCommand::Download {
+            name,
             out,
+            mirror,
             url,
             size,
             md5,
             quiet,
         } => {
-            let mut spec = lamb_data::DownloadSpec::official();
-            if let Some(u) = url {
+            let dir = if let Some(u) = url {
+                let mut spec = lamb_data::DownloadSpec::official();
                 spec.url = u.clone();
                 match (size, md5) {
                     (Some(s), Some(m)) => {
@@ -531,26 +565,89 @@ fn cmd_data(c: &DataCommand) -> Result<ExitCode> {
                     }
                     _ => bail!("--url needs --size and --md5 to verify the download"),
                 }
-            }
-            let dir = lamb_data::download_official(out, &spec, !quiet)
-                .with_context(|| format!("downloading {}", spec.url))?;
-            println!("CIFAR-10 is ready in {}", dir.display());
+                lamb_data::download_official(out, &spec, !quiet)
+                    .with_context(|| format!("downloading {}", spec.url))?
+            } else {
+                lamb_data::download_dataset(*name, out, mirror.as_deref(), !quiet)
+                    .with_context(|| format!("downloading {}", name.name()))?
+            };
+            println!("{} is ready in {}", name.name(), dir.display());
         }
-        DataCommand::Info { data } => {
-            let d = run::load_data(data.as_deref(), None, None)?;
-            println!(
-                "{}: {} training and {} test images of {}x{}x{}; classes: {}",
-                d.source.display(),
-                d.train.len(),
-                d.test.len(),
-                d.train.height,
-                d.train.width,
-                d.train.channels,
-                d.train.class_names.join(", ")
-            );
+        DataCommand::Info {
+            data,
+            resize,
+            labels,
+        } => {
+            let source = lamb_data::locate_data(data.as_deref())?;
+            let opts = lamb_data::LoadOptions {
+                resize: *resize,
+                cifar100_labels: *labels,
+            };
+            let splits = match lamb_data::default_cache_dir() {
+                Some(cache) => lamb_data::load_cached_with(&source, &cache, &opts)?.splits,
+                None => lamb_data::load_with(&source, &opts)?,
+            };
+            print!("{}", data_info(&source, &splits));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lamb data download`'s dataset argument.
+fn parse_official(s: &str) -> Result<lamb_data::OfficialData, String> {
+    s.parse()
+}
+
+/// The text of `lamb data info`: shape, classes with counts per split, per-channel statistics
+/// of each split, and the fingerprint.
+fn data_info(source: &Path, s: &lamb_data::Splits) -> String {
+    use std::fmt::Write as _;
+    let t = &s.train;
+    let mut out = format!(
+        "{}: {} training and {} test images of {}x{} pixels, {} channel(s), {} classes\n",
+        source.display(),
+        t.len(),
+        s.test.len(),
+        t.height,
+        t.width,
+        t.channels,
+        t.class_names.len()
+    );
+    let (train_counts, test_counts) = (t.class_counts(), s.test.class_counts());
+    let width = t
+        .class_names
+        .iter()
+        .map(|n| n.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let _ = writeln!(out, "  {:<width$}  {:>8}  {:>8}", "class", "train", "test");
+    for (k, name) in t.class_names.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>8}  {:>8}",
+            format!("{name:?}").trim_matches('"'),
+            train_counts[k],
+            test_counts[k]
+        );
+    }
+    for (split, ds) in [("train", t), ("test", &s.test)] {
+        let (mean, std) = ds.channel_stats();
+        let f = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  {split} per-channel mean [{}], std [{}]",
+            f(&mean),
+            f(&std)
+        );
+    }
+    let _ = writeln!(out, "  fingerprint {}", s.fingerprint());
+    out
 }
 
 fn cmd_bench(a: &BenchArgs) -> Result<ExitCode> {

@@ -11,12 +11,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use lamb_data::{Dataset, Splits};
 use lamb_dist::{Communicator, Parallel, SingleProcess};
-use lamb_nn::{Activation, FitEvent, FitOptions, FitProgress, History, Model};
+use lamb_nn::{classic_cnn_for, Activation, FitEvent, FitOptions, FitProgress, History, Model};
 use lamb_optim::Optimizer;
 
 use lamb_run::rundir::{self, DirState, RunMarker};
 use lamb_run::RunLock;
-use sha2::{Digest, Sha256};
 
 use crate::atomic::write_atomic;
 use crate::checkpoint::{self, Checkpoint};
@@ -41,20 +40,7 @@ impl RunData {
     /// A hash of what a run trains and validates on (shape, class names, labels and pixels of
     /// both splits, after the limits): the same data at another path has the same fingerprint.
     pub fn fingerprint(&self) -> String {
-        let mut h = Sha256::new();
-        for d in [&self.train, &self.test] {
-            for n in [d.len(), d.height, d.width, d.channels, d.class_names.len()] {
-                h.update((n as u64).to_le_bytes());
-            }
-            for c in &d.class_names {
-                h.update((c.len() as u64).to_le_bytes());
-                h.update(c.as_bytes());
-            }
-            h.update(&d.labels);
-            h.update(&d.images);
-        }
-        let digest = h.finalize();
-        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+        Splits::fingerprint_of(&self.train, &self.test)
     }
 }
 
@@ -445,7 +431,28 @@ pub fn train_with(
         Mode::Quiet
     };
     let mut out = Progress::new(mode, tag, cfg.epochs);
-    let mut model = crate::models::build(&cfg.model, cfg.activation, cfg.seed)?;
+    // The seed CNN for the data's image shape and class count (32x32x3 and 10 for CIFAR-10);
+    // another model as described (its input and classes must fit the data).
+    let t = &data.train;
+    let mut model = if cfg.model == crate::config::SEED_CNN {
+        classic_cnn_for(
+            [t.height, t.width, t.channels],
+            t.class_names.len(),
+            activation(cfg.activation),
+            cfg.seed,
+        )
+        .with_context(|| {
+            format!(
+                "building the seed CNN for {}x{}x{} images and {} classes",
+                t.height,
+                t.width,
+                t.channels,
+                t.class_names.len()
+            )
+        })?
+    } else {
+        crate::models::build(&cfg.model, cfg.activation, cfg.seed)?
+    };
     let mut opt = cfg.build_optimizer(data.train.len())?;
     let ck_path = dir.join(checkpoint::FILE);
     let mut progress = FitProgress::default();

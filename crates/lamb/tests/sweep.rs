@@ -315,3 +315,21 @@ fn two_sweeps_on_one_directory_never_run_the_same_run() {
         "{last}"
     );
 }
+
+#[test]
+fn every_run_of_a_grid_is_checked_before_any_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sw");
+    // The small preset warms up for one epoch: with --epochs 1 no run could start.
+    let err = fail(
+        lamb(tmp.path())
+            .args(["sweep", "--epochs", "1", "--out"])
+            .arg(&out),
+    );
+    assert!(
+        err.contains("of the grid would be refused") && err.contains("`warmup-epochs` = 1"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was started"), "{err}");
+    assert!(!out.exists(), "nothing created");
+}

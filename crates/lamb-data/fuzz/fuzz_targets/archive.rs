@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    if let Ok(s) = lamb_data::read_archive(&path) {
+    if let Ok(s) = lamb_data::read_archive(&path, None) {
         for ds in [&s.train, &s.test] {
             assert_eq!(ds.images.len(), ds.len() * ds.image_len());
             assert!(ds.labels.iter().all(|&l| (l as usize) < ds.class_names.len()));

@@ -87,12 +87,18 @@ fn a_directory_holding_one_archive_means_that_archive() {
     let cache = tmp.path().join("cache");
     assert_eq!(load_cached(&dir, &cache).unwrap(), load(&p).unwrap());
     assert_eq!(load_cached(&dir, &cache).unwrap(), load(&p).unwrap());
-    // Two archives: ambiguous, so the directory is not a data layout.
+    // Two archives: ambiguous; the error names both.
     tree.write_tar(&dir.join("other.tar"), "", false);
-    assert!(matches!(
-        detect(&dir).unwrap_err(),
-        DataError::UnknownLayout { .. }
-    ));
+    let err = detect(&dir).unwrap_err();
+    assert!(
+        matches!(&err, DataError::SeveralArchives { archives, .. } if archives.len() == 2),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cifar.tar.gz") && msg.contains("other.tar"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -5,6 +5,8 @@ mod common;
 
 mod cache;
 mod download;
+mod formats;
+mod hardening;
 mod images;
 mod locate;
 mod official;

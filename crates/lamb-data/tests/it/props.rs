@@ -2,7 +2,10 @@
 
 use std::fs;
 
-use lamb_data::{load, parse_batch, read_archive, read_official};
+use lamb_data::{
+    load, parse_batch, parse_cifar100, parse_idx, read_archive, read_cache_entry, read_official,
+    write_cache_entry, Cifar100Labels,
+};
 use proptest::prelude::*;
 
 use crate::common::{gzip, write_official_dir, Tree};
@@ -53,7 +56,7 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("a.tar.gz");
         fs::write(&p, if gz { gzip(&bytes) } else { bytes }).unwrap();
-        if let Ok(s) = read_archive(&p) { check_valid(&s) }
+        if let Ok(s) = read_archive(&p, None) { check_valid(&s) }
         if let Ok(s) = load(&p) { check_valid(&s) }
     }
 
@@ -75,6 +78,83 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("a.tar");
         fs::write(&p, &tar).unwrap();
-        if let Ok(s) = read_archive(&p) { check_valid(&s) }
+        if let Ok(s) = read_archive(&p, None) { check_valid(&s) }
+    }
+
+    #[test]
+    fn cifar100_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..9000), coarse in any::<bool>()) {
+        let labels = if coarse { Cifar100Labels::Coarse } else { Cifar100Labels::Fine };
+        let names: Vec<String> = (0..labels.classes()).map(|i| i.to_string()).collect();
+        match parse_cifar100(&bytes, labels, names, std::path::Path::new("t.bin")) {
+            Ok(ds) => {
+                prop_assert_eq!(bytes.len() % 3074, 0);
+                prop_assert_eq!(ds.images.len(), ds.len() * 3072);
+                prop_assert!(ds.labels.iter().all(|&l| (l as usize) < labels.classes()));
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    /// IDX files with plausible headers (small counts) and arbitrary bodies, or arbitrary bytes.
+    #[test]
+    fn idx_bytes_never_panic(
+        n in 0u32..5, rows in 0u32..6, cols in 0u32..6, extra in -3i64..3,
+        body in proptest::collection::vec(any::<u8>(), 0..200),
+        raw in proptest::collection::vec(any::<u8>(), 0..40),
+        use_raw in any::<bool>(),
+    ) {
+        let mut img = vec![0, 0, 8, 3];
+        for v in [n, rows, cols] {
+            img.extend_from_slice(&v.to_be_bytes());
+        }
+        let want = (n * rows * cols) as i64 + extra;
+        img.extend(body.iter().cycle().take(want.max(0) as usize));
+        let mut lab = vec![0, 0, 8, 1];
+        lab.extend_from_slice(&n.to_be_bytes());
+        lab.extend(body.iter().take(n as usize));
+        let img = if use_raw { raw.clone() } else { img };
+        let names: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        let p = std::path::Path::new("i");
+        if let Ok(ds) = parse_idx(&img, &lab, names, (p, p)) {
+            prop_assert_eq!(ds.images.len(), ds.len() * ds.image_len());
+            prop_assert!(ds.labels.iter().all(|&l| l < 10));
+        }
+    }
+
+    /// A valid cache entry with bytes changed or cut: always refused (the checksum), never a
+    /// panic or a wrong dataset.
+    #[test]
+    fn mutated_cache_entries_are_refused(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+        cut in any::<prop::sample::Index>(),
+        do_cut in any::<bool>(),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("e.lamb-data");
+        let folder = tmp.path().join("f");
+        Tree::pngs(&["a", "b"], 1, 1).write_folder(&folder);
+        let splits = load(&folder).unwrap();
+        write_cache_entry(&splits, &p).unwrap();
+        let mut bytes = fs::read(&p).unwrap();
+        if do_cut {
+            bytes.truncate(cut.index(bytes.len()));
+        } else {
+            for (i, x) in &edits {
+                let k = i.index(bytes.len());
+                bytes[k] ^= *x;
+            }
+        }
+        fs::write(&p, &bytes).unwrap();
+        prop_assert!(read_cache_entry(&p).is_err());
+    }
+
+    #[test]
+    fn arbitrary_zip_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("a.zip");
+        let mut b = b"PK\x03\x04".to_vec();
+        b.extend_from_slice(&bytes);
+        fs::write(&p, &b).unwrap();
+        if let Ok(s) = read_archive(&p, None) { check_valid(&s) }
     }
 }

@@ -18,20 +18,11 @@ use crate::atomic::write_atomic;
 use exec::{Execution, Tally};
 use spec::{Preset, SweepSpec};
 
-/// Training images per second of one engine thread when every core runs one: two
-/// `lamb train --threads 1` runs side by side on the 2-core development machine (2026-12-01,
-/// the direct/Winograd engine) trained at 16,700-18,500 images/s each (2.7-3.0 s per
-/// 50,000-image epoch at batch 100, 1000 and 5000). Used only for `--dry-run`.
-const TRAIN_IMAGES_PER_THREAD_SECOND: f64 = 17_000.0;
-/// A validation image costs about this fraction of a training image (forward only; measured
-/// 0.21-0.25 s per 10,000 images in the same runs).
-const VALIDATION_COST: f64 = 0.4;
-
 /// Flags of `lamb sweep`.
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
-    /// Built-in grid: small (about 10 minutes on 2 cores) or full (for bigger machines)
-    /// [default: small].
+    /// Built-in grid: small (tens of minutes on 2 cores; `--dry-run` estimates it for this
+    /// machine) or full (for bigger machines) [default: small].
     #[arg(long, value_enum, conflicts_with = "config")]
     pub preset: Option<Preset>,
     /// Sweep file (TOML with the keys of `<sweep dir>/sweep.toml`) instead of a preset.
@@ -126,8 +117,19 @@ pub fn run(a: &SweepArgs) -> Result<bool> {
         jobs,
         retry_failed: a.retry_failed,
     };
+    // Every run of the grid is checked as `lamb train` will check it, before any starts.
+    for p in &plans {
+        let args = exec::train_args(&spec, p, &dir.join("runs").join(&p.id), &ex);
+        crate::check_train_args(&args).with_context(|| {
+            format!(
+                "run {} of the grid would be refused (`lamb {}`); nothing was started",
+                p.id,
+                args.join(" ")
+            )
+        })?;
+    }
     if a.dry_run {
-        print_dry_run(&spec, &plans, &ex);
+        print_dry_run(&spec, &plans, &ex)?;
         return Ok(true);
     }
     let recorded_path = dir.join("sweep.toml");
@@ -223,16 +225,70 @@ fn write_grid(path: &std::path::Path, spec: &SweepSpec) -> Result<()> {
     )
 }
 
-fn print_dry_run(spec: &SweepSpec, plans: &[spec::RunPlan], ex: &Execution) {
+/// Training and validation images per second of one run on this machine, measured for about a
+/// second with `ex.jobs` runs of `ex.threads` thread(s) side by side (as the sweep runs them, so
+/// they share the cores and the memory as they will): the seed CNN at batch 100 on synthetic
+/// images. The medians over the runs.
+fn calibrate(ex: &Execution) -> Result<(f64, f64)> {
+    let cfg = lamb_nn::bench::BenchConfig {
+        batch_sizes: vec![100],
+        train_images: 3000,
+        val_images: 2000,
+        epochs: 1,
+        ..Default::default()
+    };
+    let results: Vec<Result<(f64, f64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..ex.jobs)
+            .map(|_| {
+                s.spawn(|| -> Result<(f64, f64)> {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(ex.threads)
+                        .build()
+                        .context("a thread pool for the calibration")?;
+                    let r = pool.install(|| lamb_nn::bench::run(&cfg))?;
+                    let r = r.first().context("the calibration measured nothing")?;
+                    Ok((
+                        r.train_images_per_second,
+                        cfg.val_images as f64 / r.val_seconds.max(1e-9),
+                    ))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("calibration panicked")))
+            })
+            .collect()
+    });
+    let mut train = Vec::new();
+    let mut val = Vec::new();
+    for r in results {
+        let (t, v) = r?;
+        train.push(t);
+        val.push(v);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(&mut train), median(&mut val)))
+}
+
+fn print_dry_run(spec: &SweepSpec, plans: &[spec::RunPlan], ex: &Execution) -> Result<()> {
     let train = spec.train_len(50_000) as f64;
     let test = spec.test_images.unwrap_or(10_000).min(10_000) as f64;
-    let work = plans.len() as f64 * spec.epochs as f64 * (train + VALIDATION_COST * test);
-    let busy = (ex.jobs * ex.threads).min(cores()) as f64;
-    let hours = work / (TRAIN_IMAGES_PER_THREAD_SECOND * busy) / 3600.0;
-    let cost = if hours < 1.0 {
-        format!("{:.0} min", (hours * 60.0).max(1.0))
-    } else {
-        format!("{hours:.1} h")
+    let (train_rate, val_rate) = calibrate(ex)?;
+    let run_seconds = spec.epochs as f64 * (train / train_rate + test / val_rate);
+    let waves = (plans.len() as f64 / ex.jobs as f64).ceil();
+    let hours = waves * run_seconds / 3600.0;
+    let cost = |h: f64| {
+        if h < 1.0 {
+            format!("{:.0} min", (h * 60.0).max(1.0))
+        } else {
+            format!("{h:.1} h")
+        }
     };
     println!(
         "{} runs ({} optimizers x batch sizes {:?} x {} learning rates), {} epochs each, {} at a time with {} thread(s)",
@@ -245,11 +301,19 @@ fn print_dry_run(spec: &SweepSpec, plans: &[spec::RunPlan], ex: &Execution) {
         ex.threads
     );
     println!(
-        "Expected cost: about {cost} here ({} cores busy, at {TRAIN_IMAGES_PER_THREAD_SECOND} training images per second per thread, measured on a 2-core development machine); it scales with 1 / busy cores.",
-        busy
+        "Expected cost on this machine: {} to {} (calibrated just now: {:.0} training and {:.0} \
+         validation images per second per run, {} run(s) of {} thread(s) side by side, seed CNN \
+         at batch 100; the upper end allows 1.5x for larger batches and a busier machine)",
+        cost(hours),
+        cost(hours * 1.5),
+        train_rate,
+        val_rate,
+        ex.jobs,
+        ex.threads
     );
     for p in plans {
         let args = exec::train_args(spec, p, &ex.dir.join("runs").join(&p.id), ex);
         println!("  lamb {}", args.join(" "));
     }
+    Ok(())
 }
