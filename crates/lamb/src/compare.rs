@@ -59,6 +59,10 @@ pub struct CompareSettings {
     #[arg(long)]
     #[serde(default)]
     pub json: bool,
+    /// When no data is found, fail instead of downloading CIFAR-10 into ./data.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_download: bool,
 }
 
 /// A parsed compare config file.
@@ -142,6 +146,7 @@ impl CompareSettings {
             limit_test: o.limit_test.or(self.limit_test),
             quiet: o.quiet || self.quiet,
             json: o.json || self.json,
+            no_download: o.no_download || self.no_download,
         }
     }
 }
@@ -170,6 +175,7 @@ pub fn resolve(
             limit_test: c.limit_test,
             quiet: c.quiet,
             json: c.json,
+            no_download: c.no_download,
             ..Default::default()
         };
         base.overridden_by(over)
@@ -210,6 +216,8 @@ pub fn compare(file: &CompareFile, flags: &CompareSettings, stop: Arc<AtomicBool
     let data = crate::loading(|| {
         run::load_data(
             lamb_cfg.data.as_deref(),
+            &lamb_cfg.load,
+            lamb_cfg.download,
             lamb_cfg.limit_train,
             lamb_cfg.limit_test,
         )

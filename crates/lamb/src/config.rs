@@ -199,6 +199,17 @@ pub struct Settings {
     /// (train/<class>/*.jpg, test/<class>/*.jpg) [default: ../shared/data or $LAMB_DATA].
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
+    /// Resize every image to HEIGHTxWIDTH (bilinear) [default: all images of one size].
+    #[arg(long, value_name = "HxW")]
+    pub resize: Option<String>,
+    /// CIFAR-100's label set: fine (100 classes) or coarse (20) [default: fine].
+    #[arg(long, value_name = "fine|coarse")]
+    pub labels: Option<String>,
+    /// When no data is found, fail instead of downloading CIFAR-10 into ./data (the default,
+    /// as keras.datasets does on first use).
+    #[arg(long, action = clap::ArgAction::SetTrue)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_download: bool,
     /// Run directory to write [default: runs/<command>-<optimizer>-<UTC time>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -380,10 +391,13 @@ impl Settings {
         }
         macro_rules! pick {
             ($($f:ident),*) => { Settings { $($f: over.$f.clone().or_else(|| self.$f.clone()),)*
-                quiet: over.quiet || self.quiet, json: over.json || self.json, hyper } };
+                quiet: over.quiet || self.quiet, json: over.json || self.json,
+                no_download: over.no_download || self.no_download, hyper } };
         }
         pick!(
             data,
+            resize,
+            labels,
             out,
             seed,
             epochs,
@@ -424,6 +438,8 @@ impl Settings {
         };
         let mut first = RunConfig {
             data: None,
+            load: lamb_data::LoadOptions::default(),
+            download: false,
             out: PathBuf::new(),
             seed: 0,
             epochs: 1,
@@ -462,8 +478,29 @@ impl Settings {
                 utc_stamp()
             )),
         };
+        let load = lamb_data::LoadOptions {
+            resize: self
+                .resize
+                .as_deref()
+                .map(|r| {
+                    r.parse()
+                        .map_err(|e| anyhow::anyhow!("`resize` = {r:?}: {e}"))
+                })
+                .transpose()?,
+            cifar100_labels: self
+                .labels
+                .as_deref()
+                .map(|l| {
+                    l.parse()
+                        .map_err(|e| anyhow::anyhow!("`labels` = {l:?}: {e}"))
+                })
+                .transpose()?
+                .unwrap_or_default(),
+        };
         let cfg = RunConfig {
             data: self.data.clone(),
+            load,
+            download: !self.no_download,
             out,
             seed: self.seed.unwrap_or(42),
             epochs: self.epochs.unwrap_or(50),
@@ -505,6 +542,10 @@ impl Settings {
 pub struct RunConfig {
     /// Data location as given (`None`: the default search).
     pub data: Option<PathBuf>,
+    /// How the data is read (`--resize`, `--labels`).
+    pub load: lamb_data::LoadOptions,
+    /// Whether a missing dataset may be downloaded (not `--no-download`).
+    pub download: bool,
     /// Run directory.
     pub out: PathBuf,
     /// Seed for initialisation and shuffling.
@@ -661,6 +702,10 @@ impl RunConfig {
     pub fn to_settings(&self) -> Settings {
         Settings {
             data: self.data.clone(),
+            resize: self.load.resize.map(|r| r.to_string()),
+            labels: (self.load.cifar100_labels != lamb_data::Cifar100Labels::default())
+                .then(|| self.load.cifar100_labels.as_str().to_string()),
+            no_download: false,
             out: Some(self.out.clone()),
             seed: Some(self.seed),
             epochs: Some(self.epochs),

@@ -334,6 +334,8 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
         ("decay-power", flags.decay_power.is_some()),
         ("limit-train", flags.limit_train.is_some()),
         ("limit-test", flags.limit_test.is_some()),
+        ("resize", flags.resize.is_some()),
+        ("labels", flags.labels.is_some()),
     ];
     if let Some((k, _)) = fixed.iter().find(|(_, set)| *set) {
         bail!(
@@ -349,6 +351,7 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
         accumulate: flags.accumulate,
         quiet: flags.quiet,
         json: flags.json,
+        no_download: flags.no_download,
         ..Default::default()
     });
     s.out = Some(dir.to_path_buf());
@@ -438,7 +441,15 @@ fn cmd_train(a: &TrainArgs) -> Result<ExitCode> {
 fn train_ranks(a: &TrainArgs, cfg: &RunConfig, comm: &mut dyn Communicator) -> Result<ExitCode> {
     set_threads(cfg.threads)?;
     let stop = stop_flag()?;
-    let data = loading(|| run::load_data(cfg.data.as_deref(), cfg.limit_train, cfg.limit_test))?;
+    let data = loading(|| {
+        run::load_data(
+            cfg.data.as_deref(),
+            &cfg.load,
+            cfg.download,
+            cfg.limit_train,
+            cfg.limit_test,
+        )
+    })?;
     let r = run::train_with(cfg, &data, a.resume.is_some(), "", stop, comm)?;
     if comm.rank() > 0 {
         return Ok(match r.end {
@@ -491,7 +502,13 @@ fn cmd_evaluate(a: &EvaluateArgs) -> Result<ExitCode> {
     model
         .load_safetensors(&a.weights)
         .with_context(|| format!("loading weights {} into {what}", a.weights.display()))?;
-    let data = run::load_data(a.data.as_deref(), Some(1), a.limit_test)?;
+    let data = run::load_data(
+        a.data.as_deref(),
+        &lamb_data::LoadOptions::default(),
+        false,
+        Some(1),
+        a.limit_test,
+    )?;
     let ev = model.evaluate(&data.test, a.batch_size)?;
     if a.json {
         println!(

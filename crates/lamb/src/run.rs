@@ -52,23 +52,22 @@ pub fn spread(len: usize, n: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Finds and loads the data (`explicit` or the default search), through the import cache for
-/// archives, keeping `limit_train` / `limit_test` images spread evenly over each split when
-/// given (see [`spread`]).
+/// Finds and loads the data (`explicit` or the default search; when nothing is found and
+/// `download` is set, the official CIFAR-10 release is downloaded into `./data` first), read
+/// with `load` (resize, CIFAR-100 labels) through the import cache for archives, keeping
+/// `limit_train` / `limit_test` images spread evenly over each split when given (see
+/// [`spread`]).
 pub fn load_data(
     explicit: Option<&Path>,
+    load: &lamb_data::LoadOptions,
+    download: bool,
     limit_train: Option<usize>,
     limit_test: Option<usize>,
 ) -> Result<RunData> {
-    let source = lamb_data::locate_data(explicit).map_err(|e| match e {
-        lamb_data::DataError::NoData { searched } => {
-            anyhow::anyhow!("{}", lamb_data::no_data_help(&searched))
-        }
-        other => anyhow::Error::new(other),
-    })?;
+    let source = locate_data(explicit, download)?;
     let splits = match lamb_data::default_cache_dir() {
-        Some(cache) => lamb_data::load_cached(&source, &cache),
-        None => lamb_data::load(&source),
+        Some(cache) => lamb_data::load_cached_with(&source, &cache, load).map(|l| l.splits),
+        None => lamb_data::load_with(&source, load),
     }
     .with_context(|| format!("loading data from {}", source.display()))?;
     let Splits { train, test } = splits;
@@ -80,6 +79,18 @@ pub fn load_data(
         source,
         train: limit(train, limit_train),
         test: limit(test, limit_test),
+    })
+}
+
+/// Where the data is (`explicit` or the default search); when nothing is found and `download`
+/// is set, the official CIFAR-10 release is downloaded into `./data` first.
+pub fn locate_data(explicit: Option<&Path>, download: bool) -> Result<PathBuf> {
+    let auto = download.then(|| lamb_data::AutoDownload::official("data"));
+    lamb_data::locate_or_download(explicit, auto.as_ref()).map_err(|e| match e {
+        lamb_data::DataError::NoData { searched } => {
+            anyhow::anyhow!("{}", lamb_data::no_data_help(&searched))
+        }
+        other => anyhow::Error::new(other),
     })
 }
 
@@ -582,7 +593,7 @@ pub fn train_with(
                         ..
                     } => {
                         if let Some(tb) = tb.as_mut() {
-                            tb.step(*epoch, *step, *steps_per_epoch, *running, telemetry, &stop);
+                            tb.step(*epoch, *step, *steps_per_epoch, *running, telemetry);
                         }
                         out.step(*epoch, *step, *steps_per_epoch, *running);
                         let global = (*epoch as u64 - 1) * *steps_per_epoch as u64 + *step as u64;

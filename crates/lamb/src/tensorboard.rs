@@ -21,13 +21,8 @@
 //! last record, which readers skip and the resumed run cuts off before appending. A stop
 //! mid-epoch keeps the epoch's starting weights in `tb/epoch_start_weights.bin` so the resumed
 //! run still writes the epoch's change histograms.
-//!
-//! Hidden test hooks (deterministic, at step boundaries): `LAMB_TB_STOP_AT_STEP=G` stops the run
-//! after global step G as Ctrl-C does; `LAMB_TB_KILL_AT_STEP=G` sends the process SIGKILL after
-//! it. Both act only where the event files are written.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -98,11 +93,6 @@ fn recorded_every(dir: &Path) -> Option<u64> {
     v.get("tensorboard_every")?.as_u64().filter(|&n| n > 0)
 }
 
-/// A hidden test hook: the global step (1-based) given in environment variable `name`.
-fn step_from_env(name: &str) -> Option<u64> {
-    std::env::var(name).ok()?.parse().ok()
-}
-
 /// The TensorBoard writers of one run (rank 0 only), fed by the training loop's events.
 pub struct TbRun {
     train: EventWriter,
@@ -122,9 +112,6 @@ pub struct TbRun {
     /// Time spent in this writer's hooks, and in the epochs they belong to.
     spent: Duration,
     epoch_seconds: f64,
-    /// Test hooks: stop (as Ctrl-C does) or die (SIGKILL) after this global step.
-    stop_at: Option<u64>,
-    kill_at: Option<u64>,
 }
 
 fn weights(model: &Model) -> Vec<Vec<f32>> {
@@ -185,8 +172,6 @@ impl TbRun {
             ended_epoch: None,
             spent: Duration::ZERO,
             epoch_seconds: 0.0,
-            stop_at: step_from_env("LAMB_TB_STOP_AT_STEP"),
-            kill_at: step_from_env("LAMB_TB_KILL_AT_STEP"),
         };
         run.start = if progress.step == 0 {
             Some(weights(model))
@@ -206,7 +191,6 @@ impl TbRun {
         steps_per_epoch: usize,
         running: (f64, f64),
         telemetry: &[TensorTelemetry],
-        stop: &AtomicBool,
     ) {
         let t = Instant::now();
         let global = ((epoch - 1) * steps_per_epoch + step) as u64;
@@ -220,15 +204,6 @@ impl TbRun {
                 .scalar("batch_accuracy", global as i64, running.1 as f32);
         }
         self.spent += t.elapsed();
-        if self.stop_at == Some(global) {
-            stop.store(true, Ordering::SeqCst);
-        }
-        if self.kill_at == Some(global) {
-            // SAFETY: signalling this process; SIGKILL ends it with nothing run after.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
-        }
     }
 
     /// At an epoch's end: buffers its scalars (train and validation).

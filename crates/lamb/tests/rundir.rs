@@ -392,3 +392,24 @@ fn a_failed_checkpoint_write_marks_the_run_failed() {
     assert!(!out.join("weights.safetensors").exists());
     wait_unlocked(&out);
 }
+
+#[test]
+fn data_options_are_recorded_and_fixed_on_resume() {
+    let (tmp, data) = setup();
+    let out = tmp.path().join("run");
+    ok(train(tmp.path(), &data, &out, "1").args(["--resize", "16x16"]));
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("resize = \"16x16\""), "{config}");
+    assert!(
+        std::fs::read_to_string(out.join("summary.md"))
+            .unwrap()
+            .contains("(None, 14, 14, 32)"),
+        "the model takes 16x16 images (a 3x3 valid convolution gives 14x14)"
+    );
+    let err = fail(resume(tmp.path(), &out).args(["--epochs", "2", "--resize", "20x20"]));
+    assert!(err.contains("--resize cannot change"), "{err}");
+    ok(resume(tmp.path(), &out).args(["--epochs", "2"]));
+    let err =
+        fail(train(tmp.path(), &data, &tmp.path().join("bad"), "1").args(["--resize", "0x5"]));
+    assert!(err.contains("`resize` = \"0x5\""), "{err}");
+}

@@ -113,10 +113,7 @@ fn a_run_that_cannot_start_stops_the_sweep() {
     let out = tmp.path().join("sw");
     let missing = tmp.path().join("no-such-data");
     let err = fail(&mut sweep(tmp.path(), &missing, &grid, &out));
-    assert!(
-        err.contains("could not start") && err.contains("no-such-data"),
-        "{err}"
-    );
+    assert!(err.contains("no-such-data"), "{err}");
     let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap_or_default();
     assert!(
         !csv.contains(",failed,"),

@@ -13,7 +13,7 @@ use lamb_tensorboard::{read_events, ValueData};
 
 mod common;
 
-use common::{data, fail, lamb, ok, run};
+use common::{data, fail, lamb, ok, spawn_paused};
 
 /// 1000 training images in batches of 10 (100 steps per epoch), 200 test images.
 fn small(c: &mut Command, data: &Path, out: &Path) {
@@ -217,8 +217,10 @@ fn stop_and_kill_then_resume_write_each_step_once() {
     ok(&mut train(&a));
 
     // A stop (as Ctrl-C) after global step 150: the middle of epoch 2.
-    let o = run(train(&b).env("LAMB_TB_STOP_AT_STEP", "150"));
-    assert_eq!(o.status.code(), Some(130));
+    let p = spawn_paused(&mut train(&b), "150");
+    p.signal(libc::SIGINT);
+    let (status, err) = p.finish();
+    assert_eq!(status.code(), Some(130), "{err}");
     let t = records(&b, "train");
     assert_eq!(
         steps(&t, "batch_loss"),
@@ -235,8 +237,10 @@ fn stop_and_kill_then_resume_write_each_step_once() {
         c.args(["train", "--quiet", "--resume"]).arg(&b);
         c
     };
-    let o = run(resume().env("LAMB_TB_KILL_AT_STEP", "250"));
-    assert_eq!(o.status.signal(), Some(9), "{o:?}");
+    let p = spawn_paused(&mut resume(), "250");
+    p.signal(libc::SIGKILL);
+    let (status, _) = p.finish();
+    assert_eq!(status.signal(), Some(9), "{status:?}");
     let t = records(&b, "train");
     assert_eq!(
         steps(&t, "batch_loss"),

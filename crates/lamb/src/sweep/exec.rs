@@ -226,7 +226,13 @@ pub fn train_args(spec: &SweepSpec, p: &RunPlan, out: &Path, ex: &Execution) -> 
 }
 
 fn common_args(a: &mut Vec<String>, ex: &Execution) {
-    a.extend(["--threads".into(), ex.threads.to_string(), "--quiet".into()]);
+    // The sweep found (or downloaded) the data once before starting any run.
+    a.extend([
+        "--threads".into(),
+        ex.threads.to_string(),
+        "--quiet".into(),
+        "--no-download".into(),
+    ]);
     a.extend(crate::tensorboard::child_args());
     if let Some(d) = &ex.data {
         a.extend(["--data".into(), d.display().to_string()]);

@@ -53,6 +53,9 @@ pub struct SweepArgs {
     /// Run again the runs that failed (diverged) before; by default they are results.
     #[arg(long)]
     pub retry_failed: bool,
+    /// When no data is found, fail instead of downloading CIFAR-10 into ./data first.
+    #[arg(long)]
+    pub no_download: bool,
     /// Print the grid, the commands and the expected cost; run nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -178,6 +181,12 @@ pub fn run(a: &SweepArgs) -> Result<bool> {
             spec.lr_multipliers.len(),
             spec.epochs
         );
+        // Find (or, on first use, download) the data once, not once per run.
+        let data = crate::run::locate_data(ex.data.as_deref(), !a.no_download)?;
+        let ex = Execution {
+            data: Some(data),
+            ..ex.clone()
+        };
         tally = exec::run_grid(&spec, &plans, &ex, &stop)?;
         if stop.load(Ordering::SeqCst) {
             tally.interrupted = tally.interrupted.max(1);
