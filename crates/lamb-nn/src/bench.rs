@@ -8,7 +8,7 @@ use lamb_optim::{Lamb, LambConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{classic_cnn, Activation, FitOptions, NnError};
+use crate::{classic_cnn, Activation, FitOptions, ModelSpec, NnError};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct BenchConfig {
     pub epochs: usize,
     /// Hidden activation of the seed CNN.
     pub hidden: Activation,
+    /// The model to measure instead of the seed CNN (its input must be 32x32x3).
+    pub model: Option<ModelSpec>,
     /// Seed of the weights and the synthetic data.
     pub seed: u64,
 }
@@ -38,6 +40,7 @@ impl Default for BenchConfig {
             val_batch_size: 1000,
             epochs: 3,
             hidden: Activation::Relu,
+            model: None,
             seed: 0,
         }
     }
@@ -128,7 +131,10 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, NnError> {
     let val = synthetic(cfg.val_images, cfg.seed + 1);
     let mut results = Vec::new();
     for &bs in &cfg.batch_sizes {
-        let mut model = classic_cnn(cfg.hidden, cfg.seed)?;
+        let mut model = match &cfg.model {
+            Some(spec) => spec.build(cfg.seed)?,
+            None => classic_cnn(cfg.hidden, cfg.seed)?,
+        };
         let mut opt = Lamb::new(LambConfig::default()).map_err(|cause| NnError::Optimizer {
             epoch: 0,
             step: 0,
@@ -195,11 +201,15 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, NnError> {
 
 /// Human-readable report of [`run`]'s results.
 pub fn format_report(cfg: &BenchConfig, results: &[BenchResult]) -> String {
+    let what = match &cfg.model {
+        Some(m) => format!("model `{}`", m.name),
+        None => format!("seed CNN ({:?})", cfg.hidden),
+    };
     let mut s = format!(
-        "seed CNN ({:?}), synthetic random images: {} training + {} validation per epoch (batch {} for validation), LAMB, median of {} epochs\n\
+        "{what}, synthetic random images: {} training + {} validation per epoch (batch {} for validation), LAMB, median of {} epochs\n\
          (per layer: training steps only; the convolution and pooling layers run chunk by chunk together, their wall time shared out by CPU time; \
          a pooling fused with the convolution below it shows 0, its time counted in that convolution)\n",
-        cfg.hidden, cfg.train_images, cfg.val_images, cfg.val_batch_size, cfg.epochs
+        cfg.train_images, cfg.val_images, cfg.val_batch_size, cfg.epochs
     );
     for r in results {
         s += &format!(

@@ -15,6 +15,28 @@ pub enum NnError {
         /// What is wrong and what is valid.
         message: String,
     },
+    /// A layer of a model description is invalid (unknown, an unsupported option, shapes
+    /// that do not fit, part of a cycle, ...).
+    #[error("invalid model: layer `{layer}` ({class}): {message}")]
+    InvalidLayer {
+        /// The layer's name.
+        layer: String,
+        /// Its Keras class.
+        class: String,
+        /// What is wrong and what is valid.
+        message: String,
+    },
+    /// A model description is malformed as a whole (not Keras JSON, two inputs, no output).
+    #[error("invalid model description: {0}")]
+    ModelFile(String),
+    /// A model file could not be used.
+    #[error("model file {path}: {cause}")]
+    ModelFileAt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (in the message, not a `source()`, so chains print it once).
+        cause: Box<NnError>,
+    },
     /// An argument is outside its valid range.
     #[error("invalid argument `{name}` = {value}: {valid}")]
     InvalidArgument {

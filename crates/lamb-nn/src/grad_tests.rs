@@ -165,7 +165,7 @@ fn check(mut model: Model, batch: usize, seed: u64) {
     model.ensure_backward(batch);
     model.ws.x[..x.len()].copy_from_slice(&x);
     model.ws.y[..batch].copy_from_slice(&y);
-    model.forward(batch);
+    model.forward(batch, true);
     let (loss_sum, _) = model.loss_and_grad(batch);
     model.backward(batch);
 

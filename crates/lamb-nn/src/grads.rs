@@ -130,7 +130,7 @@ impl Model {
     }
 
     fn gradients_of_loaded(&mut self, batch: usize) -> StepMetrics {
-        self.forward(batch);
+        self.forward(batch, true);
         let (loss_sum, correct) = self.loss_and_grad(batch);
         self.backward(batch);
         StepMetrics {
@@ -145,7 +145,7 @@ impl Model {
     pub fn flat_gradients_into(&self, out: &mut [f32]) -> Result<(), NnError> {
         length("flat gradient buffer", out.len(), self.param_count())?;
         let mut off = 0;
-        for p in self.layers.iter().flat_map(|l| &l.params) {
+        for p in self.param_iter() {
             out[off..off + p.grad.len()].copy_from_slice(&p.grad);
             off += p.grad.len();
         }
@@ -154,9 +154,7 @@ impl Model {
 
     /// All gradients, in parameter order, as one vector.
     pub fn flat_gradients(&self) -> Vec<f32> {
-        self.layers
-            .iter()
-            .flat_map(|l| &l.params)
+        self.param_iter()
             .flat_map(|p| p.grad.iter().copied())
             .collect()
     }
@@ -165,7 +163,7 @@ impl Model {
     pub fn set_flat_gradients(&mut self, flat: &[f32]) -> Result<(), NnError> {
         length("flat gradient buffer", flat.len(), self.param_count())?;
         let mut off = 0;
-        for p in self.layers.iter_mut().flat_map(|l| &mut l.params) {
+        for p in self.param_iter_mut() {
             let n = p.grad.len();
             p.grad.copy_from_slice(&flat[off..off + n]);
             off += n;
@@ -177,7 +175,7 @@ impl Model {
     pub fn add_gradients_to(&self, out: &mut [f32], weight: f32) -> Result<(), NnError> {
         length("flat gradient buffer", out.len(), self.param_count())?;
         let mut off = 0;
-        for p in self.layers.iter().flat_map(|l| &l.params) {
+        for p in self.param_iter() {
             for (o, g) in out[off..off + p.grad.len()].iter_mut().zip(&p.grad) {
                 *o += weight * g;
             }
@@ -188,9 +186,7 @@ impl Model {
 
     /// All parameter values, in parameter order, as one vector.
     pub fn flat_params(&self) -> Vec<f32> {
-        self.layers
-            .iter()
-            .flat_map(|l| &l.params)
+        self.param_iter()
             .flat_map(|p| p.value.iter().copied())
             .collect()
     }
@@ -199,7 +195,7 @@ impl Model {
     pub fn set_flat_params(&mut self, flat: &[f32]) -> Result<(), NnError> {
         length("flat parameter buffer", flat.len(), self.param_count())?;
         let mut off = 0;
-        for p in self.layers.iter_mut().flat_map(|l| &mut l.params) {
+        for p in self.param_iter_mut() {
             let n = p.value.len();
             p.value.copy_from_slice(&flat[off..off + n]);
             off += n;
@@ -216,9 +212,7 @@ impl Model {
         step: usize,
     ) -> Result<StepOutcome, NnError> {
         let mut views: Vec<ParamMut<'_>> = self
-            .layers
-            .iter_mut()
-            .flat_map(|l| l.params.iter_mut())
+            .param_iter_mut()
             .map(|p| ParamMut::new(&p.name, &p.shape, &mut p.value, &p.grad))
             .collect();
         opt.step(&mut views)

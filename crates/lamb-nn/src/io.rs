@@ -51,10 +51,20 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NnError> {
 }
 
 impl Model {
-    /// Saves every parameter as an f32 tensor under its Keras name, atomically.
+    /// Every tensor saved with the weights: the parameters, then the state (BatchNormalization's
+    /// moving statistics), as (name, shape, values), in model order.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let mut t = self.params();
+        t.extend(self.state());
+        t
+    }
+
+    /// Saves every parameter and state tensor as f32 under its Keras name, atomically, with
+    /// the model's description (Keras JSON, [`Model::description`]) in the metadata under
+    /// `keras_model` when it has one.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), NnError> {
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .params()
+            .tensors()
             .into_iter()
             .map(|(name, shape, values)| {
                 (
@@ -73,14 +83,21 @@ impl Model {
                 })?;
             views.push((name.clone(), view));
         }
-        let buf = safetensors::serialize(views, &None).map_err(|e| NnError::Weights {
+        let meta = self
+            .description()
+            .map(|d| std::collections::HashMap::from([("keras_model".to_string(), d)]));
+        let buf = safetensors::serialize(views, &meta).map_err(|e| NnError::Weights {
             path: path.to_path_buf(),
             message: format!("serialising: {e}"),
         })?;
         write_atomic(path, &buf)
     }
 
-    /// Loads every parameter from a safetensors file written by [`Model::save_safetensors`] or
+    fn param_count_tensors(&self) -> usize {
+        self.param_iter().count()
+    }
+
+    /// Loads every parameter and state tensor from a safetensors file written by [`Model::save_safetensors`] or
     /// converted from Keras (a `:0` suffix on names is accepted). Every model tensor must be
     /// present with dtype F32 and the model's shape, no other tensor may be present, and no
     /// value may be NaN or infinite. On error the model is unchanged.
@@ -96,9 +113,11 @@ impl Model {
                 bytes.len()
             ))
         })?;
-        let names = self.param_names();
+        let tensors = self.tensors();
+        let names: Vec<String> = tensors.iter().map(|t| t.0.clone()).collect();
+        let n_params = self.param_count_tensors();
         let mut loaded: Vec<(String, Vec<f32>)> = Vec::with_capacity(names.len());
-        for (name, shape, _) in self.params() {
+        for (name, shape, _) in tensors {
             let with_suffix = format!("{name}:0");
             if st.tensor(&name).is_ok() && st.tensor(&with_suffix).is_ok() {
                 return Err(err(format!(
@@ -145,8 +164,12 @@ impl Model {
                 "unexpected tensors {extra:?}; the model has {names:?}"
             )));
         }
-        for (name, values) in loaded {
-            self.set_param(&name, &values)?;
+        for (k, (name, values)) in loaded.into_iter().enumerate() {
+            if k < n_params {
+                self.set_param(&name, &values)?;
+            } else {
+                self.set_state(&name, &values)?;
+            }
         }
         Ok(())
     }

@@ -12,8 +12,9 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use crate::graph::GraphNet;
 use crate::kernels::{self, ConvGeom, PoolGeom};
-use crate::NnError;
+use crate::{ModelSpec, NnError};
 
 /// Activation applied after a layer's affine part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +301,8 @@ impl Sequential {
         let (layers, out_shapes): (Vec<Layer>, Vec<Vec<usize>>) = layers.into_iter().unzip();
         let n = layers.len();
         Ok(Model {
+            graph: None,
+            spec: None,
             input_shape: self.input_shape,
             out_lens: out_shapes.iter().map(|s| s.iter().product()).collect(),
             out_shapes,
@@ -365,6 +368,17 @@ pub(crate) struct Param {
 }
 
 impl Param {
+    /// A parameter `name` of `shape` holding `value`, with a zero gradient.
+    pub(crate) fn new(name: String, shape: Vec<usize>, value: Vec<f32>) -> Self {
+        let n = value.len();
+        Param {
+            name,
+            shape,
+            value,
+            grad: vec![0.0; n],
+        }
+    }
+
     fn glorot(
         layer: &str,
         shape: Vec<usize>,
@@ -535,9 +549,30 @@ impl Workspace {
     }
 }
 
-/// A built model: parameters, gradients and the reusable work buffers.
+/// One of two iterators of the same items (the two engines' parameter lists).
+pub(crate) enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+impl<T, A: Iterator<Item = T>, B: Iterator<Item = T>> Iterator for Either<A, B> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Either::Left(a) => a.next(),
+            Either::Right(b) => b.next(),
+        }
+    }
+}
+
+/// A built model: parameters, gradients and the reusable work buffers. Runs on the fused
+/// engine (`layers`, the seed CNN's stacks) or on the general graph engine (`graph`).
 #[derive(Debug, Clone)]
 pub struct Model {
+    /// The general engine's graph; `layers` is then empty.
+    pub(crate) graph: Option<Box<GraphNet>>,
+    /// The description it was built from, when built from one.
+    pub(crate) spec: Option<ModelSpec>,
     pub(crate) input_shape: [usize; 3],
     pub(crate) layers: Vec<Layer>,
     pub(crate) out_shapes: Vec<Vec<usize>>,
@@ -678,8 +713,94 @@ fn thousands(n: usize) -> String {
 }
 
 impl Model {
+    /// A model on the general engine.
+    pub(crate) fn from_graph(
+        net: GraphNet,
+        input_shape: [usize; 3],
+        classes: usize,
+        spec: ModelSpec,
+    ) -> Model {
+        Model {
+            graph: Some(Box::new(net)),
+            spec: Some(spec),
+            input_shape,
+            layers: Vec::new(),
+            out_shapes: Vec::new(),
+            out_lens: Vec::new(),
+            classes,
+            ws: Workspace::new(0),
+        }
+    }
+
+    /// Trainable parameters, in model order (allocates nothing: training steps use it).
+    pub(crate) fn param_iter(&self) -> impl Iterator<Item = &Param> + '_ {
+        match &self.graph {
+            Some(g) => Either::Left(g.params()),
+            None => Either::Right(self.layers.iter().flat_map(|l| &l.params)),
+        }
+    }
+
+    /// Mutable [`Model::param_iter`].
+    pub(crate) fn param_iter_mut(&mut self) -> impl Iterator<Item = &mut Param> + '_ {
+        match &mut self.graph {
+            Some(g) => Either::Left(g.params_mut()),
+            None => Either::Right(self.layers.iter_mut().flat_map(|l| &mut l.params)),
+        }
+    }
+
+    /// Non-trainable state (BatchNormalization's moving statistics) as (name, shape,
+    /// values), in model order; saved with the weights, never touched by an optimizer.
+    pub fn state(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        self.graph
+            .iter()
+            .flat_map(|g| g.state())
+            .map(|p| (p.name.clone(), p.shape.clone(), &p.value[..]))
+            .collect()
+    }
+
+    /// Replaces the values of state tensor `name`.
+    pub fn set_state(&mut self, name: &str, values: &[f32]) -> Result<(), NnError> {
+        let known: Vec<String> = self.state().into_iter().map(|(n, ..)| n).collect();
+        let p = self
+            .graph
+            .iter_mut()
+            .flat_map(|g| g.state_mut())
+            .find(|p| p.name == name)
+            .ok_or_else(|| NnError::UnknownParameter {
+                name: name.to_string(),
+                known: known.join(", "),
+            })?;
+        if p.value.len() != values.len() {
+            return Err(NnError::ParameterLength {
+                name: name.to_string(),
+                found: values.len(),
+                expected: p.value.len(),
+            });
+        }
+        p.value.copy_from_slice(values);
+        Ok(())
+    }
+
+    /// Replaces the values of parameter or state tensor `name` (as [`Model::tensors`] lists).
+    pub fn set_tensor(&mut self, name: &str, values: &[f32]) -> Result<(), NnError> {
+        if self.state().iter().any(|t| t.0 == name) {
+            self.set_state(name, values)
+        } else {
+            self.set_param(name, values)
+        }
+    }
+
+    /// The model's description as Keras JSON (`model.to_json()` form), when it was built from
+    /// one ([`ModelSpec`], [`classic_cnn`]).
+    pub fn description(&self) -> Option<String> {
+        self.spec.as_ref().map(ModelSpec::to_keras_json)
+    }
+
     /// Keras-like summary table: layer (type), output shape, parameter count, totals.
     pub fn summary(&self) -> String {
+        if let Some(g) = &self.graph {
+            return g.summary();
+        }
         let widths = [33usize, 26, 10];
         let line_len: usize = widths.iter().sum::<usize>() + 1;
         let mut s = String::from("Model: \"sequential\"\n");
@@ -714,38 +835,31 @@ impl Model {
         s
     }
 
-    /// Total number of parameters.
+    /// Total number of trainable parameters (the length of the flat gradient).
     pub fn param_count(&self) -> usize {
-        self.layers
-            .iter()
-            .flat_map(|l| &l.params)
-            .map(|p| p.value.len())
-            .sum()
+        self.param_iter().map(|p| p.value.len()).sum()
+    }
+
+    /// Parameters and state values together (Keras' "Total params").
+    pub fn total_param_count(&self) -> usize {
+        self.param_count() + self.state().iter().map(|s| s.2.len()).sum::<usize>()
     }
 
     /// Parameter names in model order (`conv2d/kernel`, `conv2d/bias`, ..., `dense/bias`).
     pub fn param_names(&self) -> Vec<String> {
-        self.layers
-            .iter()
-            .flat_map(|l| &l.params)
-            .map(|p| p.name.clone())
-            .collect()
+        self.param_iter().map(|p| p.name.clone()).collect()
     }
 
     /// Every parameter as (name, shape, values), in model order.
     pub fn params(&self) -> Vec<(String, Vec<usize>, &[f32])> {
-        self.layers
-            .iter()
-            .flat_map(|l| &l.params)
+        self.param_iter()
             .map(|p| (p.name.clone(), p.shape.clone(), &p.value[..]))
             .collect()
     }
 
     /// The gradients of the last training step as (name, values), in model order.
     pub fn grads(&self) -> Vec<(String, &[f32])> {
-        self.layers
-            .iter()
-            .flat_map(|l| &l.params)
+        self.param_iter()
             .map(|p| (p.name.clone(), &p.grad[..]))
             .collect()
     }
@@ -754,9 +868,7 @@ impl Model {
     pub fn set_param(&mut self, name: &str, values: &[f32]) -> Result<(), NnError> {
         let known = self.param_names().join(", ");
         let p = self
-            .layers
-            .iter_mut()
-            .flat_map(|l| &mut l.params)
+            .param_iter_mut()
             .find(|p| p.name == name)
             .ok_or_else(|| NnError::UnknownParameter {
                 name: name.to_string(),
@@ -790,6 +902,13 @@ impl Model {
 
     /// Layer names and types, in order (for reports).
     pub fn layer_names(&self) -> Vec<String> {
+        if let Some(g) = &self.graph {
+            return g
+                .nodes
+                .iter()
+                .map(|n| format!("{} ({})", n.name, n.layer.class()))
+                .collect();
+        }
         self.layers
             .iter()
             .map(|l| format!("{} ({})", l.name, l.type_name()))
@@ -803,6 +922,9 @@ impl Model {
         let in_len = self.in_len();
         grow(&mut self.ws.x, batch * in_len);
         grow(&mut self.ws.y, batch);
+        if let Some(g) = self.graph.as_mut() {
+            g.ensure(batch);
+        }
         let seg = self.image_segment();
         for (i, (out, len)) in self.ws.out.iter_mut().zip(&self.out_lens).enumerate() {
             // Transient outputs live in the chunks' scratch; Flatten layers are views.
@@ -848,8 +970,13 @@ impl Model {
     /// (the last holds logits). The leading convolution and pooling layers run as one parallel
     /// loop over chunks of [`kernels::CONV_CHUNK`] images, each chunk going through all of
     /// them while its activations are in cache; the layers after run one at a time.
-    pub(crate) fn forward(&mut self, batch: usize) {
+    pub(crate) fn forward(&mut self, batch: usize, training: bool) {
         self.ensure_forward(batch);
+        if let Some(g) = self.graph.as_mut() {
+            let x = &self.ws.x[..batch * self.input_shape.iter().product::<usize>()];
+            g.forward(x, batch, training);
+            return;
+        }
         let seg = self.image_segment();
         let in0 = self.in_len();
         let Model {
@@ -895,6 +1022,11 @@ impl Model {
     /// gradients are summed in chunk order, so no bit depends on the thread count.
     pub(crate) fn backward(&mut self, batch: usize) {
         self.ensure_backward(batch);
+        if let Some(g) = self.graph.as_mut() {
+            let x = &self.ws.x[..batch * self.input_shape.iter().product::<usize>()];
+            g.backward(x, batch);
+            return;
+        }
         let seg = self.image_segment();
         let in0 = self.in_len();
         let Model {
@@ -955,6 +1087,9 @@ impl Model {
     /// `ws.y`; writes d(mean loss)/d(logits). Returns (loss sum, correct count).
     pub(crate) fn loss_and_grad(&mut self, batch: usize) -> (f64, usize) {
         self.ensure_backward(batch);
+        if let Some(g) = self.graph.as_mut() {
+            return g.loss_and_grad(&self.ws.y, batch);
+        }
         let last = self.layers.len() - 1;
         let c = self.classes;
         let (logits, dlogits) = (
@@ -964,18 +1099,42 @@ impl Model {
         kernels::softmax_xent(logits, &self.ws.y[..batch], c, dlogits)
     }
 
+    /// Numbers the next training forward passes from `n + 1` (the general engine seeds
+    /// dropout masks with it).
+    pub(crate) fn set_pass_counter(&mut self, n: u64) {
+        if let Some(g) = self.graph.as_mut() {
+            g.step = n;
+        }
+    }
+
+    /// The logits of the last forward pass on `batch` samples.
+    pub(crate) fn logits(&self, batch: usize) -> &[f32] {
+        match &self.graph {
+            Some(g) => g.logits(batch),
+            None => &self.ws.out[self.layers.len() - 1][..batch * self.classes],
+        }
+    }
+
     /// Resets the per-layer forward/backward timers.
     pub fn reset_timers(&mut self) {
+        if let Some(g) = self.graph.as_mut() {
+            g.fwd_secs.iter_mut().for_each(|t| *t = 0.0);
+            g.bwd_secs.iter_mut().for_each(|t| *t = 0.0);
+        }
         self.ws.fwd_secs.iter_mut().for_each(|t| *t = 0.0);
         self.ws.bwd_secs.iter_mut().for_each(|t| *t = 0.0);
     }
 
     /// Seconds spent per layer in (forward, backward) since the last [`Model::reset_timers`].
     pub fn layer_timers(&self) -> Vec<(String, f64, f64)> {
+        let (f, b) = match &self.graph {
+            Some(g) => (&g.fwd_secs, &g.bwd_secs),
+            None => (&self.ws.fwd_secs, &self.ws.bwd_secs),
+        };
         self.layer_names()
             .into_iter()
-            .zip(&self.ws.fwd_secs)
-            .zip(&self.ws.bwd_secs)
+            .zip(f)
+            .zip(b)
             .map(|((n, f), b)| (n, *f, *b))
             .collect()
     }

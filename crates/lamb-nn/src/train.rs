@@ -356,7 +356,7 @@ impl Model {
         epoch: usize,
         step: usize,
     ) -> Result<StepMetrics, NnError> {
-        self.forward(batch);
+        self.forward(batch, true);
         let (loss_sum, correct) = self.loss_and_grad(batch);
         if !loss_sum.is_finite() {
             return Err(NnError::NonFiniteLoss {
@@ -368,9 +368,7 @@ impl Model {
         self.backward(batch);
         let mut views: Vec<ParamMut<'_>> = recycle(std::mem::take(&mut self.ws.views));
         views.extend(
-            self.layers
-                .iter_mut()
-                .flat_map(|l| l.params.iter_mut())
+            self.param_iter_mut()
                 .map(|p| ParamMut::new(&p.name, &p.shape, &mut p.value, &p.grad)),
         );
         let outcome = opt.step(&mut views);
@@ -515,6 +513,9 @@ impl Model {
                 let global = &order[s * bs..((s + 1) * bs).min(n)];
                 let b = global.len();
                 let mine = shard(global, rank, size);
+                // Training passes (dropout masks) numbered by epoch, step, rank and
+                // micro-batch: the same after a resume.
+                self.set_pass_counter((((e * steps + s) * size + rank) * micro_batches) as u64);
                 let mut m = match acc.as_mut() {
                     None => self.compute_gradients_on(train, mine)?,
                     Some(acc) => local_gradients(self, train, mine, b, micro_batches, acc)?,
@@ -688,16 +689,11 @@ impl Model {
         let bs = batch_size.min(data.len());
         self.ensure_forward(bs);
         let all: Vec<usize> = (0..data.len()).collect();
-        let last = self.layers.len() - 1;
         for (k, idx) in all.chunks(bs).enumerate() {
             let b = idx.len();
             data.fill_batch(idx, &mut self.ws.x[..b * in_len], &mut self.ws.y[..b]);
-            self.forward(b);
-            each(
-                &self.ws.out[last][..b * self.classes],
-                &self.ws.y[..b],
-                k * bs,
-            );
+            self.forward(b, false);
+            each(self.logits(b), &self.ws.y[..b], k * bs);
         }
         Ok(())
     }

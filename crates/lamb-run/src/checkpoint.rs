@@ -204,7 +204,7 @@ impl Checkpoint {
         Checkpoint {
             progress: progress.clone(),
             params: model
-                .params()
+                .tensors()
                 .into_iter()
                 .map(|(n, s, v)| (n, s, v.to_vec()))
                 .collect(),
@@ -427,7 +427,7 @@ impl Checkpoint {
                 opt.name()
             )));
         }
-        let ours = model.params();
+        let ours = model.tensors();
         let here: Vec<String> = ours.iter().map(|(n, s, _)| format!("{n} {s:?}")).collect();
         let there: Vec<String> = self
             .params
@@ -448,7 +448,7 @@ impl Checkpoint {
             .map_err(|e| mismatch(format!("optimizer state: {e}")))?;
         for (n, _, v) in &self.params {
             model
-                .set_param(n, v)
+                .set_tensor(n, v)
                 .map_err(|e| mismatch(format!("weights: {e}")))?;
         }
         Ok(())

@@ -187,6 +187,9 @@ impl fmt::Display for ActivationKind {
     }
 }
 
+/// The default model: the classic experiment's seed CNN.
+pub const SEED_CNN: &str = "seed-cnn";
+
 /// Settings as a config file or the flags give them: every key optional. File keys are the
 /// flag names, with `-` or `_` (`batch-size` or `batch_size`); unknown keys are errors.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -270,6 +273,11 @@ pub struct Settings {
     /// Hidden-layer activation of the CNN [default: relu].
     #[arg(long, value_enum)]
     pub activation: Option<ActivationKind>,
+    /// Model: seed-cnn (the classic CNN, with --activation), resnet20 (the Keras CIFAR-10
+    /// example's ResNet-20 v1), or a Keras model JSON file (`model.to_json()`) [default:
+    /// seed-cnn].
+    #[arg(long, value_name = "NAME|FILE")]
+    pub model: Option<String>,
     /// Worker threads for the engine [default: all cores]; with --workers, threads per rank.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -417,6 +425,7 @@ impl Settings {
             warmup_epochs,
             decay_power,
             activation,
+            model,
             threads,
             workers,
             accumulate,
@@ -461,6 +470,7 @@ impl Settings {
             extra_hyper: Vec::new(),
             schedule: ScheduleConfig::default(),
             activation: ActivationKind::Relu,
+            model: SEED_CNN.into(),
             threads: None,
             workers: 1,
             accumulate: 1,
@@ -520,6 +530,15 @@ impl Settings {
                 power: self.decay_power.unwrap_or(1.0),
             },
             activation: self.activation.unwrap_or(ActivationKind::Relu),
+            // A model file is recorded by its absolute path, so that `--resume` works from
+            // any directory.
+            model: match &self.model {
+                Some(m) if Path::new(m).is_file() => std::fs::canonicalize(m)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| m.clone()),
+                Some(m) => m.clone(),
+                None => SEED_CNN.into(),
+            },
             threads: self.threads,
             workers: self.workers.unwrap_or(1),
             accumulate: self.accumulate.unwrap_or(1),
@@ -564,6 +583,8 @@ pub struct RunConfig {
     pub schedule: ScheduleConfig,
     /// Hidden activation.
     pub activation: ActivationKind,
+    /// Model: `seed-cnn`, `resnet20` or a Keras model JSON file.
+    pub model: String,
     /// Engine threads (`None`: all cores); per rank with several workers.
     pub threads: Option<usize>,
     /// Data-parallel ranks (1: one process).
@@ -588,6 +609,10 @@ pub struct RunConfig {
 impl RunConfig {
     /// Checks the ranges that do not depend on the optimizer library.
     pub fn validate(&self) -> Result<()> {
+        if self.model != SEED_CNN {
+            // The whole description is checked (and built once) before any work starts.
+            crate::models::build(&self.model, self.activation, 0)?;
+        }
         if self.epochs == 0 || self.epochs > 100_000 {
             bail!("`epochs` = {}: must be between 1 and 100000", self.epochs);
         }
@@ -729,6 +754,8 @@ impl RunConfig {
             warmup_epochs: Some(self.schedule.warmup_epochs),
             decay_power: (self.schedule.kind == ScheduleKind::Poly).then_some(self.schedule.power),
             activation: Some(self.activation),
+            // Unset for the seed CNN, so that keys of earlier runs stay as they were.
+            model: (self.model != SEED_CNN).then(|| self.model.clone()),
             threads: self.threads,
             workers: Some(self.workers),
             accumulate: Some(self.accumulate),

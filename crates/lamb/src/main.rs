@@ -4,6 +4,7 @@
 
 mod compare;
 mod config;
+mod models;
 mod optim;
 mod plots;
 mod progress;
@@ -88,6 +89,11 @@ struct EvaluateArgs {
     /// config.toml beside the weights, else relu].
     #[arg(long, value_enum)]
     activation: Option<ActivationKind>,
+    /// Model the weights belong to: seed-cnn, resnet20 or a Keras model JSON file [default:
+    /// the description stored in the weights file, else the run's config.toml beside it, else
+    /// seed-cnn].
+    #[arg(long, value_name = "NAME|FILE")]
+    model: Option<String>,
     /// Evaluation batch size.
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
@@ -180,6 +186,10 @@ struct BenchArgs {
     /// Engine threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Model of the engine benchmark: seed-cnn, resnet20 or a Keras model JSON file (32x32x3
+    /// inputs) [default: seed-cnn].
+    #[arg(long, value_name = "NAME|FILE")]
+    model: Option<String>,
     /// What to measure: the engine's epochs, the optimizers' steps, or both.
     #[arg(long, value_enum, default_value_t = BenchWhat::All)]
     what: BenchWhat,
@@ -497,13 +507,10 @@ fn cmd_evaluate(a: &EvaluateArgs) -> Result<ExitCode> {
             }
         }
     };
-    let mut model = lamb_nn::classic_cnn(run::activation(activation), 0)?;
-    model.load_safetensors(&a.weights).with_context(|| {
-        format!(
-            "loading weights {} into the classic CNN ({activation})",
-            a.weights.display()
-        )
-    })?;
+    let (mut model, what) = models::for_weights(&a.weights, a.model.as_deref(), activation)?;
+    model
+        .load_safetensors(&a.weights)
+        .with_context(|| format!("loading weights {} into {what}", a.weights.display()))?;
     let data = run::load_data(
         a.data.as_deref(),
         &lamb_data::LoadOptions::default(),
@@ -698,6 +705,10 @@ fn cmd_bench(a: &BenchArgs) -> Result<ExitCode> {
             epochs: a.epochs,
             train_images: a.train_images,
             val_images: a.val_images,
+            model: match a.model.as_deref() {
+                None | Some(config::SEED_CNN) => None,
+                Some(m) => Some(lamb_nn::ModelSpec::named(m, "relu")?),
+            },
             ..Default::default()
         };
         let results = lamb_nn::bench::run(&cfg)?;

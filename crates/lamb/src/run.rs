@@ -265,9 +265,13 @@ pub fn display_name(cfg: &RunConfig) -> String {
             .to_uppercase()
             .replace("ADAMW", "AdamW")
             .replace("ADAM", "Adam"),
-        match cfg.activation {
-            ActivationKind::Relu => "ReLU",
-            ActivationKind::Selu => "SELU",
+        match (cfg.model.as_str(), cfg.activation) {
+            (crate::config::SEED_CNN, ActivationKind::Relu) => "ReLU".to_string(),
+            (crate::config::SEED_CNN, ActivationKind::Selu) => "SELU".to_string(),
+            // A model file by its name without the directory and `.json`.
+            (m, _) => Path::new(m)
+                .file_stem()
+                .map_or(m.to_string(), |s| s.to_string_lossy().into_owned()),
         }
     )
 }
@@ -326,7 +330,11 @@ fn summary_markdown(s: &SummaryInput<'_>) -> String {
     let opt_line = cfg.optimizer_line();
     let _ = writeln!(md, "## Setup\n");
     let _ = writeln!(md, "- optimizer: {opt_line}");
-    let _ = writeln!(md, "- hidden activation: {}", cfg.activation);
+    if cfg.model == crate::config::SEED_CNN {
+        let _ = writeln!(md, "- hidden activation: {}", cfg.activation);
+    } else {
+        let _ = writeln!(md, "- model: {}", cfg.model);
+    }
     let _ = writeln!(
         md,
         "- epochs: {}, batch size: {}, seed: {}",
@@ -597,23 +605,28 @@ pub fn train_with(
         Mode::Quiet
     };
     let mut out = Progress::new(mode, tag, cfg.epochs);
-    // The seed CNN for the data's image shape and class count (32x32x3 and 10 for CIFAR-10).
+    // The seed CNN for the data's image shape and class count (32x32x3 and 10 for CIFAR-10);
+    // another model as described (its input and classes must fit the data).
     let t = &data.train;
-    let mut model = classic_cnn_for(
-        [t.height, t.width, t.channels],
-        t.class_names.len(),
-        activation(cfg.activation),
-        cfg.seed,
-    )
-    .with_context(|| {
-        format!(
-            "building the seed CNN for {}x{}x{} images and {} classes",
-            t.height,
-            t.width,
-            t.channels,
-            t.class_names.len()
+    let mut model = if cfg.model == crate::config::SEED_CNN {
+        classic_cnn_for(
+            [t.height, t.width, t.channels],
+            t.class_names.len(),
+            activation(cfg.activation),
+            cfg.seed,
         )
-    })?;
+        .with_context(|| {
+            format!(
+                "building the seed CNN for {}x{}x{} images and {} classes",
+                t.height,
+                t.width,
+                t.channels,
+                t.class_names.len()
+            )
+        })?
+    } else {
+        crate::models::build(&cfg.model, cfg.activation, cfg.seed)?
+    };
     let mut opt = cfg.build_optimizer(data.train.len())?;
     let ck_path = dir.join(checkpoint::FILE);
     let mut progress = FitProgress::default();
@@ -986,5 +999,9 @@ mod tests {
         c.optimizer = crate::config::OptimizerKind::Adam;
         c.activation = ActivationKind::Selu;
         assert_eq!(display_name(&c), "Adam + SELU");
+        c.model = "resnet20".into();
+        assert_eq!(display_name(&c), "Adam + resnet20");
+        c.model = "/some/where/my_net.json".into();
+        assert_eq!(display_name(&c), "Adam + my_net");
     }
 }
