@@ -119,13 +119,8 @@ impl Model {
                 Some(_) => {}
             }
         }
-        let in_len = self.in_len();
         self.ensure_backward(batch);
-        data.fill_batch(
-            indices,
-            &mut self.ws.x[..batch * in_len],
-            &mut self.ws.y[..batch],
-        );
+        self.fill_train(data, indices);
         Ok(self.gradients_of_loaded(batch))
     }
 

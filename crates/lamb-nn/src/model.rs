@@ -309,6 +309,8 @@ impl Sequential {
             layers,
             classes,
             ws: Workspace::new(n),
+            input: None,
+            input_epoch: 0,
         })
     }
 }
@@ -579,6 +581,11 @@ pub struct Model {
     pub(crate) out_lens: Vec<usize>,
     pub(crate) classes: usize,
     pub(crate) ws: Workspace,
+    /// How batches are made from images (standardization, augmentation); `None`: pixels
+    /// scaled by 1/255, as the classic experiment does.
+    pub(crate) input: Option<Box<lamb_data::InputPipeline>>,
+    /// The epoch (from 0) whose training batches are being made (augmentation draws follow it).
+    pub(crate) input_epoch: u64,
 }
 
 fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
@@ -729,6 +736,8 @@ impl Model {
             out_lens: Vec::new(),
             classes,
             ws: Workspace::new(0),
+            input: None,
+            input_epoch: 0,
         }
     }
 
@@ -1097,6 +1106,38 @@ impl Model {
             &mut self.ws.dout[last][..batch * c],
         );
         kernels::softmax_xent(logits, &self.ws.y[..batch], c, dlogits)
+    }
+
+    /// Makes training and evaluation batches through `pipeline` (per-channel standardization,
+    /// random crop and flip: see [`lamb_data::InputPipeline`]); `None` restores plain 1/255
+    /// scaling. Augmentation draws depend on the seed, the epoch and the image only, so a
+    /// resumed run or another thread count sees the same batches.
+    pub fn set_input_pipeline(&mut self, pipeline: Option<lamb_data::InputPipeline>) {
+        self.input = pipeline.map(Box::new);
+    }
+
+    /// Fills the workspace with training batch `indices` of `data` (through the input
+    /// pipeline, for epoch [`Model::input_epoch`], when one is set).
+    pub(crate) fn fill_train(&mut self, data: &lamb_data::Dataset, indices: &[usize]) {
+        let n = indices.len();
+        let in_len = self.in_len();
+        let (x, y) = (&mut self.ws.x[..n * in_len], &mut self.ws.y[..n]);
+        match &self.input {
+            Some(p) => p.fill_train_batch(data, indices, self.input_epoch, x, y),
+            None => data.fill_batch(indices, x, y),
+        }
+    }
+
+    /// Fills the workspace with evaluation batch `indices` of `data` (standardized when the
+    /// input pipeline says so, never augmented).
+    pub(crate) fn fill_eval(&mut self, data: &lamb_data::Dataset, indices: &[usize]) {
+        let n = indices.len();
+        let in_len = self.in_len();
+        let (x, y) = (&mut self.ws.x[..n * in_len], &mut self.ws.y[..n]);
+        match &self.input {
+            Some(p) => p.fill_eval_batch(data, indices, x, y),
+            None => data.fill_batch(indices, x, y),
+        }
     }
 
     /// Numbers the next training forward passes from `n + 1` (the general engine seeds

@@ -516,6 +516,7 @@ impl Model {
                 // Training passes (dropout masks) numbered by epoch, step, rank and
                 // micro-batch: the same after a resume.
                 self.set_pass_counter((((e * steps + s) * size + rank) * micro_batches) as u64);
+                self.input_epoch = e as u64;
                 let mut m = match acc.as_mut() {
                     None => self.compute_gradients_on(train, mine)?,
                     Some(acc) => local_gradients(self, train, mine, b, micro_batches, acc)?,
@@ -685,13 +686,12 @@ impl Model {
     ) -> Result<(), NnError> {
         check_data(self, data, "evaluation")?;
         positive("batch_size", batch_size)?;
-        let in_len = self.in_len();
         let bs = batch_size.min(data.len());
         self.ensure_forward(bs);
         let all: Vec<usize> = (0..data.len()).collect();
         for (k, idx) in all.chunks(bs).enumerate() {
             let b = idx.len();
-            data.fill_batch(idx, &mut self.ws.x[..b * in_len], &mut self.ws.y[..b]);
+            self.fill_eval(data, idx);
             self.forward(b, false);
             each(self.logits(b), &self.ws.y[..b], k * bs);
         }

@@ -309,6 +309,15 @@ pub struct Settings {
     #[arg(long, value_name = "A")]
     #[serde(alias = "target_accuracy")]
     pub target_accuracy: Option<f64>,
+    /// Training-batch augmentation, Keras-style: `crop=N` (pad by N with zeros, crop back at a
+    /// random offset), `flip` (horizontal), both as `crop=4,flip`, or `none` [default: none].
+    /// Deterministic from the seed, the epoch and the image.
+    #[arg(long, value_name = "SPEC")]
+    pub augment: Option<String>,
+    /// Per-channel standardization with the training images' mean and standard deviation
+    /// (stored in the run's `input.json`) instead of plain 1/255 scaling [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub standardize: Option<bool>,
     /// Print only the final summary.
     #[arg(long, short = 'q', action = clap::ArgAction::SetTrue)]
     #[serde(default, skip_serializing_if = "is_false")]
@@ -432,7 +441,9 @@ impl Settings {
             limit_train,
             limit_test,
             validation_split,
-            target_accuracy
+            target_accuracy,
+            augment,
+            standardize
         )
     }
 
@@ -478,6 +489,8 @@ impl Settings {
             limit_test: None,
             validation_split: None,
             target_accuracy: None,
+            augment: lamb_data::Augment::default(),
+            standardize: false,
             quiet: false,
             json: false,
         };
@@ -546,6 +559,16 @@ impl Settings {
             limit_test: self.limit_test,
             validation_split: self.validation_split,
             target_accuracy: self.target_accuracy,
+            augment: self
+                .augment
+                .as_deref()
+                .map(|a| {
+                    a.parse()
+                        .map_err(|e| anyhow::anyhow!("`augment` = {a:?}: {e}"))
+                })
+                .transpose()?
+                .unwrap_or_default(),
+            standardize: self.standardize.unwrap_or(false),
             quiet: self.quiet,
             json: self.json,
         };
@@ -600,6 +623,10 @@ pub struct RunConfig {
     pub validation_split: Option<f64>,
     /// Stop when the validation accuracy first reaches this (`None`: run every epoch).
     pub target_accuracy: Option<f64>,
+    /// Training-batch augmentation (`--augment`).
+    pub augment: lamb_data::Augment,
+    /// Per-channel standardization (`--standardize`).
+    pub standardize: bool,
     /// Quiet output.
     pub quiet: bool,
     /// JSON-lines output.
@@ -763,6 +790,8 @@ impl RunConfig {
             limit_test: self.limit_test,
             validation_split: self.validation_split,
             target_accuracy: self.target_accuracy,
+            augment: self.augment.is_active().then(|| self.augment.to_string()),
+            standardize: self.standardize.then_some(true),
             quiet: false,
             json: false,
             hyper: self.extra_hyper.clone(),

@@ -337,6 +337,8 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
         ("resize", flags.resize.is_some()),
         ("validation-split", flags.validation_split.is_some()),
         ("target-accuracy", flags.target_accuracy.is_some()),
+        ("augment", flags.augment.is_some()),
+        ("standardize", flags.standardize.is_some()),
         ("labels", flags.labels.is_some()),
     ];
     if let Some((k, _)) = fixed.iter().find(|(_, set)| *set) {
@@ -518,6 +520,18 @@ fn cmd_evaluate(a: &EvaluateArgs) -> Result<ExitCode> {
         Some(1),
         a.limit_test,
     )?;
+    // A run trained with --standardize recorded its statistics beside its weights.
+    if let Some(p) = run::recorded_standardization(&a.weights)? {
+        let n = p.standardize.as_ref().map_or(0, |s| s.mean.len());
+        if n != data.test.channels {
+            bail!(
+                "the run's standardization (input.json beside the weights) has {n} channels; \
+                 the data has {}",
+                data.test.channels
+            );
+        }
+        model.set_input_pipeline(Some(p));
+    }
     let ev = model.evaluate(&data.test, a.batch_size)?;
     if a.json {
         println!(

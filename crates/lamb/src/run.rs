@@ -70,6 +70,70 @@ pub fn hold_out(data: RunData, fraction: f64, seed: u64) -> Result<RunData> {
 /// The file recording a run's held-out validation indices.
 pub const VALIDATION_FILE: &str = "validation_split.json";
 
+/// The file recording a run's input pipeline (augmentation, standardization statistics).
+pub const INPUT_FILE: &str = "input.json";
+
+/// The run's input pipeline (`--augment`, `--standardize`), or `None` for the classic plain
+/// 1/255 scaling. Standardization statistics come from the training images only.
+pub fn input_pipeline(cfg: &RunConfig, data: &RunData) -> Option<lamb_data::InputPipeline> {
+    (cfg.standardize || cfg.augment.is_active()).then(|| lamb_data::InputPipeline {
+        standardize: cfg
+            .standardize
+            .then(|| lamb_data::Standardize::from_dataset(&data.train)),
+        augment: cfg.augment,
+        seed: cfg.seed,
+    })
+}
+
+/// The standardization a run recorded in its [`INPUT_FILE`] beside `weights` (as an evaluation
+/// pipeline), or `None` when there is no such file or the run did not standardize.
+pub fn recorded_standardization(weights: &Path) -> Result<Option<lamb_data::InputPipeline>> {
+    let Some(path) = weights.parent().map(|d| d.join(INPUT_FILE)) else {
+        return Ok(None);
+    };
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = lamb_nn::files::read_capped(&path, 1 << 20, "input record")
+        .with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let st = &v["standardize"];
+    if st.is_null() {
+        return Ok(None);
+    }
+    let floats = |k: &str| -> Result<Vec<f32>> {
+        st[k]
+            .as_array()
+            .and_then(|a| a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect())
+            .with_context(|| {
+                format!(
+                    "{}: `standardize.{k}` is not a list of numbers",
+                    path.display()
+                )
+            })
+    };
+    let (mean, std) = (floats("mean")?, floats("std")?);
+    if mean.len() != std.len()
+        || mean.is_empty()
+        || !mean.iter().all(|m| m.is_finite())
+        || !std.iter().all(|d| d.is_finite() && *d > 0.0)
+    {
+        bail!(
+            "{}: `standardize` needs one finite mean and one positive standard deviation per \
+             channel (found {} and {})",
+            path.display(),
+            mean.len(),
+            std.len()
+        );
+    }
+    Ok(Some(lamb_data::InputPipeline {
+        standardize: Some(lamb_data::Standardize { mean, std }),
+        augment: lamb_data::Augment::default(),
+        seed: 0,
+    }))
+}
+
 /// The file recording whether and when a run reached its `--target-accuracy`.
 pub const TARGET_FILE: &str = "target.json";
 
@@ -627,6 +691,8 @@ pub fn train_with(
     } else {
         crate::models::build(&cfg.model, cfg.activation, cfg.seed)?
     };
+    let input = input_pipeline(cfg, data);
+    model.set_input_pipeline(input.clone());
     let mut opt = cfg.build_optimizer(data.train.len())?;
     let ck_path = dir.join(checkpoint::FILE);
     let mut progress = FitProgress::default();
@@ -721,6 +787,21 @@ pub fn train_with(
             write_atomic(
                 &dir.join(VALIDATION_FILE),
                 serde_json::to_string(&record)?.as_bytes(),
+            )?;
+        }
+        if let Some(p) = &input {
+            let record = serde_json::json!({
+                "augment": p.augment.to_string(),
+                "standardize": p.standardize.as_ref().map(|st| serde_json::json!({
+                    "computed_on": "the training images (after --limit-train and --validation-split)",
+                    "mean": st.mean,
+                    "std": st.std,
+                })),
+                "seed": p.seed,
+            });
+            write_atomic(
+                &dir.join(INPUT_FILE),
+                serde_json::to_string_pretty(&record)?.as_bytes(),
             )?;
         }
         let mut recorded = cfg.clone();

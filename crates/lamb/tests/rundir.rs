@@ -449,3 +449,69 @@ fn a_validation_split_holds_out_training_images_and_tests_once_at_the_end() {
         assert!(err.contains("`validation-split`"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn augmented_runs_resume_bit_identically_and_do_not_depend_on_threads() {
+    let (tmp, data) = setup();
+    let run = |out: &Path, threads: &str| {
+        let mut c = lamb(tmp.path());
+        c.args(["train", "--quiet", "--batch-size", "10", "--epochs", "2"])
+            .args([
+                "--augment",
+                "crop=4,flip",
+                "--standardize",
+                "--threads",
+                threads,
+            ])
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(out);
+        c
+    };
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    ok(&mut run(&a, "1"));
+    ok(&mut run(&c, "2"));
+    let p = spawn_paused(&mut run(&b, "2"), "13");
+    p.signal(libc::SIGINT);
+    assert_eq!(p.finish().0.code(), Some(130));
+    ok(&mut resume(tmp.path(), &b));
+    let wa = read(&a.join("weights.safetensors"));
+    assert_eq!(wa, read(&b.join("weights.safetensors")), "resume");
+    assert_eq!(wa, read(&c.join("weights.safetensors")), "threads");
+    // The augmentation changes training (it is not a no-op).
+    let plain = tmp.path().join("plain");
+    ok(train(tmp.path(), &data, &plain, "2").args(["--standardize"]));
+    assert_ne!(wa, read(&plain.join("weights.safetensors")));
+    let input: serde_json::Value = serde_json::from_slice(&read(&a.join("input.json"))).unwrap();
+    assert_eq!(input["augment"], "crop=4,flip", "{input}");
+    assert_eq!(input["standardize"]["mean"].as_array().unwrap().len(), 3);
+    // evaluate applies the recorded standardization: the run's last validation accuracy.
+    let o = ok(lamb(tmp.path())
+        .args(["evaluate", "--json", "--weights"])
+        .arg(a.join("weights.safetensors"))
+        .arg("--data")
+        .arg(&data));
+    let ev: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let history: serde_json::Value =
+        serde_json::from_slice(&read(&a.join("history.json"))).unwrap();
+    let last = history["epochs"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        ev["accuracy"].as_f64(),
+        last["val_accuracy"].as_f64(),
+        "{ev} {last}"
+    );
+    let err = fail(
+        train(tmp.path(), &data, &tmp.path().join("bad"), "1").args(["--augment", "rotate=5"]),
+    );
+    assert!(err.contains("`augment` = \"rotate=5\""), "{err}");
+}
