@@ -57,7 +57,11 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// An engine over classified parameters.
-    pub fn new(label: &'static str, slot_names: &'static [&'static str], params: Vec<Param>) -> Self {
+    pub fn new(
+        label: &'static str,
+        slot_names: &'static [&'static str],
+        params: Vec<Param>,
+    ) -> Self {
         let n = params.len();
         Self {
             label,
@@ -144,14 +148,9 @@ impl Engine {
     fn non_finite_error(&self, t: u64, pending: &[Pending]) -> candle_core::Error {
         let first_bad = |x: &Tensor| -> Option<(usize, f32)> {
             let v = x.flatten_all().ok()?.to_vec1::<f32>().ok()?;
-            v.iter()
-                .position(|x| !x.is_finite())
-                .map(|i| (i, v[i]))
+            v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i]))
         };
-        for (what, pick) in [
-            ("gradient", 0usize),
-            ("update", 1usize),
-        ] {
+        for (what, pick) in [("gradient", 0usize), ("update", 1usize)] {
             for p in pending {
                 let xs: Vec<&Tensor> = if pick == 0 {
                     vec![&p.grad]
@@ -201,10 +200,7 @@ impl Engine {
             }
         }
         let cpu = Device::Cpu;
-        map.insert(
-            "meta/step".into(),
-            Tensor::new(&[self.step as i64], &cpu)?,
-        );
+        map.insert("meta/step".into(), Tensor::new(&[self.step as i64], &cpu)?);
         map.insert(
             "meta/skipped".into(),
             Tensor::new(&[self.skipped as i64], &cpu)?,
@@ -233,8 +229,12 @@ impl Engine {
     /// Restores the state [`Engine::save`] wrote, after checking all of it fits: the same
     /// optimizer, a slot of the right shape for every parameter. On error nothing changes.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let map = candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| msg(format!("cannot read optimizer state {}: {e}", path.display())))?;
+        let map = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+            msg(format!(
+                "cannot read optimizer state {}: {e}",
+                path.display()
+            ))
+        })?;
         self.load_tensors(&map)
             .map_err(|e| msg(format!("optimizer state {}: {e}", path.display())))
     }
@@ -309,7 +309,7 @@ impl Engine {
 /// A one-element tensor that is 0 when every element of `x` is finite and NaN otherwise
 /// (`x - x` is 0 for finite values and NaN for infinities and NaN; the sum of zeros is 0).
 fn not_finite_marker(x: &Tensor) -> Result<Tensor> {
-    (x - x)?.sum_all()
+    x.sub(x)?.sum_all()
 }
 
 /// `where(cond, a, 1)` for one-element tensors: the trust ratio where both norms allow it.

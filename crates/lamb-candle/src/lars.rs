@@ -9,9 +9,7 @@ use candle_core::backprop::GradStore;
 use candle_core::Var;
 use candle_nn::VarMap;
 use lamb_optim::scalars::{complement, scalar};
-use lamb_optim::{
-    Exclusions, LarsConfig, LarsForm, NonFinitePolicy, StepOutcome, TensorTelemetry,
-};
+use lamb_optim::{Exclusions, LarsConfig, LarsForm, NonFinitePolicy, StepOutcome, TensorTelemetry};
 use std::path::Path;
 
 /// The LARS optimizer for candle variables: `lamb-optim`'s [`lamb_optim::Lars`] (formula,

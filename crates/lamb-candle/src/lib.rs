@@ -14,19 +14,20 @@
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::{linear, loss, Module, Optimizer, VarBuilder, VarMap};
 //! use lamb_candle::{Lamb, LambConfig, LambPreset};
-//! let dev = Device::Cpu;
-//! let varmap = VarMap::new();
+//! let (dev, varmap) = (Device::Cpu, VarMap::new());
 //! let model = linear(4, 1, VarBuilder::from_varmap(&varmap, DType::F32, &dev).pp("fc"))?;
 //! let cfg = LambConfig::preset(LambPreset::Timm).with_exclusions(&["bias"], &[]);
 //! let mut opt = Lamb::from_varmap(&varmap, cfg.with_learning_rate(1e-2))?;
 //! let (x, y) = (Tensor::ones((8, 4), DType::F32, &dev)?, Tensor::zeros((8, 1), DType::F32, &dev)?);
 //! for _ in 0..10 { opt.backward_step(&loss::mse(&model.forward(&x)?, &y)?)?; }
-//! println!("{:?}", opt.trust_ratios()?); // [("fc.bias", 1.0), ("fc.weight", ...)]
+//! println!("{:?}", opt.trust_ratios()?); // per-tensor trust ratios of the last step
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 //!
 //! Parameters must be f32. Verified against every trajectory in `../shared/golden` on the
 //! CPU device (tests/golden.rs) and against `lamb-optim` for the presets without one.
+
+#![warn(missing_docs)]
 
 mod engine;
 mod error;

@@ -44,7 +44,10 @@ fn problem(seed: u64) -> Run {
     let names = TENSORS.iter().map(|t| t.0.to_string()).collect();
     let shapes: Vec<Vec<usize>> = TENSORS.iter().map(|t| t.1.to_vec()).collect();
     let len = |s: &Vec<usize>| s.iter().product::<usize>();
-    let init = shapes.iter().map(|s| randn(&mut rng, len(s), 0.5)).collect();
+    let init = shapes
+        .iter()
+        .map(|s| randn(&mut rng, len(s), 0.5))
+        .collect();
     let grads = (0..STEPS)
         .map(|k| {
             shapes
@@ -96,10 +99,15 @@ fn store_of(vars: &[&Var], grads: Vec<Tensor>) -> candle_core::Result<GradStore>
     }
 }
 
-
 fn values(vars: &[(String, Var)]) -> Vec<Vec<f32>> {
     vars.iter()
-        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .map(|(_, v)| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -285,7 +293,12 @@ fn resume_is_exact() {
     b.save(&path).unwrap();
     let resumed: Vec<(String, Var)> = first
         .iter()
-        .map(|(n, v)| (n.clone(), Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap()))
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap(),
+            )
+        })
         .collect();
     let mut c = Lamb::from_named(resumed.clone(), cfg.clone()).unwrap();
     c.load(&path).unwrap();
@@ -310,7 +323,10 @@ fn resume_is_exact() {
         .collect();
     let mut d = Lamb::from_named(other, cfg).unwrap();
     let e = d.load(&path).unwrap_err().to_string();
-    assert!(e.contains("m/x/encoder/dense/kernel") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("m/x/encoder/dense/kernel") && e.contains("missing"),
+        "{e}"
+    );
     assert_eq!(d.steps(), 0);
 }
 
@@ -345,7 +361,11 @@ fn non_finite_gradients_follow_the_policy() {
                 assert_eq!(opt.skipped_steps(), 1);
             }
         }
-        assert_eq!(values(&vs), before, "{policy:?}: a refused step changed weights");
+        assert_eq!(
+            values(&vs),
+            before,
+            "{policy:?}: a refused step changed weights"
+        );
         assert_eq!(opt.steps(), 1);
     }
 }
@@ -354,12 +374,17 @@ fn non_finite_gradients_follow_the_policy() {
 fn construction_errors_name_the_problem() {
     let dev = Device::Cpu;
     let v = Var::zeros(3, candle_core::DType::F64, &dev).unwrap();
-    let e = Lamb::new(vec![v], LambConfig::default()).unwrap_err().to_string();
-    assert!(e.contains("`param.0`") && e.contains("F64"), "{e}");
-    let v = Var::zeros(3, candle_core::DType::F32, &dev).unwrap();
-    let e = Lamb::new(vec![v.clone()], LambConfig::default().with_learning_rate(-1.0))
+    let e = Lamb::new(vec![v], LambConfig::default())
         .unwrap_err()
         .to_string();
+    assert!(e.contains("`param.0`") && e.contains("F64"), "{e}");
+    let v = Var::zeros(3, candle_core::DType::F32, &dev).unwrap();
+    let e = Lamb::new(
+        vec![v.clone()],
+        LambConfig::default().with_learning_rate(-1.0),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("learning_rate"), "{e}");
     let e = Lars::from_named(
         vec![("a".into(), v.clone()), ("a".into(), v)],

@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::Optimizer;
 use lamb_candle::*;
 use serde_json::Value;
-use std::result::Result;
 use std::path::{Path, PathBuf};
+use std::result::Result;
 
 const FAMILIES: &[&str] = &[
     "tfa",
@@ -356,13 +356,19 @@ fn replay_doc(doc: &Value) -> Result<f64, String> {
             gs.push(Tensor::from_slice(&f32v(&v["grads"][k]), var.shape(), &dev).map_err(e)?);
         }
         let grads = store_of(&vars.iter().collect::<Vec<_>>(), gs).map_err(e)?;
-        opt.step(&grads).map_err(|err| format!("step {}: {err}", k + 1))?;
+        opt.step(&grads)
+            .map_err(|err| format!("step {}: {err}", k + 1))?;
         if opt.steps() != k as u64 + 1 {
             return Err(format!("step {} was skipped", k + 1));
         }
         for (vi, v) in vars_doc.iter().enumerate() {
             let expected = f32v(&v["values"][k]);
-            let got = vars[vi].as_tensor().flatten_all().map_err(e)?.to_vec1::<f32>().map_err(e)?;
+            let got = vars[vi]
+                .as_tensor()
+                .flatten_all()
+                .map_err(e)?
+                .to_vec1::<f32>()
+                .map_err(e)?;
             for (i, (&got, &exp)) in got.iter().zip(&expected).enumerate() {
                 let d = (got as f64 - exp as f64).abs();
                 let tol = 2e-6 * (exp as f64).abs() + 1e-7;
