@@ -442,3 +442,86 @@ fn gpu_steps_match_cpu() {
         }
     }
 }
+
+/// candle-nn's learning-rate interface and lamb-optim's schedules: `learning_rate()` is the
+/// rate of the next step, `set_learning_rate` sets the base rate the schedule scales.
+#[test]
+fn schedules_and_learning_rate_interface() {
+    let run = problem(21);
+    let sched = Schedule::Cosine {
+        warmup_steps: 2,
+        total_steps: 10,
+        min_learning_rate: 0.0,
+    };
+    let cfg = LambConfig::default()
+        .with_learning_rate(0.1)
+        .with_schedule(sched);
+    let vs = vars(&run, &Device::Cpu);
+    let mut opt = Lamb::from_named(vs.clone(), cfg.clone()).unwrap();
+    let mut core = lamb_optim::Lamb::new(cfg).unwrap();
+    assert!(opt.telemetry().unwrap().is_empty());
+    for k in 0..6 {
+        assert_eq!(opt.learning_rate() as f32, core.current_learning_rate());
+        opt.step(&grads_at(&run, k, &vs)).unwrap();
+        let mut w = run.init.clone();
+        let mut params: Vec<ParamMut> = w
+            .iter_mut()
+            .zip(&run.grads[k])
+            .zip(&run.names)
+            .zip(&run.shapes)
+            .map(|(((w, g), n), s)| ParamMut::new(n, s, w, g))
+            .collect();
+        core.step(&mut params).unwrap();
+        assert_eq!(
+            opt.telemetry().unwrap()[0].learning_rate,
+            core.telemetry()[0].learning_rate
+        );
+    }
+    let before = opt.learning_rate();
+    opt.set_learning_rate(0.2);
+    assert!((opt.learning_rate() - 2.0 * before).abs() < 1e-6 * before.abs().max(1e-9));
+}
+
+/// A variable without a gradient in the store is left alone (weights and slots), as PyTorch
+/// optimizers skip parameters whose `grad` is `None`; LARS state resumes exactly too.
+#[test]
+fn variables_without_gradient_are_left_alone_and_lars_resumes() {
+    let run = problem(4);
+    let dev = Device::Cpu;
+    let vs = vars(&run, &dev);
+    let cfg = LarsConfig::preset(LarsPreset::Optax).with_learning_rate(0.1);
+    let mut opt = Lars::from_named(vs.clone(), cfg.clone()).unwrap();
+    opt.step(&grads_at(&run, 0, &vs)).unwrap();
+    let before = values(&vs);
+    let partial: Vec<&Var> = vs[..2].iter().map(|(_, v)| v).collect();
+    let gs = run.grads[1][..2]
+        .iter()
+        .zip(&partial)
+        .map(|(x, v)| Tensor::from_slice(x, v.shape(), &dev).unwrap())
+        .collect();
+    opt.step(&store_of(&partial, gs).unwrap()).unwrap();
+    let after = values(&vs);
+    assert_ne!(after[0], before[0]);
+    assert_eq!(after[2..], before[2..]);
+    assert_eq!(opt.telemetry().unwrap().len(), 2);
+    // Resume: save at step 2, continue both for 3 steps.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lars.safetensors");
+    opt.save(&path).unwrap();
+    let copy: Vec<(String, Var)> = vs
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    let mut resumed = Lars::from_named(copy.clone(), cfg).unwrap();
+    resumed.load(&path).unwrap();
+    for k in 2..5 {
+        opt.step(&grads_at(&run, k, &vs)).unwrap();
+        resumed.step(&grads_at(&run, k, &copy)).unwrap();
+    }
+    assert_eq!(values(&vs), values(&copy));
+}
