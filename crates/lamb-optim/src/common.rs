@@ -251,7 +251,7 @@ pub(crate) fn global_norm<P>(reg: &Registry<P>) -> f64 {
 }
 
 /// The divisor timm and apex apply to every gradient: `max(G / max_norm, 1)`.
-pub(crate) fn clip_divisor(global: f64, max_norm: f32) -> f64 {
+pub fn clip_divisor(global: f64, max_norm: f32) -> f64 {
     (global / max_norm as f64).max(1.0)
 }
 
@@ -297,7 +297,7 @@ pub(crate) fn decimal(x: f32) -> f64 {
 
 /// `1 - beta`: from the decimal in f64 and rounded once (`f64_scalars`), or in f32
 /// (TensorFlow).
-pub(crate) fn complement(beta: f32, f64_scalars: bool) -> f32 {
+pub fn complement(beta: f32, f64_scalars: bool) -> f32 {
     if f64_scalars {
         (1.0 - decimal(beta)) as f32
     } else {
@@ -306,7 +306,7 @@ pub(crate) fn complement(beta: f32, f64_scalars: bool) -> f32 {
 }
 
 /// `1 - beta^t` in f64: from the decimal (`f64_scalars`), or as TensorFlow computes it in f32.
-pub(crate) fn bias_correction(beta: f32, t: u64, f64_scalars: bool) -> f64 {
+pub fn bias_correction(beta: f32, t: u64, f64_scalars: bool) -> f64 {
     if f64_scalars {
         1.0 - decimal(beta).powf(t as f64)
     } else {
@@ -315,7 +315,7 @@ pub(crate) fn bias_correction(beta: f32, t: u64, f64_scalars: bool) -> f64 {
 }
 
 /// A learning rate as f64 (its decimal with `f64_scalars`).
-pub(crate) fn scalar(x: f32, f64_scalars: bool) -> f64 {
+pub fn scalar(x: f32, f64_scalars: bool) -> f64 {
     if f64_scalars {
         decimal(x)
     } else {

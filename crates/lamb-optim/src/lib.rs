@@ -72,7 +72,14 @@ pub use describe::{
 };
 pub use lamb::{lamb_config, BiasCorrection, Lamb, LambConfig, LambPreset, StepMemory};
 pub use lars::{lars_config, Lars, LarsConfig, LarsForm, LarsPreset};
-pub use patterns::LayerAdaptation;
+pub use patterns::{Exclusions, LayerAdaptation};
+
+/// The scalar coefficients of a step (`1 - beta`, bias corrections, learning rate, clipping
+/// divisor) as the optimizers here compute them, for the framework adapters (`lamb-candle`),
+/// whose tensor arithmetic must use the same scalars.
+pub mod scalars {
+    pub use crate::common::{bias_correction, clip_divisor, complement, scalar};
+}
 pub use reduce::CHUNK;
 pub use schedule::{linear_scaled_learning_rate, sqrt_scaled_learning_rate, Schedule};
 pub use sgd::{sgd_config, Sgd, SgdConfig};

@@ -60,17 +60,18 @@ impl Patterns {
     }
 }
 
-/// The two tensorflow-addons lists with the fallback rule: an empty layer-adaptation list means
+/// The two tensorflow-addons lists with the fallback rule (public for the framework
+/// adapters, which classify tensors by name exactly as the optimizers here do): an empty layer-adaptation list means
 /// the weight-decay list.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Exclusions {
+pub struct Exclusions {
     decay: Patterns,
     adaptation: Patterns,
 }
 
 impl Exclusions {
     /// Compiles `exclude_from_weight_decay` and `exclude_from_layer_adaptation`.
-    pub(crate) fn new(decay: &[String], adaptation: &[String]) -> Result<Self, OptimError> {
+    pub fn new(decay: &[String], adaptation: &[String]) -> Result<Self, OptimError> {
         Ok(Self {
             decay: Patterns::compile("exclude_from_weight_decay", decay)?,
             adaptation: Patterns::compile("exclude_from_layer_adaptation", adaptation)?,
@@ -96,7 +97,7 @@ impl Exclusions {
 impl Exclusions {
     /// Whether the tensor `name` is (decayed, adapted) under `mode` with weight-decay rate
     /// `wd`: the classification every optimizer resolves once per tensor.
-    pub(crate) fn classify(&self, mode: LayerAdaptation, wd: f32, name: &str) -> (bool, bool) {
+    pub fn classify(&self, mode: LayerAdaptation, wd: f32, name: &str) -> (bool, bool) {
         let decay = self.decays(name);
         let adapt = match mode {
             LayerAdaptation::Exclusions => self.adapts(name),
