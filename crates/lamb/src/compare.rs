@@ -63,6 +63,10 @@ pub struct CompareSettings {
     #[arg(long)]
     #[serde(default)]
     pub no_download: bool,
+    /// Model of both sides: seed-cnn (the classic experiment), resnet20 or a Keras model JSON
+    /// file [default: seed-cnn].
+    #[arg(long, value_name = "NAME|FILE")]
+    pub model: Option<String>,
 }
 
 /// A parsed compare config file.
@@ -147,6 +151,7 @@ impl CompareSettings {
             quiet: o.quiet || self.quiet,
             json: o.json || self.json,
             no_download: o.no_download || self.no_download,
+            model: o.model.clone().or_else(|| self.model.clone()),
         }
     }
 }
@@ -176,6 +181,7 @@ pub fn resolve(
             quiet: c.quiet,
             json: c.json,
             no_download: c.no_download,
+            model: c.model.clone(),
             ..Default::default()
         };
         base.overridden_by(over)
@@ -200,6 +206,7 @@ pub fn resolve(
 /// Whether both runs use the classic experiment's settings (so the reference applies).
 pub fn is_classic(file: &CompareFile, lamb: &RunConfig) -> bool {
     lamb.epochs == 50
+        && lamb.model == crate::config::SEED_CNN
         && lamb.batch_size == 100
         && lamb.limit_train.is_none()
         && lamb.limit_test.is_none()

@@ -217,6 +217,7 @@ pub fn train_args(spec: &SweepSpec, p: &RunPlan, out: &Path, ex: &Execution) -> 
         }
     };
     opt("--preset", o.preset.clone());
+    opt("--model", spec.model.clone());
     opt("--weight-decay", o.weight_decay.map(|x| format!("{x}")));
     opt("--momentum", o.momentum.map(|x| format!("{x}")));
     opt("--limit-train", spec.train_images.map(|x| x.to_string()));

@@ -44,6 +44,9 @@ pub struct SweepArgs {
     /// Override the grid's epochs per run.
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Override the grid's model: seed-cnn, resnet20 or a Keras model JSON file.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub model: Option<String>,
     /// Override the grid's training images (spread evenly over the split).
     #[arg(long, value_name = "N")]
     pub train_images: Option<usize>,
@@ -83,6 +86,9 @@ pub fn run(a: &SweepArgs) -> Result<bool> {
             (p.spec(), p.as_str().to_string())
         }
     };
+    if a.model.is_some() {
+        spec.model = a.model.clone();
+    }
     if let Some(e) = a.epochs {
         spec.epochs = e;
     }
@@ -236,14 +242,25 @@ fn write_grid(path: &std::path::Path, spec: &SweepSpec) -> Result<()> {
 
 /// Training and validation images per second of one run on this machine, measured for about a
 /// second with `ex.jobs` runs of `ex.threads` thread(s) side by side (as the sweep runs them, so
-/// they share the cores and the memory as they will): the seed CNN at batch 100 on synthetic
-/// images. The medians over the runs.
-fn calibrate(ex: &Execution) -> Result<(f64, f64)> {
+/// they share the cores and the memory as they will): the grid's model at batch 100 on
+/// synthetic images. The medians over the runs.
+fn calibrate(ex: &Execution, model: Option<&str>) -> Result<(f64, f64)> {
+    let model = match model {
+        None | Some(crate::config::SEED_CNN) => None,
+        Some(m) => Some(lamb_nn::ModelSpec::named(m, "relu")?),
+    };
+    // About a second of work: fewer images for a model larger than the seed CNN.
+    let (train_images, val_images) = if model.is_none() {
+        (3000, 2000)
+    } else {
+        (300, 300)
+    };
     let cfg = lamb_nn::bench::BenchConfig {
         batch_sizes: vec![100],
-        train_images: 3000,
-        val_images: 2000,
+        train_images,
+        val_images,
         epochs: 1,
+        model,
         ..Default::default()
     };
     let results: Vec<Result<(f64, f64)>> = std::thread::scope(|s| {
@@ -288,7 +305,7 @@ fn calibrate(ex: &Execution) -> Result<(f64, f64)> {
 fn print_dry_run(spec: &SweepSpec, plans: &[spec::RunPlan], ex: &Execution) -> Result<()> {
     let train = spec.train_len(50_000) as f64;
     let test = spec.test_images.unwrap_or(10_000).min(10_000) as f64;
-    let (train_rate, val_rate) = calibrate(ex)?;
+    let (train_rate, val_rate) = calibrate(ex, spec.model.as_deref())?;
     let run_seconds = spec.epochs as f64 * (train / train_rate + test / val_rate);
     let waves = (plans.len() as f64 / ex.jobs as f64).ceil();
     let hours = waves * run_seconds / 3600.0;
@@ -311,8 +328,8 @@ fn print_dry_run(spec: &SweepSpec, plans: &[spec::RunPlan], ex: &Execution) -> R
     );
     println!(
         "Expected cost on this machine: {} to {} (calibrated just now: {:.0} training and {:.0} \
-         validation images per second per run, {} run(s) of {} thread(s) side by side, seed CNN \
-         at batch 100; the upper end allows 1.5x for larger batches and a busier machine)",
+         validation images per second per run, {} run(s) of {} thread(s) side by side, the grid's \
+         model at batch 100; the upper end allows 1.5x for larger batches and a busier machine)",
         cost(hours),
         cost(hours * 1.5),
         train_rate,

@@ -73,6 +73,10 @@ pub struct SweepSpec {
     pub seed: u64,
     /// Hidden activation of the CNN.
     pub activation: ActivationKind,
+    /// The model of every run (`seed-cnn`, `resnet20` or a Keras model JSON file); `None`: the
+    /// seed CNN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Use only this many training images (spread evenly over the split); `None`: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_images: Option<usize>,
@@ -129,6 +133,7 @@ impl Preset {
             decay_power: 1.0,
             seed: 42,
             activation: ActivationKind::Relu,
+            model: None,
             train_images: None,
             test_images: None,
             optimizers: family(100),
@@ -278,6 +283,7 @@ impl SweepSpec {
             decay_power,
             seed,
             activation,
+            model,
             train_images,
             test_images
         );
