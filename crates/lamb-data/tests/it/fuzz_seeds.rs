@@ -57,8 +57,14 @@ fn fuzz_seeds_are_valid_inputs_of_their_targets() {
                 assert_eq!((bytes.len() - 1) % RECORD_LEN, 0);
                 let (mut images, mut labels) = (Vec::new(), Vec::new());
                 let classes = bytes[0] as usize + 1;
-                parse_batch(&bytes[1..], classes, Path::new(name), &mut images, &mut labels)
-                    .unwrap();
+                parse_batch(
+                    &bytes[1..],
+                    classes,
+                    Path::new(name),
+                    &mut images,
+                    &mut labels,
+                )
+                .unwrap();
                 assert_eq!(labels, vec![3, 0, 9]);
             }
             "cifar100" => {

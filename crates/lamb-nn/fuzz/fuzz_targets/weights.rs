@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
     match model.load_safetensors(&path) {
         Ok(()) => {
             for (name, _, v) in model.params() {
-                assert!(v.iter().all(|x| x.is_finite()), "{name} holds non-finite values");
+                assert!(
+                    v.iter().all(|x| x.is_finite()),
+                    "{name} holds non-finite values"
+                );
             }
         }
         Err(_) => {

@@ -81,7 +81,11 @@ fn build_and_step(spec: &OptimizerSpec) -> bool {
         return false;
     };
     let mut tensors = vec![
-        ("dense/kernel".to_string(), vec![1.0, -2.0, 0.5], vec![0.1, 0.2, -0.3]),
+        (
+            "dense/kernel".to_string(),
+            vec![1.0, -2.0, 0.5],
+            vec![0.1, 0.2, -0.3],
+        ),
         ("dense/bias".to_string(), vec![0.0], vec![0.5]),
     ];
     step(opt.as_mut(), &mut tensors)
@@ -110,17 +114,33 @@ mod tests {
         let mut seeds: Vec<(String, Mode, Vec<u8>)> = Vec::new();
         for kind in OptimizerKind::ALL {
             let spec = OptimizerSpec::new(*kind).with_learning_rate(0.01);
-            seeds.push((format!("{kind}-spec.json"), Mode::SpecJson, serde_json::to_vec(&spec).unwrap()));
-            seeds.push((format!("{kind}-spec.toml"), Mode::SpecToml, toml::to_string(&spec).unwrap().into_bytes()));
+            seeds.push((
+                format!("{kind}-spec.json"),
+                Mode::SpecJson,
+                serde_json::to_vec(&spec).unwrap(),
+            ));
+            seeds.push((
+                format!("{kind}-spec.toml"),
+                Mode::SpecToml,
+                toml::to_string(&spec).unwrap().into_bytes(),
+            ));
             let mut opt = lamb_optim::build(&spec).unwrap();
             let mut tensors = vec![
-                ("conv2d/kernel".to_string(), vec![1.0, -2.0, 0.5, 0.25], vec![0.1, 0.2, -0.3, 0.0]),
+                (
+                    "conv2d/kernel".to_string(),
+                    vec![1.0, -2.0, 0.5, 0.25],
+                    vec![0.1, 0.2, -0.3, 0.0],
+                ),
                 ("conv2d/bias".to_string(), vec![0.0, 0.1], vec![0.5, -0.5]),
             ];
             for _ in 0..2 {
                 assert!(step(opt.as_mut(), &mut tensors));
             }
-            seeds.push((format!("{kind}-state.json"), Mode::StateJson, serde_json::to_vec(&opt.state()).unwrap()));
+            seeds.push((
+                format!("{kind}-state.json"),
+                Mode::StateJson,
+                serde_json::to_vec(&opt.state()).unwrap(),
+            ));
         }
         let mut spec = OptimizerSpec::new(OptimizerKind::Lamb);
         spec.weight_decay_rate = Some(0.01);
@@ -131,9 +151,17 @@ mod tests {
             power: 1.0,
             end_learning_rate: 0.0,
         });
-        seeds.push(("lamb-decay-spec.toml".into(), Mode::SpecToml, toml::to_string(&spec).unwrap().into_bytes()));
+        seeds.push((
+            "lamb-decay-spec.toml".into(),
+            Mode::SpecToml,
+            toml::to_string(&spec).unwrap().into_bytes(),
+        ));
         for (name, mode, bytes) in &seeds {
-            assert!(exercise(*mode, bytes), "seed {name} refused: {}", String::from_utf8_lossy(bytes));
+            assert!(
+                exercise(*mode, bytes),
+                "seed {name} refused: {}",
+                String::from_utf8_lossy(bytes)
+            );
         }
         if let Some(root) = std::env::var_os("LAMB_FUZZ_CORPUS") {
             let d = std::path::Path::new(&root).join("optimizer");

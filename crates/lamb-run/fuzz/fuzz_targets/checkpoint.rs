@@ -40,11 +40,18 @@ fuzz_target!(|data: &[u8]| {
     };
     let written = ck.to_bytes().expect("a checkpoint that reads writes back");
     let back = Checkpoint::from_bytes(&written, Path::new("back")).expect("written back reads");
-    assert_eq!(same(&back), same(&ck), "a checkpoint changed in a write and read");
+    assert_eq!(
+        same(&back),
+        same(&ck),
+        "a checkpoint changed in a write and read"
+    );
     let mut model = tiny_model(0);
     if let Some(mut opt) = optimizer_named(&ck.optimizer.optimizer) {
         let path = Path::new("fuzz.safetensors");
-        if ck.restore(path, &mut model, opt.as_mut(), &ck.config_key).is_ok() {
+        if ck
+            .restore(path, &mut model, opt.as_mut(), &ck.config_key)
+            .is_ok()
+        {
             let _ = model.train_step(&tiny_batch(), &[0, 1], opt.as_mut());
         }
     }

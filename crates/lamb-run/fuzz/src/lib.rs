@@ -35,7 +35,10 @@ pub fn optimizer_named(name: &str) -> Option<Box<dyn Optimizer>> {
 /// The checksum lamb-run records (`sha256`): over every tensor's name, shape and bytes sorted by
 /// name, then (format 2) over the metadata values `format`, `progress`, `optimizer`, `config`.
 /// A copy of the library's private `digest`; the seed test checks that they agree.
-fn digest(tensors: &[(String, Vec<usize>, &[u8])], meta: Option<&HashMap<String, String>>) -> String {
+fn digest(
+    tensors: &[(String, Vec<usize>, &[u8])],
+    meta: Option<&HashMap<String, String>>,
+) -> String {
     let mut sorted: Vec<_> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut h = Sha256::new();
@@ -159,7 +162,11 @@ mod tests {
                 .unwrap();
             // Mode 0: raw bytes; mode 1: re-signed (the target re-signs what follows).
             for mode in [0u8, 1] {
-                seeds.push(("checkpoint", format!("{name}-mode{mode}"), [&[mode][..], &bytes].concat()));
+                seeds.push((
+                    "checkpoint",
+                    format!("{name}-mode{mode}"),
+                    [&[mode][..], &bytes].concat(),
+                ));
             }
         }
         let dir = tempfile::tempdir().unwrap();
