@@ -6,6 +6,7 @@ mod common;
 mod cache;
 mod download;
 mod formats;
+mod fuzz_seeds;
 mod hardening;
 mod images;
 mod locate;
