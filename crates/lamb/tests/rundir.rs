@@ -9,7 +9,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{fail, lamb, official, official_seeded, ok, spawn_paused, wait_unlocked};
+use common::{fail, lamb, official, official_seeded, ok, spawn_paused};
 
 /// A temporary directory with synthetic data in `data/` (100 training, 10 test images).
 fn setup() -> (tempfile::TempDir, PathBuf) {
@@ -390,7 +390,6 @@ fn a_failed_checkpoint_write_marks_the_run_failed() {
     assert!(summary.contains("**Status:** FAILED"), "{summary}");
     assert!(!summary.contains("RUNNING"), "{summary}");
     assert!(!out.join("weights.safetensors").exists());
-    wait_unlocked(&out);
 }
 
 #[test]

@@ -6,9 +6,8 @@ mod common;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use common::{data, fail, lamb, ok, stdout, wait_unlocked};
+use common::{data, fail, lamb, ok, spawn_watched, stdout, wait_exit, PauseFifo};
 
 const GRID: &str = r#"
 batch-sizes = [20, 100]
@@ -162,22 +161,6 @@ fn one_run_grid(tmp: &Path) -> (std::path::PathBuf, &'static str) {
     (grid, "lamb-b20-lr2.000e-3")
 }
 
-/// Waits until the run's log shows that its trainer reached the pause point.
-fn wait_paused(run: &Path) {
-    let t = Instant::now();
-    while !std::fs::read_to_string(run.join("train.log"))
-        .unwrap_or_default()
-        .contains("LAMB_TEST_PAUSED")
-    {
-        // A guard against a hang, not a timing assumption.
-        assert!(
-            t.elapsed() < Duration::from_secs(600),
-            "the run never paused"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The PID of the process holding run directory `run` (its lock file's content).
 fn holder(run: &Path) -> i32 {
     std::fs::read_to_string(run.join(".lock"))
@@ -187,16 +170,11 @@ fn holder(run: &Path) -> i32 {
         .unwrap()
 }
 
-/// Whether process `pid` still runs (a zombie, ended but not yet reaped by its new parent,
-/// does not).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
-    }
+/// Whether run directory `run` is locked by some process.
+fn held(run: &Path) -> bool {
+    std::fs::File::open(run.join(".lock"))
+        .map(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+        .unwrap_or(false)
 }
 
 /// Stops a sweep with `sig` while its run is held at step 5 of 20, then checks that the run
@@ -206,25 +184,24 @@ fn stop_sweep_and_finish(sig: i32, expect_exit: Option<i32>) {
     let tmp = tempfile::tempdir().unwrap();
     let (grid, id) = one_run_grid(tmp.path());
     let out = tmp.path().join("sw");
-    let mut child = sweep(tmp.path(), &data, &grid, &out)
-        .env("LAMB_TEST_PAUSE_AT", "5")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut fifo = PauseFifo::new(tmp.path());
+    let sweep_proc = spawn_watched(
+        sweep(tmp.path(), &data, &grid, &out)
+            .env("LAMB_TEST_PAUSE_AT", "5")
+            .env("LAMB_TEST_PAUSE_NOTIFY", &fifo.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        &fifo.path,
+    );
+    fifo.next();
     let run = out.join("runs").join(id);
-    wait_paused(&run);
     let trainer = holder(&run);
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, sig);
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), expect_exit, "the sweep's exit");
+    sweep_proc.signal(sig);
+    assert_eq!(sweep_proc.wait().code(), expect_exit, "the sweep's exit");
     // The trainer checkpoints and exits whether the sweep asked it (SIGINT, SIGHUP) or died
-    // (SIGKILL: the parent-death signal).
-    wait_unlocked(&run);
-    assert!(!alive(trainer), "the trainer {trainer} outlived its sweep");
+    // (SIGKILL: the parent-death signal). Without that it would stay paused: this blocks.
+    wait_exit(trainer);
+    assert!(!held(&run), "the run directory is free");
     assert!(
         run.join("checkpoint/checkpoint.safetensors").is_file(),
         "the stopped run left a checkpoint"
@@ -272,26 +249,21 @@ fn two_sweeps_on_one_directory_never_run_the_same_run() {
     .unwrap();
     let out = tmp.path().join("sw");
     // The first worker runs one run at a time and is held inside its first run.
-    let mut first = sweep_jobs(tmp.path(), &data, &grid, &out, 1)
-        .env("LAMB_TEST_PAUSE_AT", "5")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut fifo = PauseFifo::new(tmp.path());
+    let first = spawn_watched(
+        sweep_jobs(tmp.path(), &data, &grid, &out, 1)
+            .env("LAMB_TEST_PAUSE_AT", "5")
+            .env("LAMB_TEST_PAUSE_NOTIFY", &fifo.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        &fifo.path,
+    );
+    fifo.next();
     let runs = ["lamb-b20-lr2.000e-3", "sgd-b20-lr1.000e-2"].map(|id| out.join("runs").join(id));
-    let t = Instant::now();
-    let held = loop {
-        if let Some(r) = runs.iter().find(|r| {
-            std::fs::read_to_string(r.join("train.log"))
-                .unwrap_or_default()
-                .contains("LAMB_TEST_PAUSED")
-        }) {
-            break r.clone();
-        }
-        assert!(t.elapsed() < Duration::from_secs(600), "no run paused");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let other = runs.iter().find(|r| **r != held).unwrap();
+    let paused: Vec<&std::path::PathBuf> = runs.iter().filter(|r| held(r)).collect();
+    assert_eq!(paused.len(), 1, "one run is held");
+    let held_run = paused[0].clone();
+    let other = runs.iter().find(|r| **r != held_run).unwrap();
     // A second worker on the same directory leaves the held run alone and does the other.
     let second = stdout(&ok(&mut sweep_jobs(tmp.path(), &data, &grid, &out, 1)));
     assert!(
@@ -300,12 +272,9 @@ fn two_sweeps_on_one_directory_never_run_the_same_run() {
     );
     assert!(second.contains("1 completed"), "{second}");
     assert!(other.join("sweep-status.json").is_file());
-    assert!(!held.join("sweep-status.json").is_file());
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(first.id() as libc::pid_t, libc::SIGINT);
-    }
-    assert_eq!(first.wait().unwrap().code(), Some(130));
+    assert!(!held_run.join("sweep-status.json").is_file());
+    first.signal(libc::SIGINT);
+    assert_eq!(first.wait().code(), Some(130));
     let last = stdout(&ok(&mut sweep(tmp.path(), &data, &grid, &out)));
     assert!(
         last.contains("1 completed") && last.contains("1 kept"),

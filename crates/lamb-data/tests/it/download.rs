@@ -5,7 +5,6 @@ use std::io::{Cursor, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::thread;
-use std::time::Duration;
 
 use lamb_data::{
     download_dataset, download_official, load, load_with, Cifar100Labels, DataError, DownloadSpec,
@@ -40,8 +39,9 @@ fn serve(body: Vec<u8>, requests: usize) -> String {
     let port = server.server_addr().to_ip().unwrap().port();
     thread::spawn(move || {
         for _ in 0..requests {
-            match server.recv_timeout(Duration::from_secs(20)) {
-                Ok(Some(req)) => {
+            // Blocks until the client comes (the thread ends with the test process).
+            match server.recv() {
+                Ok(req) => {
                     let len = body.len();
                     let resp = tiny_http::Response::new(
                         200.into(),
@@ -72,7 +72,7 @@ fn serve_files(
     let log = seen.clone();
     thread::spawn(move || {
         for _ in 0..requests {
-            let Ok(Some(req)) = server.recv_timeout(Duration::from_secs(20)) else {
+            let Ok(req) = server.recv() else {
                 break;
             };
             let name = req.url().trim_start_matches('/').to_string();
@@ -111,7 +111,6 @@ fn serve_short(body: Vec<u8>, announced: usize) -> String {
     let port = listener.local_addr().unwrap().port();
     thread::spawn(move || {
         if let Ok((mut s, _)) = listener.accept() {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let mut req = Vec::new();
             let mut buf = [0u8; 1024];
             while !req.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -236,7 +235,7 @@ fn http_error_status_is_reported() {
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let port = server.server_addr().to_ip().unwrap().port();
     thread::spawn(move || {
-        if let Ok(Some(req)) = server.recv_timeout(Duration::from_secs(20)) {
+        if let Ok(req) = server.recv() {
             let _ = req.respond(tiny_http::Response::from_string("gone").with_status_code(404));
         }
     });

@@ -112,9 +112,9 @@ pub fn spawn_paused(c: &mut Command, at: &str) -> Paused {
     });
     let mut before = String::new();
     loop {
-        // A guard against a hang, not a timing assumption: the line comes after a few steps.
+        // Ends with an error when the process closes stderr without pausing.
         let line = rx
-            .recv_timeout(std::time::Duration::from_secs(600))
+            .recv()
             .unwrap_or_else(|_| panic!("lamb never reached the pause point {at}:\n{before}"));
         if line.starts_with("LAMB_TEST_PAUSED") {
             break;
@@ -147,23 +147,99 @@ impl Paused {
     }
 }
 
-/// Waits until no process holds the lock of run directory `dir` (a process that was told to
-/// stop, or whose parent died, has ended); panics after 10 minutes.
-pub fn wait_unlocked(dir: &Path) {
-    let t = std::time::Instant::now();
-    loop {
-        let held = std::fs::File::open(dir.join(".lock"))
-            .map(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
-            .unwrap_or(false);
-        if !held {
-            return;
+/// Blocks until process `pid` (not necessarily our child) has ended, through a pidfd that
+/// becomes readable at its exit: no polling.
+pub fn wait_exit(pid: i32) {
+    // SAFETY: pidfd_open(2) and poll(2) on a descriptor we own, closed afterwards.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if fd < 0 {
+            return; // already gone (and reaped)
         }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        while libc::poll(&mut p, 1, -1) < 0 {}
+        libc::close(fd);
+    }
+}
+
+/// A FIFO that paused `lamb` processes announce themselves on (`LAMB_TEST_PAUSE_NOTIFY`),
+/// read without polling; [`Watched`] processes write `EXITED` to it when they end, so a reader
+/// never waits for a pause that cannot come.
+pub struct PauseFifo {
+    /// The FIFO's path (give it as `LAMB_TEST_PAUSE_NOTIFY`).
+    pub path: PathBuf,
+    reader: std::io::BufReader<std::fs::File>,
+}
+
+impl PauseFifo {
+    /// Makes a FIFO in `dir`, held open for reading and writing (so opening it never blocks).
+    pub fn new(dir: &Path) -> PauseFifo {
+        let path = dir.join("pause.fifo");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        PauseFifo {
+            path,
+            reader: std::io::BufReader::new(f),
+        }
+    }
+
+    /// The next announcement (`LAMB_TEST_PAUSED ...`); panics when a watched process ended
+    /// first.
+    pub fn next(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
         assert!(
-            t.elapsed() < std::time::Duration::from_secs(600),
-            "{} stayed locked",
-            dir.display()
+            line.starts_with("LAMB_TEST_PAUSED"),
+            "the process ended before it paused: {line}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        line
+    }
+}
+
+/// A spawned process whose end is reported on a [`PauseFifo`] and a channel.
+pub struct Watched {
+    /// Its PID.
+    pub pid: i32,
+    status: std::sync::mpsc::Receiver<std::process::ExitStatus>,
+}
+
+/// Spawns `c`; a thread waits for it and then writes `EXITED` to `fifo`.
+pub fn spawn_watched(c: &mut Command, fifo: &Path) -> Watched {
+    let mut child = c.spawn().expect("starting lamb");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fifo = fifo.to_path_buf();
+    std::thread::spawn(move || {
+        let status = child.wait().unwrap();
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&fifo) {
+            let _ = std::io::Write::write_all(&mut f, b"EXITED\n");
+        }
+        let _ = tx.send(status);
+    });
+    Watched { pid, status: rx }
+}
+
+impl Watched {
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid, sig) }, 0, "kill failed");
+    }
+
+    /// Waits for the process to end; its exit status.
+    pub fn wait(self) -> std::process::ExitStatus {
+        self.status.recv().unwrap()
     }
 }
 
