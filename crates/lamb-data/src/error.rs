@@ -274,12 +274,14 @@ pub enum DataError {
     },
 
     /// A path is a FIFO, socket or device: refused before opening (opening a FIFO blocks).
-    #[error("{path} is {kind}; expected a regular file or a directory")]
+    #[error("{path} is {kind}; expected {expected}")]
     NotRegular {
         /// The path.
         path: PathBuf,
         /// What it is.
         kind: &'static str,
+        /// What the reader takes ("a regular file", "a regular file or a directory").
+        expected: &'static str,
     },
 
     /// A file is longer than a reader accepts.

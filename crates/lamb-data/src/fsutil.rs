@@ -9,6 +9,9 @@ use crate::error::DataError;
 
 /// What kind of file-system object `meta` describes, in words ("a FIFO", "a socket", ...).
 fn special_kind(meta: &fs::Metadata) -> &'static str {
+    if meta.is_dir() {
+        return "a directory";
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;
@@ -39,20 +42,45 @@ pub fn check_openable(path: &Path) -> Result<(), DataError> {
         Ok(m) => Err(DataError::NotRegular {
             path: path.to_path_buf(),
             kind: special_kind(&m),
+            expected: "a regular file or a directory",
         }),
         Err(_) => Ok(()),
     }
 }
 
-/// Reads the regular file `path` whole, refusing special files and files longer than `limit`
-/// bytes (checked before reading, and again while reading in case the file grows).
-pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
-    check_openable(path)?;
-    let f = fs::File::open(path).map_err(|e| DataError::io("opening", path, e))?;
-    let len = f
+/// Opens `path` for reading if it is a regular file (after following links), returning the
+/// file and its length. A FIFO, device, socket or directory is refused without blocking: the
+/// open is non-blocking and the type is read from the opened file, so a swap after a check
+/// cannot slip through.
+pub fn open_regular(path: &Path) -> Result<(fs::File, u64), DataError> {
+    #[cfg(unix)]
+    let f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    };
+    #[cfg(not(unix))]
+    let f = fs::File::open(path);
+    let f = f.map_err(|e| DataError::io("opening", path, e))?;
+    let meta = f
         .metadata()
-        .map_err(|e| DataError::io("reading metadata of", path, e))?
-        .len();
+        .map_err(|e| DataError::io("reading metadata of", path, e))?;
+    if !meta.is_file() {
+        return Err(DataError::NotRegular {
+            path: path.to_path_buf(),
+            kind: special_kind(&meta),
+            expected: "a regular file",
+        });
+    }
+    Ok((f, meta.len()))
+}
+
+/// Reads the regular file `path` whole (see [`open_regular`]), refusing files longer than
+/// `limit` bytes (checked before reading, and again while reading in case the file grows).
+pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
+    let (f, len) = open_regular(path)?;
     if len > limit {
         return Err(DataError::TooLarge {
             path: path.to_path_buf(),

@@ -41,7 +41,7 @@ pub use download::{
     DownloadSpec, OfficialData,
 };
 pub use error::{no_data_help, DataError, RECORD_LEN};
-pub use fsutil::{check_openable, read_capped};
+pub use fsutil::{check_openable, open_regular, read_capped};
 pub use idx::{idx_class_names, is_idx_dir, parse_idx, read_idx, FASHION_MNIST_CLASSES, IDX_FILES};
 pub use images::{is_image_name, read_archive, read_image_folder, MAX_IMAGE_BYTES};
 pub use load::{

@@ -1,76 +1,15 @@
-//! Bounded reading of untrusted files: only regular files are opened for reading (a FIFO, a
-//! device or a socket would block or never end), and a safetensors file's header is checked
-//! against the file's length before its body is read.
+//! Bounded reading of safetensors files: only a regular file is opened (lamb-data's
+//! [`lamb_data::open_regular`]: a FIFO, a device or a socket would block or never end), and its
+//! header is checked against the file's length before its body is read. Other untrusted files
+//! are read with [`lamb_data::read_capped`].
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::NnError;
 
 /// The largest safetensors header accepted (the `safetensors` crate's own limit).
 pub const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
-
-/// Opens `path` for reading if it is a regular file (after following links), returning the file
-/// and its length. A FIFO, device, socket or directory is refused without blocking: the open is
-/// non-blocking and the type is taken from the opened file, so a swap after a check cannot
-/// slip through.
-pub fn open_regular(path: &Path) -> io::Result<(File, u64)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    let ft = meta.file_type();
-    if ft.is_file() {
-        return Ok((file, meta.len()));
-    }
-    let kind = if ft.is_dir() {
-        "a directory"
-    } else if ft.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else if ft.is_block_device() {
-        "a block device"
-    } else if ft.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    };
-    Err(io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{} is {kind}; a regular file is needed", path.display()),
-    ))
-}
-
-/// Reads a regular file of at most `max` bytes; `what` names it in errors ("config file").
-pub fn read_capped(path: &Path, max: u64, what: &str) -> io::Result<Vec<u8>> {
-    let (file, len) = open_regular(path)?;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{what} {} is {len} bytes; at most {max} bytes are read from a {what}",
-                path.display()
-            ),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    // The length may have grown since the stat: never read past the cap.
-    file.take(max + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{what} {} grew past {max} bytes while being read",
-                path.display()
-            ),
-        ));
-    }
-    Ok(bytes)
-}
 
 /// Reads a safetensors file after checking its framing: a regular file, an 8-byte header
 /// length of at most [`MAX_SAFETENSORS_HEADER`], and a header whose tensors end exactly at the
@@ -85,7 +24,13 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<u8>, NnError> {
         path: PathBuf::from(path),
         message,
     };
-    let (mut file, len) = open_regular(path).map_err(io_err)?;
+    let (mut file, len) = lamb_data::open_regular(path).map_err(|e| match e {
+        lamb_data::DataError::Io { cause, .. } => io_err(cause),
+        other => io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            other.to_string(),
+        )),
+    })?;
     if len < 8 {
         return Err(bad(format!(
             "{len} bytes: too short for a safetensors file (8-byte header length, JSON header, data)"
@@ -157,27 +102,17 @@ mod tests {
 
     #[test]
     fn non_regular_files_are_refused_without_blocking() {
-        let e = open_regular(Path::new("/dev/zero")).unwrap_err();
+        let e = read_safetensors(Path::new("/dev/zero")).unwrap_err();
         assert!(e.to_string().contains("character device"), "{e}");
         let tmp = tempfile::tempdir().unwrap();
-        let e = open_regular(tmp.path()).unwrap_err();
+        let e = read_safetensors(tmp.path()).unwrap_err();
         assert!(e.to_string().contains("a directory"), "{e}");
         let fifo = tmp.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: mkfifo(3) with a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let e = open_regular(&fifo).unwrap_err();
+        let e = read_safetensors(&fifo).unwrap_err();
         assert!(e.to_string().contains("FIFO"), "{e}");
-    }
-
-    #[test]
-    fn read_capped_refuses_a_larger_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = tmp.path().join("c.toml");
-        std::fs::write(&p, vec![b'a'; 100]).unwrap();
-        assert_eq!(read_capped(&p, 100, "config file").unwrap().len(), 100);
-        let e = read_capped(&p, 99, "config file").unwrap_err();
-        assert!(e.to_string().contains("at most 99 bytes"), "{e}");
     }
 
     #[test]

@@ -365,12 +365,10 @@ impl ModelSpec {
     /// [`ModelSpec::from_keras_json`] of a file.
     pub fn from_file(path: &Path) -> Result<Self, NnError> {
         // Model files are small; a FIFO, device or huge file is refused without reading it.
-        let bytes = crate::files::read_capped(path, 64 << 20, "model file").map_err(|cause| {
-            NnError::Io {
-                action: "reading",
-                path: path.to_path_buf(),
-                cause,
-            }
+        let bytes = lamb_data::read_capped(path, 64 << 20).map_err(|e| NnError::Io {
+            action: "reading model file",
+            path: path.to_path_buf(),
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
         })?;
         let text = String::from_utf8(bytes).map_err(|e| NnError::ModelFileAt {
             path: path.to_path_buf(),

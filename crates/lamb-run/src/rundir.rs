@@ -48,7 +48,7 @@ impl RunMarker {
         if !path.exists() {
             return Ok(None);
         }
-        let bytes = lamb_nn::files::read_capped(&path, 1 << 20, "run marker")?;
+        let bytes = lamb_data::read_capped(&path, 1 << 20)?;
         let m: RunMarker = serde_json::from_slice(&bytes).map_err(|e| {
             anyhow::anyhow!(
                 "{} is not a valid run marker ({e}); it is written by `lamb train` when a run \

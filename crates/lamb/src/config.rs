@@ -342,8 +342,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Reads a TOML config or grid file: a regular file (not a FIFO or device) of at most
 /// [`MAX_CONFIG_BYTES`], in UTF-8.
 pub fn read_config_text(path: &Path) -> Result<String> {
-    let bytes = lamb_nn::files::read_capped(path, MAX_CONFIG_BYTES, "config file")
-        .with_context(|| format!("reading config file {}", path.display()))?;
+    let bytes = lamb_data::read_capped(path, MAX_CONFIG_BYTES).context("reading a config file")?;
     String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "config file {} is not UTF-8 text (invalid byte at offset {})",

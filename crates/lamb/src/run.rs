@@ -94,8 +94,7 @@ pub fn recorded_standardization(weights: &Path) -> Result<Option<lamb_data::Inpu
     if !path.is_file() {
         return Ok(None);
     }
-    let bytes = lamb_nn::files::read_capped(&path, 1 << 20, "input record")
-        .with_context(|| format!("reading {}", path.display()))?;
+    let bytes = lamb_data::read_capped(&path, 1 << 20)?;
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     let st = &v["standardize"];
@@ -223,12 +222,7 @@ impl RunData {
         match &self.held_out {
             None => base,
             // The held-out test set is part of what the run uses too.
-            Some(h) => {
-                use sha2::{Digest, Sha256};
-                let held = Splits::fingerprint_of(&h.test, &h.test);
-                let d = Sha256::digest(format!("{base}+{held}").as_bytes());
-                d.iter().map(|b| format!("{b:02x}")).collect()
-            }
+            Some(h) => format!("{base}+{}", h.test.fingerprint()),
         }
     }
 }

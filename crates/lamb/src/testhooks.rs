@@ -85,5 +85,8 @@ pub fn at_step(step: u64, stop: &AtomicBool) {
         while !stop.load(Ordering::SeqCst) {
             let _ = rx.read(&mut b);
         }
+        // Keep the read end open for the process's life: a later signal (a dying sweep sends
+        // one per exiting thread) writes to the pipe, and a closed peer would raise SIGPIPE.
+        std::mem::forget(rx);
     }
 }

@@ -213,11 +213,11 @@ fn endless_and_non_regular_inputs_are_refused_without_reading_them() {
     let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
         (
             vec!["train".as_ref(), "--config".as_ref(), "/dev/zero".as_ref()],
-            "/dev/zero is a character device; a regular file is needed",
+            "/dev/zero is a character device; expected a regular file",
         ),
         (
             vec!["train".as_ref(), "--config".as_ref(), fifo.as_os_str()],
-            "is a FIFO (named pipe); a regular file is needed",
+            "is a FIFO (named pipe); expected a regular file",
         ),
         (
             vec!["compare".as_ref(), "--config".as_ref(), fifo.as_os_str()],
@@ -234,7 +234,7 @@ fn endless_and_non_regular_inputs_are_refused_without_reading_them() {
         ),
         (
             vec!["train".as_ref(), "--config".as_ref(), big.as_os_str()],
-            "at most 1048576 bytes are read from a config file",
+            "files larger than 1048576 bytes are refused here",
         ),
         (
             vec!["train".as_ref(), "--config".as_ref(), long.as_os_str()],

@@ -24,7 +24,7 @@ impl RunStatus {
     /// Reads a run directory's status file (`None` when absent or unreadable: not finished).
     pub fn read(run_dir: &Path) -> Option<RunStatus> {
         let path = run_dir.join(STATUS_FILE);
-        let bytes = lamb_nn::files::read_capped(&path, 1 << 20, "status file").ok()?;
+        let bytes = lamb_data::read_capped(&path, 1 << 20).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
