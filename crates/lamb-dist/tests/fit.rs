@@ -76,7 +76,8 @@ fn run_dist(
                     ..
                 } => steps.push((*epoch, *step, metrics.loss_sum)),
                 FitEvent::Stopped { progress } => stopped = Some((*progress).clone()),
-                FitEvent::EpochEnd { .. } => {}
+                FitEvent::EpochEnd { .. } | FitEvent::Eval { .. } => {}
+                FitEvent::TargetReached { .. } => unreachable!("no target in these fits"),
             }
             Ok(())
         },

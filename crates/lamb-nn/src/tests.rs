@@ -56,6 +56,9 @@ fn no_timings(mut h: History) -> History {
         e.train_seconds = 0.0;
         e.val_seconds = 0.0;
     }
+    for r in &mut h.evals {
+        r.elapsed_seconds = 0.0;
+    }
     h
 }
 
@@ -314,6 +317,76 @@ fn resume_mid_epoch_matches_a_straight_run() {
         .unwrap();
     assert_eq!(weights(&m2), w_straight);
     assert_eq!(no_timings(h2), h_straight);
+}
+
+#[test]
+fn eval_every_validates_within_epochs_changes_no_weight_and_stops_at_the_target() {
+    let train = synthetic(70, 8, 1);
+    let val = synthetic(30, 8, 2);
+    let (w_plain, h_plain) = fit_small(1, 2);
+    let fit = |eval_every, target| {
+        let mut m = small_model(3);
+        let mut opt = lamb();
+        let opts = FitOptions {
+            val_batch_size: 16,
+            eval_every: Some(eval_every),
+            target_accuracy: target,
+            ..FitOptions::new(16, 2, 9)
+        };
+        let mut events = Vec::new();
+        let h = m
+            .fit(&train, Some(&val), &opts, &mut opt, &mut |ev| {
+                match ev {
+                    FitEvent::Eval { record } => events.push(("eval", record.global_step)),
+                    FitEvent::TargetReached { progress } => {
+                        events.push(("target", progress.epoch * 5 + progress.step))
+                    }
+                    FitEvent::EpochEnd { progress, .. } => events.push(("end", progress.epoch * 5)),
+                    _ => {}
+                }
+                Ok(())
+            })
+            .unwrap();
+        (weights(&m), no_timings(h), events)
+    };
+    // 5 steps per epoch; a pass every 2 steps: at global steps 2, 4, (5: epoch end), 6, 8, (10).
+    let (w, h, events) = fit(2, None);
+    assert_eq!(w, w_plain, "validation changed the weights");
+    assert_eq!(h.epochs, h_plain.epochs);
+    let steps: Vec<usize> = h.evals.iter().map(|r| r.global_step).collect();
+    assert_eq!(steps, [2, 4, 5, 6, 8, 10]);
+    assert_eq!(
+        events,
+        [
+            ("eval", 2),
+            ("eval", 4),
+            ("end", 5),
+            ("eval", 6),
+            ("eval", 8),
+            ("end", 10)
+        ]
+    );
+    let r = &h.evals[3];
+    assert_eq!((r.epoch, r.step, r.images_seen), (2, 1, 70 + 16));
+    // Epoch-end passes repeat the epoch's own validation.
+    assert_eq!(h.evals[2].val_accuracy, h.epochs[0].val_accuracy.unwrap());
+    assert_eq!(h.evals[5].val_loss, h.epochs[1].val_loss.unwrap());
+    // A target the third pass reaches stops the fit right there, mid-epoch.
+    let target = h.evals[3].val_accuracy;
+    let first = h
+        .evals
+        .iter()
+        .position(|r| r.val_accuracy >= target)
+        .unwrap();
+    let (_, h_t, events_t) = fit(2, Some(target));
+    assert_eq!(h_t.evals.len(), first + 1);
+    assert_eq!(h_t.evals[..], h.evals[..=first]);
+    let last = events_t.last().unwrap();
+    if h.evals[first].step == 5 {
+        assert_eq!(last.0, "end");
+    } else {
+        assert_eq!(*last, ("target", h.evals[first].global_step));
+    }
 }
 
 #[test]

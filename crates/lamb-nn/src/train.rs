@@ -150,11 +150,45 @@ pub struct EpochRecord {
     pub trust_ratios: Vec<TensorStats>,
 }
 
+/// One validation pass of a fit run with [`FitOptions::eval_every`]: within an epoch or at
+/// its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Epoch in progress (1-based); at an epoch's end, that epoch.
+    pub epoch: usize,
+    /// Steps done in that epoch.
+    pub step: usize,
+    /// Steps done since the start of training.
+    pub global_step: usize,
+    /// Training samples seen since the start of training.
+    pub images_seen: u64,
+    /// Validation loss.
+    pub val_loss: f64,
+    /// Validation accuracy.
+    pub val_accuracy: f64,
+    /// Seconds of training and validation since the start of training, this pass included.
+    pub elapsed_seconds: f64,
+}
+
 /// Per-epoch records of a fit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct History {
     /// Completed epochs, in order.
     pub epochs: Vec<EpochRecord>,
+    /// Every validation pass, in order, when the fit validated every few steps
+    /// ([`FitOptions::eval_every`]); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evals: Vec<EvalRecord>,
+}
+
+impl History {
+    /// Seconds of training and validation of the completed epochs.
+    pub fn seconds(&self) -> f64 {
+        self.epochs
+            .iter()
+            .map(|r| r.train_seconds + r.val_seconds)
+            .sum()
+    }
 }
 
 /// Position and running sums inside `fit`: with the optimizer state (saved by the caller via
@@ -179,6 +213,9 @@ pub struct FitProgress {
     /// Training seconds so far in this epoch.
     #[serde(default)]
     pub train_seconds: f64,
+    /// Validation seconds so far in this epoch (passes within the epoch).
+    #[serde(default)]
+    pub val_seconds: f64,
 }
 
 /// Settings of [`Model::fit`].
@@ -197,6 +234,13 @@ pub struct FitOptions {
     /// Checked before every step; when set, `fit` sends [`FitEvent::Stopped`] and returns the
     /// history of completed epochs.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Also validate after every this many steps (counted from the start of training), not
+    /// only at epoch ends, recording each pass in [`History::evals`]. Validation changes no
+    /// weight: the trained weights are the same with or without it.
+    pub eval_every: Option<usize>,
+    /// Stop after the first validation pass whose accuracy reaches this: within an epoch with
+    /// [`FitEvent::TargetReached`], at an epoch's end after [`FitEvent::EpochEnd`].
+    pub target_accuracy: Option<f64>,
 }
 
 impl FitOptions {
@@ -209,6 +253,8 @@ impl FitOptions {
             val_batch_size: 1000,
             start: FitProgress::default(),
             stop: None,
+            eval_every: None,
+            target_accuracy: None,
         }
     }
 }
@@ -236,6 +282,17 @@ pub enum FitEvent<'a> {
         /// The epoch's record.
         record: &'a EpochRecord,
         /// Progress positioned at the start of the next epoch.
+        progress: &'a FitProgress,
+    },
+    /// A validation pass within an epoch ([`FitOptions::eval_every`]).
+    Eval {
+        /// The pass.
+        record: &'a EvalRecord,
+    },
+    /// A validation pass within an epoch reached [`FitOptions::target_accuracy`]; the fit
+    /// returns after this event.
+    TargetReached {
+        /// Progress at that point (mid-epoch), to checkpoint.
         progress: &'a FitProgress,
     },
     /// The stop flag was seen between steps.
@@ -583,19 +640,34 @@ impl Model {
                     telemetry: opt.telemetry(),
                     running,
                 })?;
+                let global = e * steps + p.step;
+                let due = opts.eval_every.is_some_and(|k| k > 0 && global % k == 0);
+                if due && p.step < steps && val.is_some() {
+                    let t = Instant::now();
+                    let ev = self.validate(val, val_shard.as_ref(), opts, reduce)?;
+                    p.val_seconds += t.elapsed().as_secs_f64();
+                    if let Some(ev) = ev {
+                        let record = EvalRecord {
+                            epoch: e + 1,
+                            step: p.step,
+                            global_step: global,
+                            images_seen: (e * n) as u64 + p.seen,
+                            val_loss: ev.loss,
+                            val_accuracy: ev.accuracy,
+                            elapsed_seconds: p.history.seconds() + p.train_seconds + p.val_seconds,
+                        };
+                        p.history.evals.push(record.clone());
+                        on_event(&FitEvent::Eval { record: &record })?;
+                        if opts.target_accuracy.is_some_and(|a| ev.accuracy >= a) {
+                            on_event(&FitEvent::TargetReached { progress: &p })?;
+                            return Ok(p.history);
+                        }
+                    }
+                }
             }
             let t = Instant::now();
-            let ev = match val {
-                Some(v) if size == 1 => Some(self.evaluate(v, opts.val_batch_size)?),
-                Some(v) => Some(self.evaluate_shard(
-                    val_shard.as_ref(),
-                    v.len(),
-                    opts.val_batch_size,
-                    reduce,
-                )?),
-                None => None,
-            };
-            let val_seconds = t.elapsed().as_secs_f64();
+            let ev = self.validate(val, val_shard.as_ref(), opts, reduce)?;
+            let val_seconds = t.elapsed().as_secs_f64() + p.val_seconds;
             let record = EpochRecord {
                 epoch: e + 1,
                 loss: p.loss_sum / p.seen.max(1) as f64,
@@ -607,6 +679,17 @@ impl Model {
                 trust_ratios: p.telemetry.iter().map(TelemetryAccum::stats).collect(),
             };
             p.history.epochs.push(record.clone());
+            if let (Some(_), Some(ev)) = (opts.eval_every, ev.as_ref()) {
+                p.history.evals.push(EvalRecord {
+                    epoch: e + 1,
+                    step: steps,
+                    global_step: (e + 1) * steps,
+                    images_seen: ((e + 1) * n) as u64,
+                    val_loss: ev.loss,
+                    val_accuracy: ev.accuracy,
+                    elapsed_seconds: p.history.seconds(),
+                });
+            }
             p = FitProgress {
                 epoch: e + 1,
                 history: p.history,
@@ -616,8 +699,30 @@ impl Model {
                 record: &record,
                 progress: &p,
             })?;
+            let reached = |a| ev.as_ref().is_some_and(|v| v.accuracy >= a);
+            if opts.target_accuracy.is_some_and(reached) {
+                return Ok(p.history);
+            }
         }
         Ok(p.history)
+    }
+
+    /// The validation pass of `fit_spread`: the whole of `val` on one process, this process's
+    /// shard `val_shard` summed over the processes otherwise; `None` without validation data.
+    fn validate<E: From<NnError>>(
+        &mut self,
+        val: Option<&Dataset>,
+        val_shard: Option<&Dataset>,
+        opts: &FitOptions,
+        reduce: &mut dyn Reducer<Error = E>,
+    ) -> Result<Option<Evaluation>, E> {
+        Ok(match val {
+            Some(v) if reduce.size() == 1 => Some(self.evaluate(v, opts.val_batch_size)?),
+            Some(v) => {
+                Some(self.evaluate_shard(val_shard, v.len(), opts.val_batch_size, reduce)?)
+            }
+            None => None,
+        })
     }
 
     /// Loss and accuracy over `data` spread over the processes of `reduce`: each evaluates its

@@ -489,6 +489,7 @@ mod tests {
                     trust_ratios: vec![stats("conv2d/kernel", 0.5), stats("conv2d/bias", 0.02)],
                 })
                 .collect(),
+            evals: vec![],
         }
     }
 
@@ -521,6 +522,7 @@ mod tests {
             history,
             telemetry,
             train_seconds: 0.1,
+            val_seconds: 0.05,
         };
         (model, opt, progress)
     }
@@ -663,6 +665,7 @@ mod props {
                 history: super::tests::history(&[0.5], &[1.5]),
                 telemetry: vec![],
                 train_seconds: 0.01,
+                val_seconds: 0.0,
             };
             let bytes = Checkpoint::capture(&model, &opt, &progress, KEY)
                 .to_bytes()

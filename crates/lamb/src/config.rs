@@ -304,11 +304,18 @@ pub struct Settings {
     #[arg(long, value_name = "F")]
     #[serde(alias = "validation_split")]
     pub validation_split: Option<f64>,
-    /// Stop when the validation accuracy first reaches A (checked after every epoch), and
+    /// Stop when the validation accuracy first reaches A (checked at every validation pass:
+    /// epoch ends, and every `--eval-every` steps), and
     /// record the epoch, step, images seen and seconds at that point (`target.json`).
     #[arg(long, value_name = "A")]
     #[serde(alias = "target_accuracy")]
     pub target_accuracy: Option<f64>,
+    /// Also validate every STEPS training steps (counted from the start), not only at epoch
+    /// ends, so that `--target-accuracy` is found within a fraction of an epoch; every pass is
+    /// recorded in history.json (`evals`). The trained weights are the same with or without it.
+    #[arg(long, value_name = "STEPS")]
+    #[serde(alias = "eval_every")]
+    pub eval_every: Option<usize>,
     /// Training-batch augmentation, Keras-style: `crop=N` (pad by N with zeros, crop back at a
     /// random offset), `flip` (horizontal), both as `crop=4,flip`, or `none` [default: none].
     /// Deterministic from the seed, the epoch and the image.
@@ -441,6 +448,7 @@ impl Settings {
             limit_test,
             validation_split,
             target_accuracy,
+            eval_every,
             augment,
             standardize
         )
@@ -488,6 +496,7 @@ impl Settings {
             limit_test: None,
             validation_split: None,
             target_accuracy: None,
+            eval_every: None,
             augment: lamb_data::Augment::default(),
             standardize: false,
             quiet: false,
@@ -558,6 +567,7 @@ impl Settings {
             limit_test: self.limit_test,
             validation_split: self.validation_split,
             target_accuracy: self.target_accuracy,
+            eval_every: self.eval_every,
             augment: self
                 .augment
                 .as_deref()
@@ -622,6 +632,8 @@ pub struct RunConfig {
     pub validation_split: Option<f64>,
     /// Stop when the validation accuracy first reaches this (`None`: run every epoch).
     pub target_accuracy: Option<f64>,
+    /// Validate every this many steps too (`None`: at epoch ends only).
+    pub eval_every: Option<usize>,
     /// Training-batch augmentation (`--augment`).
     pub augment: lamb_data::Augment,
     /// Per-channel standardization (`--standardize`).
@@ -678,6 +690,7 @@ impl RunConfig {
         for (k, v) in [
             ("limit-train", self.limit_train),
             ("limit-test", self.limit_test),
+            ("eval-every", self.eval_every),
         ] {
             if v == Some(0) {
                 bail!("`{k}` = 0: must be at least 1");
@@ -789,6 +802,7 @@ impl RunConfig {
             limit_test: self.limit_test,
             validation_split: self.validation_split,
             target_accuracy: self.target_accuracy,
+            eval_every: self.eval_every,
             augment: self.augment.is_active().then(|| self.augment.to_string()),
             standardize: self.standardize.then_some(true),
             quiet: false,

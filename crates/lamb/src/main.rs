@@ -337,6 +337,7 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
         ("resize", flags.resize.is_some()),
         ("validation-split", flags.validation_split.is_some()),
         ("target-accuracy", flags.target_accuracy.is_some()),
+        ("eval-every", flags.eval_every.is_some()),
         ("augment", flags.augment.is_some()),
         ("standardize", flags.standardize.is_some()),
         ("labels", flags.labels.is_some()),

@@ -172,6 +172,35 @@ impl Progress {
         }
     }
 
+    /// A validation pass within an epoch (`--eval-every`): one line, as JSON in JSON mode.
+    pub fn eval(&mut self, r: &lamb_nn::EvalRecord, steps: usize) {
+        match self.mode {
+            Mode::Normal => {
+                let line = format!(
+                    "{}  epoch {} step {}/{steps} (global step {}) - val_loss: {:.4} - val_accuracy: {:.4}",
+                    self.prefix(),
+                    r.epoch,
+                    r.step,
+                    r.global_step,
+                    r.val_loss,
+                    r.val_accuracy
+                );
+                self.println(&line);
+            }
+            Mode::Json => {
+                let v = serde_json::json!({
+                    "tag": self.tag, "eval": true, "epoch": r.epoch, "step": r.step,
+                    "global_step": r.global_step, "images_seen": r.images_seen,
+                    "val_loss": r.val_loss, "val_accuracy": r.val_accuracy,
+                    "elapsed_seconds": r.elapsed_seconds,
+                });
+                println!("{v}");
+                let _ = std::io::stdout().flush();
+            }
+            Mode::Quiet => {}
+        }
+    }
+
     /// An epoch ended.
     pub fn epoch_end(&mut self, r: &EpochRecord, steps: usize) {
         self.clear_bar();

@@ -30,6 +30,26 @@ pub fn write_history(dir: &Path, history: &History) -> Result<()> {
         );
     }
     write_atomic(&dir.join("history.csv"), csv.as_bytes())?;
+    if !history.evals.is_empty() {
+        // Every validation pass of `--eval-every` (epoch ends included).
+        let mut csv = String::from(
+            "global_step,epoch,step,images_seen,val_loss,val_accuracy,elapsed_seconds\n",
+        );
+        for r in &history.evals {
+            let _ = writeln!(
+                csv,
+                "{},{},{},{},{},{},{:.3}",
+                r.global_step,
+                r.epoch,
+                r.step,
+                r.images_seen,
+                r.val_loss,
+                r.val_accuracy,
+                r.elapsed_seconds
+            );
+        }
+        write_atomic(&dir.join("evals.csv"), csv.as_bytes())?;
+    }
     let json = serde_json::to_string_pretty(history)?;
     write_atomic(&dir.join("history.json"), json.as_bytes())?;
     Ok(())
@@ -606,6 +626,7 @@ pub(crate) mod tests {
                     ],
                 })
                 .collect(),
+            evals: vec![],
         }
     }
 

@@ -143,7 +143,8 @@ pub struct TargetResult {
     pub target_accuracy: f64,
     /// Whether some epoch reached it.
     pub reached: bool,
-    /// The first epoch (from 1) whose validation accuracy reached it.
+    /// The epoch (from 1) in which the validation accuracy first reached it (with
+    /// `--eval-every`, possibly before the epoch's end).
     pub epoch: Option<usize>,
     /// Training steps done by then.
     pub step: Option<usize>,
@@ -157,9 +158,21 @@ pub struct TargetResult {
 }
 
 impl TargetResult {
-    /// The first epoch of `history` whose validation accuracy reaches `target`, for a run of
+    /// The first validation pass of `history` whose accuracy reaches `target` (every pass of
+    /// `--eval-every` when the run recorded them, else the epoch ends), for a run of
     /// `train_len` images in batches of `batch_size`.
     pub fn find(history: &History, target: f64, train_len: usize, batch_size: usize) -> Self {
+        if let Some(r) = history.evals.iter().find(|r| r.val_accuracy >= target) {
+            return TargetResult {
+                target_accuracy: target,
+                reached: true,
+                epoch: Some(r.epoch),
+                step: Some(r.global_step),
+                images_seen: Some(r.images_seen as usize),
+                seconds: Some(r.elapsed_seconds),
+                val_accuracy: Some(r.val_accuracy),
+            };
+        }
         let steps = train_len.div_ceil(batch_size.max(1));
         let mut seconds = 0.0;
         for r in &history.epochs {
@@ -830,6 +843,8 @@ pub fn train_with(
         opts.val_batch_size = VAL_BATCH;
         opts.start = progress.clone();
         opts.stop = Some(stop.clone());
+        opts.eval_every = cfg.eval_every;
+        opts.target_accuracy = cfg.target_accuracy;
         let mut next: Option<FitProgress> = None;
         let mut stopped = false;
         let result = lamb_dist::fit(
@@ -864,6 +879,14 @@ pub fn train_with(
                             tb.epoch_end(record);
                         }
                         out.epoch_end(record, steps);
+                        next = Some((*progress).clone());
+                    }
+                    FitEvent::Eval { record } => {
+                        out.clear_bar();
+                        out.eval(record, steps);
+                    }
+                    FitEvent::TargetReached { progress } => {
+                        // Checkpointed below; the loop then ends: the target is in the history.
                         next = Some((*progress).clone());
                     }
                     FitEvent::Stopped { progress } => {

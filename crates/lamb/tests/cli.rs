@@ -374,4 +374,38 @@ fn target_accuracy_stops_at_the_first_epoch_that_reaches_it() {
     let t: serde_json::Value = serde_json::from_slice(&read(&out.join("target.json"))).unwrap();
     assert_eq!(t["reached"], false, "{t}");
     assert_eq!(metrics(&out).len() - 1, 2);
+    // Validating every 30 steps finds the crossing within the epoch and stops there.
+    let out = tmp.path().join("e");
+    let mut c = lamb(tmp.path());
+    c.args([
+        "train",
+        "--quiet",
+        "--epochs",
+        "10",
+        "--target-accuracy",
+        "0.2",
+        "--eval-every",
+        "30",
+    ]);
+    small(&mut c, &data, &out);
+    ok(&mut c);
+    let te: serde_json::Value = serde_json::from_slice(&read(&out.join("target.json"))).unwrap();
+    assert_eq!(te["reached"], true, "{te}");
+    let step = te["step"].as_u64().unwrap() as usize;
+    assert!(step <= epoch * 100, "{te} vs {t}");
+    assert!(step % 30 == 0 || step % 100 == 0, "{te}");
+    assert_eq!(te["images_seen"].as_u64().unwrap() as usize, step * 10);
+    let evals = std::fs::read_to_string(out.join("evals.csv")).unwrap();
+    let last = evals.lines().last().unwrap();
+    assert!(last.starts_with(&format!("{step},")), "{evals}");
+    let passes: Vec<f64> = evals
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(5).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        passes[..passes.len() - 1].iter().all(|&a| a < 0.2),
+        "{evals}"
+    );
+    assert!(out.join("weights.safetensors").is_file());
 }
