@@ -150,6 +150,8 @@ pub struct TargetResult {
     pub step: Option<usize>,
     /// Training images seen by then.
     pub images_seen: Option<usize>,
+    /// Epochs of training by then (images seen / training images).
+    pub epochs: Option<f64>,
     /// Seconds of training and validation by then (the epochs' recorded times, so a resumed run
     /// counts the same; data loading excluded).
     pub seconds: Option<f64>,
@@ -169,6 +171,7 @@ impl TargetResult {
                 epoch: Some(r.epoch),
                 step: Some(r.global_step),
                 images_seen: Some(r.images_seen as usize),
+                epochs: Some(r.images_seen as f64 / train_len.max(1) as f64),
                 seconds: Some(r.elapsed_seconds),
                 val_accuracy: Some(r.val_accuracy),
             };
@@ -184,6 +187,7 @@ impl TargetResult {
                     epoch: Some(r.epoch),
                     step: Some(r.epoch * steps),
                     images_seen: Some(r.epoch * train_len),
+                    epochs: Some(r.epoch as f64),
                     seconds: Some(seconds),
                     val_accuracy: Some(acc),
                 };
@@ -195,6 +199,7 @@ impl TargetResult {
             epoch: None,
             step: None,
             images_seen: None,
+            epochs: None,
             seconds: None,
             val_accuracy: None,
         }

@@ -58,14 +58,30 @@ enum Start {
     Resume,
 }
 
-/// Runs every plan not yet finished; returns what happened. `stop` (set by Ctrl-C) stops
+/// One run of a sweep: its directory name under `<sweep>/runs/` and the `lamb train`
+/// arguments of a fresh start (an interrupted run resumes with `--resume` instead).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    /// Directory name under `<sweep>/runs/`.
+    pub id: String,
+    /// `lamb train ...` arguments of a fresh start.
+    pub args: Vec<String>,
+}
+
+/// The jobs of a fixed grid's plans.
+pub fn grid_jobs(spec: &SweepSpec, plans: &[RunPlan], ex: &Execution) -> Vec<Job> {
+    plans
+        .iter()
+        .map(|p| Job {
+            id: p.id.clone(),
+            args: train_args(spec, p, &ex.dir.join("runs").join(&p.id), ex),
+        })
+        .collect()
+}
+
+/// Runs every job not yet finished; returns what happened. `stop` (set by Ctrl-C) stops
 /// launching runs and asks the running children to checkpoint and exit.
-pub fn run_grid(
-    spec: &SweepSpec,
-    plans: &[RunPlan],
-    ex: &Execution,
-    stop: &AtomicBool,
-) -> Result<Tally> {
+pub fn run_grid(plans: &[Job], ex: &Execution, stop: &AtomicBool) -> Result<Tally> {
     let exe = std::env::current_exe().context("finding the lamb executable to run the grid")?;
     let runs = ex.dir.join("runs");
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
@@ -138,7 +154,7 @@ pub fn run_grid(
                 let Some((p, start)) = todo.get(i) else {
                     return;
                 };
-                let res = run_one(&exe, spec, p, start, ex, stop, i + 1, total);
+                let res = run_one(&exe, p, start, ex, stop, i + 1, total);
                 let mut t = shared.lock().unwrap_or_else(|e| e.into_inner());
                 match res {
                     Ok(Ended::Completed) => t.completed += 1,
@@ -216,17 +232,16 @@ pub fn train_args(spec: &SweepSpec, p: &RunPlan, out: &Path, ex: &Execution) -> 
             a.extend([flag.to_string(), v]);
         }
     };
-    opt("--preset", o.preset.clone());
     opt("--model", spec.model.clone());
-    opt("--weight-decay", o.weight_decay.map(|x| format!("{x}")));
-    opt("--momentum", o.momentum.map(|x| format!("{x}")));
     opt("--limit-train", spec.train_images.map(|x| x.to_string()));
     opt("--limit-test", spec.test_images.map(|x| x.to_string()));
+    o.push_args(&mut a);
     common_args(&mut a, ex);
     a
 }
 
-fn common_args(a: &mut Vec<String>, ex: &Execution) {
+/// The arguments every run of a sweep gets (threads, quiet, data, TensorBoard).
+pub fn common_args(a: &mut Vec<String>, ex: &Execution) {
     // The sweep found (or downloaded) the data once before starting any run.
     a.extend([
         "--threads".into(),
@@ -243,8 +258,7 @@ fn common_args(a: &mut Vec<String>, ex: &Execution) {
 #[allow(clippy::too_many_arguments)]
 fn run_one(
     exe: &Path,
-    spec: &SweepSpec,
-    p: &RunPlan,
+    p: &Job,
     start: &Start,
     ex: &Execution,
     stop: &AtomicBool,
@@ -253,7 +267,7 @@ fn run_one(
 ) -> Result<Ended> {
     let dir = ex.dir.join("runs").join(&p.id);
     let args = match start {
-        Start::Fresh => train_args(spec, p, &dir, ex),
+        Start::Fresh => p.args.clone(),
         Start::Resume => {
             let mut a = vec![
                 "train".to_string(),

@@ -7,6 +7,8 @@ pub mod exec;
 pub mod report;
 pub mod spec;
 pub mod status;
+pub mod target;
+pub mod target_report;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,9 +20,23 @@ use crate::atomic::write_atomic;
 use exec::{Execution, Tally};
 use spec::{Preset, SweepSpec};
 
+/// What a sweep measures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Metric {
+    /// The best validation accuracy after a fixed number of epochs (a fixed grid).
+    #[default]
+    BestAccuracy,
+    /// Steps (and seconds) to a target validation accuracy, each cell tuned, 3 seeds.
+    StepsToTarget,
+}
+
 /// Flags of `lamb sweep`.
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
+    /// What to measure: best-accuracy (a fixed epoch budget) or steps-to-target (steps to a
+    /// target validation accuracy per batch size, Shallue et al. 2018) [default: best-accuracy].
+    #[arg(long, value_enum, default_value_t = Metric::BestAccuracy)]
+    pub metric: Metric,
     /// Built-in grid: small (tens of minutes on 2 cores; `--dry-run` estimates it for this
     /// machine) or full (for bigger machines) [default: small].
     #[arg(long, value_enum, conflicts_with = "config")]
@@ -75,6 +91,9 @@ fn cores() -> usize {
 
 /// Runs `lamb sweep`; returns whether every run finished (false after Ctrl-C).
 pub fn run(a: &SweepArgs) -> Result<bool> {
+    if a.metric == Metric::StepsToTarget {
+        return run_steps_to_target(a);
+    }
     let (mut spec, name) = match &a.config {
         Some(path) => (
             SweepSpec::from_file(path)?,
@@ -193,7 +212,7 @@ pub fn run(a: &SweepArgs) -> Result<bool> {
             data: Some(data),
             ..ex.clone()
         };
-        tally = exec::run_grid(&spec, &plans, &ex, &stop)?;
+        tally = exec::run_grid(&exec::grid_jobs(&spec, &plans, &ex), &ex, &stop)?;
         if stop.load(Ordering::SeqCst) {
             tally.interrupted = tally.interrupted.max(1);
         }
@@ -342,4 +361,196 @@ fn print_dry_run(spec: &SweepSpec, plans: &[spec::RunPlan], ex: &Execution) -> R
         println!("  lamb {}", args.join(" "));
     }
     Ok(())
+}
+
+/// `lamb sweep --metric steps-to-target`.
+fn run_steps_to_target(a: &SweepArgs) -> Result<bool> {
+    use target::TargetSpec;
+    for (flag, set) in [
+        ("--epochs", a.epochs.is_some()),
+        ("--test-images", a.test_images.is_some()),
+    ] {
+        if set {
+            bail!(
+                "{flag} does not apply to --metric steps-to-target (runs validate on a held-out \
+                 part of the training data and have a budget per batch size: `budget-epochs` in \
+                 a --config file)"
+            );
+        }
+    }
+    let (mut spec, name) = match &a.config {
+        Some(path) => (
+            TargetSpec::from_file(path)?,
+            path.file_stem()
+                .map_or("file".into(), |s| s.to_string_lossy().into_owned()),
+        ),
+        None => {
+            let p = a.preset.unwrap_or(Preset::Small);
+            (TargetSpec::preset(p), p.as_str().to_string())
+        }
+    };
+    if a.model.is_some() {
+        spec.model = a.model.clone();
+    }
+    if a.train_images.is_some() {
+        spec.train_images = a.train_images;
+    }
+    spec.validate()?;
+    if a.threads == 0 || a.threads > 1024 {
+        bail!("--threads {}: must be between 1 and 1024", a.threads);
+    }
+    let jobs = a.jobs.unwrap_or((cores() / a.threads).max(1));
+    if jobs == 0 || jobs > 1024 {
+        bail!("--jobs {jobs}: must be between 1 and 1024");
+    }
+    let dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("steps-{name}")));
+    let ex = Execution {
+        dir: dir.clone(),
+        data: a.data.clone(),
+        threads: a.threads,
+        jobs,
+        retry_failed: false,
+    };
+    let first = spec.plan(&|_| target::Outcome::Pending);
+    for r in first.iter().flat_map(|c| c.runs.iter()) {
+        let args = spec.train_args(r, &dir.join("runs").join(&r.id), &ex);
+        crate::check_train_args(&args).with_context(|| {
+            format!(
+                "run {} of the grid would be refused (`lamb {}`); nothing was started",
+                r.id,
+                args.join(" ")
+            )
+        })?;
+    }
+    let first_runs: usize = first.iter().map(|c| c.runs.len()).sum();
+    if a.dry_run {
+        let (train_rate, val_rate) = calibrate(&ex, spec.model.as_deref())?;
+        let n = spec.train_images.unwrap_or(50_000).min(50_000) as f64;
+        let (train, val) = (n * (1.0 - spec.validation_split), n * spec.validation_split);
+        let epoch = |b: usize| {
+            let passes = (train / spec.eval_every_images as f64).ceil();
+            let _ = b;
+            train / train_rate + passes * val / val_rate
+        };
+        let worst: f64 = first
+            .iter()
+            .map(|c| c.runs.len() as f64 * epoch(c.batch) * spec_budget(&spec, c.batch) as f64)
+            .sum::<f64>()
+            / jobs as f64;
+        println!(
+            "{} cells ({} optimizers x batch sizes {:?}); first round {first_runs} runs at seed {}, \
+             then up to {} growths of the rate grid per cell and {} seed runs per cell",
+            first.len(),
+            spec.optimizers.len(),
+            spec.batch_sizes,
+            spec.seeds[0],
+            spec.max_refinements,
+            spec.seeds.len() - 1
+        );
+        println!(
+            "First round on this machine: at most {:.0} min if every run used its whole budget \
+             ({jobs} at a time, {} thread(s) each; calibrated just now: {train_rate:.0} training, \
+             {val_rate:.0} validation images/s per run); runs stop at the target, so expect a \
+             fraction of that",
+            worst / 60.0,
+            a.threads
+        );
+        for r in first.iter().flat_map(|c| c.runs.iter()) {
+            let args = spec.train_args(r, &dir.join("runs").join(&r.id), &ex);
+            println!("  lamb {}", args.join(" "));
+        }
+        return Ok(true);
+    }
+    let recorded_path = dir.join(target::SPEC_FILE);
+    if recorded_path.is_file() {
+        let recorded = TargetSpec::from_file(&recorded_path)?;
+        if let Some(why) = recorded.incompatibility(&spec) {
+            bail!(
+                "{} holds a steps-to-target sweep with other settings ({why} differ; see {}); \
+                 continue it with `lamb sweep --metric steps-to-target --config {} --out {}`, or \
+                 choose another --out",
+                dir.display(),
+                recorded_path.display(),
+                recorded_path.display(),
+                dir.display()
+            );
+        }
+        if recorded != spec && !a.report {
+            write_target_grid(&recorded_path, &spec)?;
+        }
+    } else if a.report {
+        bail!(
+            "{} holds no steps-to-target sweep (no {})",
+            dir.display(),
+            target::SPEC_FILE
+        );
+    } else {
+        if dir.join("sweep.toml").is_file() {
+            bail!(
+                "{} holds a best-accuracy sweep (sweep.toml); choose another --out",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating sweep directory {}", dir.display()))?;
+        write_target_grid(&recorded_path, &spec)?;
+    }
+    let command = std::env::args()
+        .map(|s| if s.contains(' ') { format!("'{s}'") } else { s })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut done = true;
+    if !a.report {
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in crate::STOP_SIGNALS {
+            signal_hook::flag::register(sig, stop.clone())
+                .context("installing the Ctrl-C handler")?;
+        }
+        println!(
+            "Steps-to-target sweep {}: {} cells, target {} validation accuracy; first round {first_runs} runs",
+            dir.display(),
+            first.len(),
+            spec.target_accuracy
+        );
+        let data = crate::run::locate_data(ex.data.as_deref(), !a.no_download)?;
+        let ex = Execution {
+            data: Some(data),
+            ..ex.clone()
+        };
+        done = target::run_sweep(&spec, &ex, &stop)?;
+    }
+    let table = target_report::write_all(&spec, &dir, &command)?;
+    println!("\n{table}");
+    println!(
+        "Report: {}  (every cell: {}, plots: {})",
+        dir.join("steps_to_target.md").display(),
+        dir.join("steps_to_target.csv").display(),
+        dir.join("plots").display()
+    );
+    if !done {
+        println!("Stopped. Run the same command again to continue (finished runs are kept).");
+    }
+    Ok(done)
+}
+
+fn spec_budget(spec: &target::TargetSpec, batch: usize) -> usize {
+    spec.batch_sizes
+        .iter()
+        .position(|&b| b == batch)
+        .map_or(1, |i| spec.budget_epochs[i])
+}
+
+fn write_target_grid(path: &std::path::Path, spec: &target::TargetSpec) -> Result<()> {
+    write_atomic(
+        path,
+        format!(
+            "# The grid of this steps-to-target sweep (rerun with `lamb sweep --metric steps-to-target --config {}`).\n{}",
+            path.display(),
+            spec.to_toml()?
+        )
+        .as_bytes(),
+    )
 }

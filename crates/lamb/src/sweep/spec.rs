@@ -37,14 +37,51 @@ pub struct OptimizerGrid {
     /// Momentum for LARS and SGD (`None`: the preset's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,
+    /// Nesterov momentum for SGD (`None`: the preset's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nesterov: Option<bool>,
 }
 
 impl OptimizerGrid {
     /// Short label used in run names and tables (`lamb`, `lars-optax`).
     pub fn label(&self) -> String {
-        match &self.preset {
+        let mut l = match &self.preset {
             Some(p) => format!("{}-{p}", self.optimizer.as_str()),
             None => self.optimizer.as_str().to_string(),
+        };
+        if self.nesterov == Some(true) {
+            l.push_str("-nesterov");
+        }
+        l
+    }
+
+    /// What `lamb train` is given for this optimizer (to check it against its description).
+    pub fn given(&self) -> crate::optim::Given {
+        crate::optim::Given {
+            lr: Some(self.base_lr),
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            extra: self
+                .nesterov
+                .map(|n| vec![("nesterov".to_string(), n.to_string())])
+                .unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// Appends this optimizer's `lamb train` flags other than `--optimizer` and `--lr`.
+    pub fn push_args(&self, a: &mut Vec<String>) {
+        if let Some(p) = &self.preset {
+            a.extend(["--preset".into(), p.clone()]);
+        }
+        if let Some(w) = self.weight_decay {
+            a.extend(["--weight-decay".into(), format!("{w}")]);
+        }
+        if let Some(m) = self.momentum {
+            a.extend(["--momentum".into(), format!("{m}")]);
+        }
+        if let Some(n) = self.nesterov {
+            a.extend(["--hyper".into(), format!("nesterov={n}")]);
         }
     }
 }
@@ -105,6 +142,7 @@ fn family(base_batch: usize) -> Vec<OptimizerGrid> {
         base_lr,
         weight_decay,
         momentum,
+        nesterov: None,
     };
     debug_assert_eq!(base_batch, 100);
     // Centres at batch 100 chosen after a first small sweep (2026-12-01) whose grid, centred at
@@ -247,13 +285,7 @@ impl SweepSpec {
         // Each optimizer's preset and values, checked by its description now rather than
         // when its first run starts.
         for o in &self.optimizers {
-            let given = crate::optim::Given {
-                lr: Some(o.base_lr),
-                weight_decay: o.weight_decay,
-                momentum: o.momentum,
-                ..Default::default()
-            };
-            crate::optim::effective(o.optimizer, o.preset.as_deref(), &given)
+            crate::optim::effective(o.optimizer, o.preset.as_deref(), &o.given())
                 .with_context(|| format!("optimizer `{}` of the grid", o.label()))?;
         }
         let mut ids: Vec<String> = self.plan().into_iter().map(|p| p.id).collect();
@@ -289,7 +321,9 @@ impl SweepSpec {
         );
         for o in &new.optimizers {
             if let Some(r) = self.optimizers.iter().find(|r| r.label() == o.label()) {
-                if (r.weight_decay, r.momentum) != (o.weight_decay, o.momentum) {
+                if (r.weight_decay, r.momentum, r.nesterov)
+                    != (o.weight_decay, o.momentum, o.nesterov)
+                {
                     diff.push(format!("weight-decay or momentum of {}", o.label()));
                 }
             }
