@@ -7,7 +7,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{data, fail, lamb, ok, spawn_paused};
+use common::{data, fail, lamb, ok, spawn_paused, stdout};
 
 /// Small runs: 1000 training images in batches of 10 (100 steps per epoch), 200 test images.
 fn small(c: &mut Command, data: &Path, out: &Path) {
@@ -408,4 +408,38 @@ fn target_accuracy_stops_at_the_first_epoch_that_reaches_it() {
         "{evals}"
     );
     assert!(out.join("weights.safetensors").is_file());
+}
+
+#[test]
+fn compare_fast_runs_its_recipe_and_evaluates_the_test_set_once() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("fast");
+    let mut c = lamb(tmp.path());
+    c.args([
+        "compare",
+        "--fast",
+        "--quiet",
+        "--limit-train",
+        "1000",
+        "--limit-test",
+        "200",
+    ])
+    .arg("--data")
+    .arg(&data)
+    .arg("--out")
+    .arg(&out);
+    let o = stdout(&ok(&mut c));
+    assert!(o.contains("Fast recipe: test accuracy"), "{o}");
+    let md = std::fs::read_to_string(out.join("fast.md")).unwrap();
+    assert!(md.contains("| test accuracy (once, at the end) |"), "{md}");
+    // Trained with a held-out validation split; the test set only at the end.
+    assert!(out.join("validation_split.json").is_file());
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("test"), "{summary}");
+    // The recipe is fixed.
+    let mut c = lamb(tmp.path());
+    c.args(["compare", "--fast", "--epochs", "3"]);
+    let e = fail(&mut c);
+    assert!(e.contains("--fast runs a fixed recipe"), "{e}");
 }

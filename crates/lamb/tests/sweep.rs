@@ -299,3 +299,115 @@ fn every_run_of_a_grid_is_checked_before_any_starts() {
     assert!(err.contains("nothing was started"), "{err}");
     assert!(!out.exists(), "nothing created");
 }
+
+const TARGET_GRID: &str = r#"
+target-accuracy = 0.15
+validation-split = 0.2
+eval-every-images = 100
+batch-sizes = [20, 80]
+budget-epochs = [2, 3]
+base-batch = 20
+scaling = "sqrt"
+lr-multipliers = [1.0]
+warmup-epochs = [0.0]
+refine-factor = 2.0
+max-refinements = 1
+schedule = "poly"
+decay-power = 1.0
+seeds = [1, 2]
+activation = "relu"
+train-images = 600
+
+[[optimizers]]
+optimizer = "lamb"
+base-lr = 0.004
+"#;
+
+#[test]
+fn steps_to_target_sweep_tunes_each_cell_repeats_the_best_and_reports() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = tmp.path().join("target.toml");
+    std::fs::write(&grid, TARGET_GRID).unwrap();
+    let out = tmp.path().join("st");
+    let mut c = sweep(tmp.path(), &data, &grid, &out);
+    c.args(["--metric", "steps-to-target"]);
+    let first = stdout(&ok(&mut c));
+    for f in [
+        "target-sweep.toml",
+        "steps_to_target.md",
+        "steps_to_target.csv",
+        "plots/steps_to_target.png",
+        "plots/seconds_to_target.svg",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}\n{first}");
+    }
+    let csv = std::fs::read_to_string(out.join("steps_to_target.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    let runs: Vec<String> = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut expected_runs = 0;
+    let mut reached_somewhere = false;
+    for (row, batch) in rows.iter().zip(["20", "80"]) {
+        assert_eq!(row[1], batch, "{csv}");
+        if row[2].is_empty() {
+            // No rate reached the target: the one rate of the grid, no growth, no seeds.
+            expected_runs += 1;
+            continue;
+        }
+        reached_somewhere = true;
+        // The single rate is at both edges: the grid grew once (x2), then seed 2 repeated
+        // the best of the two.
+        expected_runs += 3;
+        let lr: f64 = row[2].parse().unwrap();
+        let seed2 = format!("lamb-b{batch}-lr{lr:.3e}-w0-s2");
+        assert!(runs.contains(&seed2), "{seed2} not in {runs:?}");
+        assert_eq!(
+            row[4], "true",
+            "a best rate with one growth left is at an edge: {csv}"
+        );
+        // Steps to target: at a validation pass (every ceil(100 / batch) steps or an epoch end).
+        let best = format!("lamb-b{batch}-lr{lr:.3e}-w0-s1");
+        let t: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join("runs").join(&best).join("target.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(t["reached"], true, "{t}");
+        let every = 100usize.div_ceil(batch.parse().unwrap());
+        let step = t["step"].as_u64().unwrap() as usize;
+        let per_epoch = 480usize.div_ceil(batch.parse().unwrap());
+        assert!(step % every == 0 || step % per_epoch == 0, "{t}");
+    }
+    assert!(
+        reached_somewhere,
+        "the tiny grid should reach 0.15 somewhere: {csv}"
+    );
+    assert_eq!(runs.len(), expected_runs, "{runs:?}\n{csv}");
+    let md = std::fs::read_to_string(out.join("steps_to_target.md")).unwrap();
+    assert!(
+        md.contains("## What the cells show") && md.contains("| lamb | 20 |"),
+        "{md}"
+    );
+    // Everything finished: the same command runs nothing and rewrites the same table.
+    let mut again = sweep(tmp.path(), &data, &grid, &out);
+    again.args(["--metric", "steps-to-target"]);
+    let second = stdout(&ok(&mut again));
+    assert!(!second.contains("start "), "{second}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("steps_to_target.csv")).unwrap(),
+        csv
+    );
+    // A grid whose budget changed cannot continue this directory.
+    std::fs::write(&grid, TARGET_GRID.replace("[2, 3]", "[2, 4]")).unwrap();
+    let mut changed = sweep(tmp.path(), &data, &grid, &out);
+    changed.args(["--metric", "steps-to-target"]);
+    let e = fail(&mut changed);
+    assert!(e.contains("budget-epochs of batch 80"), "{e}");
+}
