@@ -331,7 +331,11 @@ fn steps_to_target_sweep_tunes_each_cell_repeats_the_best_and_reports() {
     std::fs::write(&grid, TARGET_GRID).unwrap();
     let out = tmp.path().join("st");
     let mut c = sweep(tmp.path(), &data, &grid, &out);
-    c.args(["--metric", "steps-to-target"]);
+    // As one worker per host under mpirun: the trainers must not take the launcher's rank
+    // variables for their own.
+    c.args(["--metric", "steps-to-target"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "0");
     let first = stdout(&ok(&mut c));
     for f in [
         "target-sweep.toml",

@@ -304,6 +304,14 @@ fn run_one(
         // Own process group: a terminal Ctrl-C reaches only the sweep, which then asks each
         // child once to checkpoint (a second SIGINT would make the child exit at once).
         .process_group(0);
+    // A sweep worker started by an MPI launcher (one worker per host) runs single-process
+    // trainers: they must not take the launcher's rank variables for their own.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if ["OMPI_", "PMIX_", "PMI_"].iter().any(|p| k.starts_with(p)) {
+            cmd.env_remove(k.as_ref());
+        }
+    }
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: prctl(2), getppid(2) and kill(2) are async-signal-safe, as pre_exec requires.
     unsafe {
