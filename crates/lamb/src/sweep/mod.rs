@@ -37,8 +37,9 @@ pub struct SweepArgs {
     /// target validation accuracy per batch size, Shallue et al. 2018) [default: best-accuracy].
     #[arg(long, value_enum, default_value_t = Metric::BestAccuracy)]
     pub metric: Metric,
-    /// Built-in grid: small (tens of minutes on 2 cores; `--dry-run` estimates it for this
-    /// machine) or full (for bigger machines) [default: small].
+    /// Built-in grid: small (tens of minutes on 2 cores for best-accuracy, 1-2 hours for
+    /// steps-to-target; `--dry-run` estimates it for this machine) or full (for bigger
+    /// machines, or many) [default: small].
     #[arg(long, value_enum, conflicts_with = "config")]
     pub preset: Option<Preset>,
     /// Sweep file (TOML with the keys of `<sweep dir>/sweep.toml`) instead of a preset.
@@ -430,14 +431,12 @@ fn run_steps_to_target(a: &SweepArgs) -> Result<bool> {
         let (train_rate, val_rate) = calibrate(&ex, spec.model.as_deref())?;
         let n = spec.train_images.unwrap_or(50_000).min(50_000) as f64;
         let (train, val) = (n * (1.0 - spec.validation_split), n * spec.validation_split);
-        let epoch = |b: usize| {
-            let passes = (train / spec.eval_every_images as f64).ceil();
-            let _ = b;
-            train / train_rate + passes * val / val_rate
-        };
+        // Seconds of one epoch: training, and a validation pass every `eval-every-images`.
+        let passes = (train / spec.eval_every_images as f64).ceil();
+        let epoch = train / train_rate + passes * val / val_rate;
         let worst: f64 = first
             .iter()
-            .map(|c| c.runs.len() as f64 * epoch(c.batch) * spec_budget(&spec, c.batch) as f64)
+            .map(|c| c.runs.len() as f64 * epoch * spec.budget(c.batch) as f64)
             .sum::<f64>()
             / jobs as f64;
         println!(
@@ -534,13 +533,6 @@ fn run_steps_to_target(a: &SweepArgs) -> Result<bool> {
         println!("Stopped. Run the same command again to continue (finished runs are kept).");
     }
     Ok(done)
-}
-
-fn spec_budget(spec: &target::TargetSpec, batch: usize) -> usize {
-    spec.batch_sizes
-        .iter()
-        .position(|&b| b == batch)
-        .map_or(1, |i| spec.budget_epochs[i])
 }
 
 fn write_target_grid(path: &std::path::Path, spec: &target::TargetSpec) -> Result<()> {

@@ -353,7 +353,8 @@ impl TargetSpec {
         (!diff.is_empty()).then(|| diff.join(", "))
     }
 
-    fn budget(&self, batch: usize) -> usize {
+    /// The step budget of `batch`, in epochs.
+    pub fn budget(&self, batch: usize) -> usize {
         let i = self.batch_sizes.iter().position(|&b| b == batch);
         i.map_or(1, |i| self.budget_epochs[i])
     }
