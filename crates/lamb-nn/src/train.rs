@@ -641,7 +641,9 @@ impl Model {
                     running,
                 })?;
                 let global = e * steps + p.step;
-                let due = opts.eval_every.is_some_and(|k| k > 0 && global % k == 0);
+                let due = opts
+                    .eval_every
+                    .is_some_and(|k| k > 0 && global.is_multiple_of(k));
                 if due && p.step < steps && val.is_some() {
                     let t = Instant::now();
                     let ev = self.validate(val, val_shard.as_ref(), opts, reduce)?;

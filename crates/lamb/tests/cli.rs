@@ -393,7 +393,7 @@ fn target_accuracy_stops_at_the_first_epoch_that_reaches_it() {
     assert_eq!(te["reached"], true, "{te}");
     let step = te["step"].as_u64().unwrap() as usize;
     assert!(step <= epoch * 100, "{te} vs {t}");
-    assert!(step % 30 == 0 || step % 100 == 0, "{te}");
+    assert!(step.is_multiple_of(30) || step.is_multiple_of(100), "{te}");
     assert_eq!(te["images_seen"].as_u64().unwrap() as usize, step * 10);
     let evals = std::fs::read_to_string(out.join("evals.csv")).unwrap();
     let last = evals.lines().last().unwrap();

@@ -387,7 +387,10 @@ fn steps_to_target_sweep_tunes_each_cell_repeats_the_best_and_reports() {
         let every = 100usize.div_ceil(batch.parse().unwrap());
         let step = t["step"].as_u64().unwrap() as usize;
         let per_epoch = 480usize.div_ceil(batch.parse().unwrap());
-        assert!(step % every == 0 || step % per_epoch == 0, "{t}");
+        assert!(
+            step.is_multiple_of(every) || step.is_multiple_of(per_epoch),
+            "{t}"
+        );
     }
     assert!(
         reached_somewhere,

@@ -425,7 +425,7 @@ impl TargetSpec {
         loop {
             let runs = self.tuning_runs(opt, batch, &mults);
             let outs: Vec<Outcome> = runs.iter().map(outcome).collect();
-            if outs.iter().any(|o| *o == Outcome::Pending) {
+            if outs.contains(&Outcome::Pending) {
                 return Cell {
                     opt,
                     batch,
@@ -620,129 +620,6 @@ pub fn run_sweep(
     }
 }
 
-/// The result of one cell for the report.
-#[derive(Clone, Debug)]
-pub struct CellResult {
-    /// The optimizer's label.
-    pub optimizer: String,
-    /// Batch size.
-    pub batch: usize,
-    /// Where the cell stands.
-    pub state: CellState,
-    /// Outcomes of the best setting, one per seed (in `seeds` order).
-    pub seeds: Vec<Outcome>,
-    /// Tuning runs finished.
-    pub tuning_runs: usize,
-}
-
-impl CellResult {
-    /// Median steps to the target over the seeds, a miss counting as more than any step
-    /// count (`None`: the median run missed, or not finished).
-    pub fn median_steps(&self) -> Option<usize> {
-        median_of(&self.seeds, |o| o.steps().map(|s| s as f64)).map(|x| x as usize)
-    }
-
-    /// Median seconds to the target over the seeds (misses count as slowest).
-    pub fn median_seconds(&self) -> Option<f64> {
-        median_of(&self.seeds, |o| match o {
-            Outcome::Reached { seconds, .. } => Some(*seconds),
-            _ => None,
-        })
-    }
-
-    /// Median epochs to the target over the seeds.
-    pub fn median_epochs(&self) -> Option<f64> {
-        median_of(&self.seeds, |o| match o {
-            Outcome::Reached { epochs, .. } => Some(*epochs),
-            _ => None,
-        })
-    }
-
-    /// Seeds that reached the target, of those finished.
-    pub fn reached(&self) -> (usize, usize) {
-        let done = self
-            .seeds
-            .iter()
-            .filter(|o| **o != Outcome::Pending)
-            .count();
-        let ok = self.seeds.iter().filter(|o| o.steps().is_some()).count();
-        (ok, done)
-    }
-
-    /// (min, max) steps over the seeds that reached the target.
-    pub fn steps_range(&self) -> Option<(usize, usize)> {
-        let s: Vec<usize> = self.seeds.iter().filter_map(Outcome::steps).collect();
-        Some((*s.iter().min()?, *s.iter().max()?))
-    }
-}
-
-/// The median of `f` over `outs` when all are finished, a miss (`f` = `None`) ranking last.
-fn median_of(outs: &[Outcome], f: impl Fn(&Outcome) -> Option<f64>) -> Option<f64> {
-    if outs.is_empty() || outs.iter().any(|o| *o == Outcome::Pending) {
-        return None;
-    }
-    let mut v: Vec<f64> = outs.iter().map(|o| f(o).unwrap_or(f64::INFINITY)).collect();
-    v.sort_by(f64::total_cmp);
-    let m = if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
-    m.is_finite().then_some(m)
-}
-
-/// Every cell's result, from the run directories in `dir/runs`.
-pub fn collect(spec: &TargetSpec, dir: &Path) -> Vec<CellResult> {
-    let runs_dir = dir.join("runs");
-    let outcome = |r: &TargetRun| read_outcome(&runs_dir.join(&r.id));
-    spec.plan(&outcome)
-        .into_iter()
-        .map(|c| {
-            let seeds = match &c.state {
-                CellState::Settled { best, .. } => spec
-                    .seeds
-                    .iter()
-                    .map(|&s| outcome(&spec.run(c.opt, c.batch, best.mult, best.warmup, s)))
-                    .collect(),
-                _ => vec![],
-            };
-            let tuning_runs = c
-                .runs
-                .iter()
-                .filter(|r| r.seed == spec.seeds[0] && outcome(r) != Outcome::Pending)
-                .count();
-            CellResult {
-                optimizer: spec.optimizers[c.opt].label(),
-                batch: c.batch,
-                state: c.state,
-                seeds,
-                tuning_runs,
-            }
-        })
-        .collect()
-}
-
-/// How far above the perfect-scaling line a cell may lie and still count as scaling
-/// perfectly: 1.5x the steps that halving per doubled batch predicts.
-pub const PERFECT_SCALING_SLACK: f64 = 1.5;
-
-/// For one optimizer's cells (in batch order): the first batch size whose median steps exceed
-/// [`PERFECT_SCALING_SLACK`] times the perfect-scaling prediction from the smallest batch size
-/// that reached the target, or that did not reach it; `None` when every cell scales.
-pub fn leaves_perfect_scaling(cells: &[&CellResult]) -> Option<usize> {
-    let (b0, s0) = cells
-        .iter()
-        .find_map(|c| c.median_steps().map(|s| (c.batch, s)))?;
-    cells
-        .iter()
-        .filter(|c| c.batch > b0)
-        .find(|c| match c.median_steps() {
-            Some(s) => s as f64 > PERFECT_SCALING_SLACK * s0 as f64 * b0 as f64 / c.batch as f64,
-            None => true,
-        })
-        .map(|c| c.batch)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,32 +720,6 @@ mod tests {
         let none = vec![(r(0.5, 42), None), (r(1.0, 42), None), (r(2.0, 42), None)];
         assert_eq!(cell(&none).state, CellState::NoneReached);
         assert_eq!(cell(&none).runs.len(), 3);
-    }
-
-    #[test]
-    fn medians_count_misses_as_slowest_and_scaling_is_judged_from_the_smallest_batch() {
-        let reached = |step| Outcome::Reached {
-            step,
-            seconds: 1.0,
-            epochs: 1.0,
-        };
-        let cell = |batch, seeds: Vec<Outcome>| CellResult {
-            optimizer: "lamb".into(),
-            batch,
-            state: CellState::NoneReached,
-            seeds,
-            tuning_runs: 3,
-        };
-        let c = cell(100, vec![reached(300), Outcome::Missed, reached(100)]);
-        assert_eq!(c.median_steps(), Some(300));
-        assert_eq!(c.reached(), (2, 3));
-        let c2 = cell(100, vec![Outcome::Missed, Outcome::Missed, reached(100)]);
-        assert_eq!(c2.median_steps(), None);
-        let a = cell(100, vec![reached(1000)]);
-        let b = cell(200, vec![reached(600)]);
-        let d = cell(400, vec![reached(400)]);
-        assert_eq!(leaves_perfect_scaling(&[&a, &b, &d]), Some(400));
-        assert_eq!(leaves_perfect_scaling(&[&a, &b]), None);
     }
 
     #[test]
