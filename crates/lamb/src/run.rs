@@ -887,6 +887,9 @@ pub fn train_with(
                         next = Some((*progress).clone());
                     }
                     FitEvent::Eval { record } => {
+                        if let Some(tb) = tb.as_mut() {
+                            tb.eval(record);
+                        }
                         out.clear_bar();
                         out.eval(record, steps);
                     }

@@ -206,6 +206,17 @@ impl TbRun {
         self.spent += t.elapsed();
     }
 
+    /// A validation pass of `--eval-every` within an epoch: buffers `step_loss` and
+    /// `step_accuracy` of the validation run at the global step.
+    pub fn eval(&mut self, r: &lamb_nn::EvalRecord) {
+        let t = Instant::now();
+        let step = r.global_step as i64;
+        self.validation.scalar("step_loss", step, r.val_loss as f32);
+        self.validation
+            .scalar("step_accuracy", step, r.val_accuracy as f32);
+        self.spent += t.elapsed();
+    }
+
     /// At an epoch's end: buffers its scalars (train and validation).
     pub fn epoch_end(&mut self, r: &EpochRecord) {
         let t = Instant::now();
