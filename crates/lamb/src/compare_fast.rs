@@ -25,6 +25,10 @@ pub const KERAS_FINAL_TEST_ACCURACY: f64 = 0.6856;
 pub struct Recipe {
     /// Optimizer.
     pub optimizer: OptimizerKind,
+    /// Momentum (SGD).
+    pub momentum: Option<f64>,
+    /// Nesterov momentum (SGD).
+    pub nesterov: bool,
     /// Peak learning rate.
     pub lr: f64,
     /// Batch size.
@@ -42,11 +46,17 @@ pub struct Recipe {
 }
 
 /// The recipe `lamb compare --fast` runs.
+///
+/// Chosen on 2026-12-07 from 14 runs of 10-14 epochs (Adam, LAMB, SGD with Nesterov momentum;
+/// batch 128 and 256; seed 42), by the final validation accuracy on the held-out 10% alone:
+/// this one reached 0.6910 there; Adam and LAMB reached 0.674-0.677 in 12 epochs.
 pub const RECIPE: Recipe = Recipe {
-    optimizer: OptimizerKind::Adam,
-    lr: 4e-3,
-    batch_size: 256,
-    epochs: 12,
+    optimizer: OptimizerKind::Sgd,
+    momentum: Some(0.9),
+    nesterov: true,
+    lr: 0.04,
+    batch_size: 128,
+    epochs: 14,
     warmup_epochs: 0.5,
     schedule: ScheduleKind::Poly,
     activation: ActivationKind::Relu,
@@ -57,10 +67,15 @@ impl Recipe {
     /// One line: optimizer, rate, batch, schedule, epochs.
     pub fn describe(&self) -> String {
         format!(
-            "{} lr {} (linear warmup {} epochs, then {} decay to 0), batch {}, {} epochs, {}; \
+            "{}{} lr {} (linear warmup {} epochs, then {} decay to 0), batch {}, {} epochs, {}; \
              {} of the training images held out for validation, the test set evaluated once at \
              the end",
             self.optimizer.as_str(),
+            match (self.momentum, self.nesterov) {
+                (Some(m), true) => format!(" with Nesterov momentum {m}"),
+                (Some(m), false) => format!(" with momentum {m}"),
+                (None, _) => String::new(),
+            },
             self.lr,
             self.warmup_epochs,
             self.schedule.as_str(),
@@ -95,6 +110,12 @@ pub fn run_fast(c: &CompareSettings, stop: Arc<AtomicBool>) -> Result<bool> {
         batch_size: Some(r.batch_size),
         optimizer: Some(r.optimizer),
         lr: Some(r.lr),
+        momentum: r.momentum,
+        hyper: if r.nesterov {
+            vec![("nesterov".into(), "true".into())]
+        } else {
+            vec![]
+        },
         schedule: Some(r.schedule),
         warmup_epochs: Some(r.warmup_epochs),
         decay_power: Some(1.0),
