@@ -22,7 +22,8 @@ use crate::simd::multiversion;
 use crate::slots::first_bad_gradient;
 use crate::validate::Range;
 use crate::{
-    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec, ParamMut,
+    Description, MemoryPass, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
+    ParamMut,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -434,6 +435,18 @@ impl Family for Adam {
 
     fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
         self.attempt(params, t)
+    }
+
+    fn memory_passes(&self) -> Vec<MemoryPass> {
+        let l2 = self.cfg.weight_decay_rate != 0.0 && !self.cfg.decoupled_weight_decay;
+        let mut passes = Vec::new();
+        if self.cfg.non_finite != NonFinitePolicy::Unchecked {
+            // Gradient maxima (and weight maxima for the L2 bound).
+            passes.push(MemoryPass::new("check", if l2 { 8 } else { 4 }, 0));
+        }
+        // g, m, v, w in; m, v, w out.
+        passes.push(MemoryPass::new("update", 16, 12));
+        passes
     }
 }
 

@@ -180,4 +180,43 @@ pub trait Optimizer: Send {
 
     /// Restores a state written by [`Optimizer::state`] of the same optimizer.
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError>;
+
+    /// The passes a step makes over the bulk of the parameters, in order, with the bytes
+    /// per parameter each reads and writes (for benchmarks: the memory traffic a step needs).
+    /// Empty when unknown.
+    fn memory_passes(&self) -> Vec<MemoryPass> {
+        Vec::new()
+    }
+}
+
+/// One pass of a step over the parameters: f32 bytes per parameter read and written, counted
+/// for a tensor that is decayed when decay is on (the bulk of a model). A write to a line the
+/// pass does not read costs a line fetch too unless it is a non-temporal store (`streamed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPass {
+    /// What the pass does (`check`, `update`, `stage`, ...).
+    pub name: &'static str,
+    /// Bytes read per parameter.
+    pub read: u32,
+    /// Bytes written per parameter.
+    pub written: u32,
+    /// Whether the writes go to lines not read in the pass, with non-temporal stores.
+    pub streamed: bool,
+}
+
+impl MemoryPass {
+    /// A pass reading `read` and writing `written` bytes per parameter in place.
+    pub const fn new(name: &'static str, read: u32, written: u32) -> Self {
+        Self {
+            name,
+            read,
+            written,
+            streamed: false,
+        }
+    }
+
+    /// Bytes moved per parameter (read + written).
+    pub fn bytes(&self) -> u32 {
+        self.read + self.written
+    }
 }
