@@ -15,6 +15,9 @@ pub struct ParamMut<'a> {
     pub value: &'a mut [f32],
     /// Gradient of the loss with respect to `value`; same length.
     pub grad: &'a [f32],
+    /// The largest `|grad|` element as measured by the code that made the gradient in its last
+    /// pass over it (see [`ParamMut::with_grad_max_abs`]); `None`: the optimizer measures it.
+    pub grad_max_abs: Option<f32>,
 }
 
 impl<'a> ParamMut<'a> {
@@ -25,8 +28,27 @@ impl<'a> ParamMut<'a> {
             shape,
             value,
             grad,
+            grad_max_abs: None,
         }
     }
+
+    /// Declares the largest `|grad|` element, measured where the gradient was made (the
+    /// engine's or the reducer's last pass over it; [`max_abs`] computes it): NaN or infinite
+    /// when any element is not finite, never below the true maximum. A checked Adam/AdamW
+    /// step then skips its own read of the gradient (4 of 32 bytes per parameter) and still
+    /// refuses a non-finite step before anything is written. A wrong declaration breaks that
+    /// guarantee.
+    pub fn with_grad_max_abs(mut self, max_abs: f32) -> Self {
+        self.grad_max_abs = Some(max_abs);
+        self
+    }
+}
+
+/// The largest `|x|` of `x` (0 when empty), or NaN when any element is NaN, or infinity when
+/// any is infinite and none NaN: the declaration [`ParamMut::with_grad_max_abs`] takes.
+pub fn max_abs(x: &[f32]) -> f32 {
+    let bits = x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
+    f32::from_bits(bits)
 }
 
 /// What one step did to one tensor, for logging and plotting trust ratios.

@@ -127,6 +127,8 @@ pub fn default_optimizers() -> Vec<(String, OptimizerSpec)> {
             "unchecked",
             unchecked(OptimizerSpec::new(OptimizerKind::Adamw)),
         ),
+        (GRAD_MAX_GIVEN, OptimizerSpec::new(OptimizerKind::Adam)),
+        (GRAD_MAX_GIVEN, OptimizerSpec::new(OptimizerKind::Adamw)),
         ("", momentum(decay(OptimizerKind::Lars, Some("timm"), 1e-4))),
         ("momentum", momentum(OptimizerSpec::new(OptimizerKind::Sgd))),
     ];
@@ -293,12 +295,24 @@ pub struct OptimizerRun<'s> {
     set: &'s [TensorShape],
     weights: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
+    /// Per tensor, the gradient maximum handed with the gradient, if the row declares it.
+    given: Vec<Option<f32>>,
     opt: Box<dyn crate::Optimizer>,
 }
 
+/// The note of benchmark rows whose gradients come with their maxima, as a gradient producer
+/// would measure them in its last pass ([`ParamMut::with_grad_max_abs`]). The gradients are
+/// the same at every step, so the maxima are measured once, outside the timing.
+pub const GRAD_MAX_GIVEN: &str = "grad max given";
+
 impl<'s> OptimizerRun<'s> {
-    /// Fills the tensors (fixed pseudo-random values) and takes the first step.
-    pub fn new(spec: &OptimizerSpec, set: &'s [TensorShape]) -> Result<Self, crate::OptimError> {
+    /// Fills the tensors (fixed pseudo-random values) and takes the first step. With
+    /// `grad_max_given`, each step's tensors declare their gradient maxima.
+    pub fn new(
+        spec: &OptimizerSpec,
+        set: &'s [TensorShape],
+        grad_max_given: bool,
+    ) -> Result<Self, crate::OptimError> {
         let mut weights: Vec<Vec<f32>> = Vec::with_capacity(set.len());
         let mut grads: Vec<Vec<f32>> = Vec::with_capacity(set.len());
         for (i, (_, shape)) in set.iter().enumerate() {
@@ -310,10 +324,15 @@ impl<'s> OptimizerRun<'s> {
             weights.push(w);
             grads.push(g);
         }
+        let given = grads
+            .iter()
+            .map(|g| grad_max_given.then(|| crate::max_abs(g)))
+            .collect();
         let mut run = OptimizerRun {
             set,
             weights,
             grads,
+            given,
             opt: build(spec)?,
         };
         run.block(1)?;
@@ -339,7 +358,14 @@ impl<'s> OptimizerRun<'s> {
                 .iter_mut()
                 .zip(&self.grads)
                 .zip(self.set)
-                .map(|((w, g), (n, s))| ParamMut::new(n, s, w, g))
+                .zip(&self.given)
+                .map(|(((w, g), (n, s)), given)| {
+                    let p = ParamMut::new(n, s, w, g);
+                    match given {
+                        Some(m) => p.with_grad_max_abs(*m),
+                        None => p,
+                    }
+                })
                 .collect();
             let t0 = Instant::now();
             self.opt.step(&mut params)?;
@@ -349,9 +375,14 @@ impl<'s> OptimizerRun<'s> {
         Ok((times, faults))
     }
 
-    /// The optimizer's passes (see [`crate::Optimizer::memory_passes`]).
+    /// The optimizer's passes (see [`crate::Optimizer::memory_passes`]); a gradient check
+    /// pass that reads only the gradient is dropped when the maxima are given.
     pub fn passes(&self) -> Vec<MemoryPass> {
-        self.opt.memory_passes()
+        let mut p = self.opt.memory_passes();
+        if self.given.iter().all(Option::is_some) {
+            p.retain(|p| !(p.name == "check" && p.read == 4));
+        }
+        p
     }
 }
 
@@ -370,7 +401,11 @@ pub fn minor_faults() -> Option<u64> {
 
 /// Times `steps` steps (after one untimed step that allocates the state).
 pub fn time_optimizer(spec: &OptimizerSpec, set: &[TensorShape], steps: usize) -> (f64, f64) {
-    let mut run = OptimizerRun::new(spec, set).expect("benchmark optimizer spec");
+    time_row(spec, set, steps, false)
+}
+
+fn time_row(spec: &OptimizerSpec, set: &[TensorShape], steps: usize, given: bool) -> (f64, f64) {
+    let mut run = OptimizerRun::new(spec, set, given).expect("benchmark optimizer spec");
     let mut times = run.block(steps.max(1)).expect("benchmark step");
     let min_s = times.iter().copied().fold(f64::INFINITY, f64::min);
     (median(&mut times), min_s)
@@ -393,7 +428,8 @@ pub fn run_step_benchmark(cfg: &BenchConfig) -> StepBenchReport {
                 cfg.steps
             };
             for (label, spec) in &cfg.optimizers {
-                let (median_s, min_s) = time_optimizer(spec, set, n);
+                let given = label.contains(GRAD_MAX_GIVEN);
+                let (median_s, min_s) = time_row(spec, set, n, given);
                 steps.push(StepTiming {
                     set: set_label.clone(),
                     optimizer: label.clone(),
@@ -507,6 +543,18 @@ mod tests {
         assert_eq!(bytes("lamb (tfa)"), 40);
         assert_eq!(bytes("lamb (timm, clip)"), 44);
         assert_eq!(bytes("lars (timm)"), 28);
+        let (_, spec) = default_optimizers()
+            .into_iter()
+            .find(|(l, _)| l == "adam (keras, grad max given)")
+            .unwrap();
+        let set = seed_cnn_tensors();
+        let given: u32 = OptimizerRun::new(&spec, &set, true)
+            .unwrap()
+            .passes()
+            .iter()
+            .map(MemoryPass::bytes)
+            .sum();
+        assert_eq!(given, 28);
         assert_eq!(bytes("sgd (pytorch, momentum)"), 28);
     }
 

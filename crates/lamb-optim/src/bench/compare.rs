@@ -195,7 +195,8 @@ pub fn run_comparison(
                     label: name.clone(),
                     error,
                 };
-                let mut ours = OptimizerRun::new(spec, set).map_err(fail)?;
+                let given = name.contains(super::GRAD_MAX_GIVEN);
+                let mut ours = OptimizerRun::new(spec, set, given).map_err(fail)?;
                 let (mut o, mut ta, mut tw) = (Vec::new(), Vec::new(), Vec::new());
                 let mut faults = [Some(0u64); 3];
                 let mut best = [f64::INFINITY; 3];
