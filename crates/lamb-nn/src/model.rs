@@ -534,8 +534,12 @@ pub(crate) struct Workspace {
     /// Spare allocations of the passes' per-chunk slice lists ([`recycle`]).
     pub lists: [Vec<[usize; 2]>; 4],
     /// Spare allocation of the optimizer's parameter views ([`recycle`]).
-    pub views: Vec<[usize; 8]>,
+    pub views: Vec<[usize; PARAM_MUT_WORDS]>,
 }
+
+/// Words of a `ParamMut` (the element of [`Workspace::views`] has its size and alignment).
+pub(crate) const PARAM_MUT_WORDS: usize =
+    size_of::<lamb_optim::ParamMut<'static>>() / size_of::<usize>();
 
 impl Workspace {
     fn new(layers: usize) -> Self {

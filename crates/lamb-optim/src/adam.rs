@@ -22,7 +22,8 @@ use crate::simd::multiversion;
 use crate::slots::first_bad_gradient;
 use crate::validate::Range;
 use crate::{
-    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec, ParamMut,
+    Description, MemoryPass, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
+    ParamMut,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -361,6 +362,21 @@ impl Adam {
             .for_each(|(ts, p)| {
                 let (g, w) = (p.grad, &*p.value);
                 let with_w = ts.plan.l2 != 0.0;
+                if let (false, Some(given)) = (with_w, p.grad_max_abs) {
+                    // Measured where the gradient was made: no read here. Only the maxima are
+                    // used, and the write pass refills every partial.
+                    debug_assert!(
+                        abs_bits(given) >= crate::max_abs(g).to_bits(),
+                        "{}: declared max |grad| {given} below the measured {}",
+                        p.name,
+                        crate::max_abs(g)
+                    );
+                    ts.total = Partial {
+                        gbits: abs_bits(given),
+                        ..Partial::default()
+                    };
+                    return;
+                }
                 // One partial per group of STREAMS chunks (the others cleared): only maxima
                 // are used here, and the write pass refills every partial.
                 let group = STREAMS * CHUNK;
@@ -434,6 +450,19 @@ impl Family for Adam {
 
     fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
         self.attempt(params, t)
+    }
+
+    fn memory_passes(&self) -> Vec<MemoryPass> {
+        let l2 = self.cfg.weight_decay_rate != 0.0 && !self.cfg.decoupled_weight_decay;
+        let mut passes = Vec::new();
+        if self.cfg.non_finite != NonFinitePolicy::Unchecked {
+            // Gradient maxima (and weight maxima for the L2 bound); without L2, no read when
+            // every tensor comes with its gradient maximum (ParamMut::with_grad_max_abs).
+            passes.push(MemoryPass::new("check", if l2 { 8 } else { 4 }, 0));
+        }
+        // g, m, v, w in; m, v, w out.
+        passes.push(MemoryPass::new("update", 16, 12));
+        passes
     }
 }
 

@@ -15,6 +15,9 @@ pub struct ParamMut<'a> {
     pub value: &'a mut [f32],
     /// Gradient of the loss with respect to `value`; same length.
     pub grad: &'a [f32],
+    /// The largest `|grad|` element as measured by the code that made the gradient in its last
+    /// pass over it (see [`ParamMut::with_grad_max_abs`]); `None`: the optimizer measures it.
+    pub grad_max_abs: Option<f32>,
 }
 
 impl<'a> ParamMut<'a> {
@@ -25,8 +28,27 @@ impl<'a> ParamMut<'a> {
             shape,
             value,
             grad,
+            grad_max_abs: None,
         }
     }
+
+    /// Declares the largest `|grad|` element, measured where the gradient was made (the
+    /// engine's or the reducer's last pass over it; [`max_abs`] computes it): NaN or infinite
+    /// when any element is not finite, never below the true maximum. A checked Adam/AdamW
+    /// step then skips its own read of the gradient (4 of 32 bytes per parameter) and still
+    /// refuses a non-finite step before anything is written. A wrong declaration breaks that
+    /// guarantee.
+    pub fn with_grad_max_abs(mut self, max_abs: f32) -> Self {
+        self.grad_max_abs = Some(max_abs);
+        self
+    }
+}
+
+/// The largest `|x|` of `x` (0 when empty), or NaN when any element is NaN, or infinity when
+/// any is infinite and none NaN: the declaration [`ParamMut::with_grad_max_abs`] takes.
+pub fn max_abs(x: &[f32]) -> f32 {
+    let bits = x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
+    f32::from_bits(bits)
 }
 
 /// What one step did to one tensor, for logging and plotting trust ratios.
@@ -180,4 +202,43 @@ pub trait Optimizer: Send {
 
     /// Restores a state written by [`Optimizer::state`] of the same optimizer.
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError>;
+
+    /// The passes a step makes over the bulk of the parameters, in order, with the bytes
+    /// per parameter each reads and writes (for benchmarks: the memory traffic a step needs).
+    /// Empty when unknown.
+    fn memory_passes(&self) -> Vec<MemoryPass> {
+        Vec::new()
+    }
+}
+
+/// One pass of a step over the parameters: f32 bytes per parameter read and written, counted
+/// for a tensor that is decayed when decay is on (the bulk of a model). A write to a line the
+/// pass does not read costs a line fetch too unless it is a non-temporal store (`streamed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPass {
+    /// What the pass does (`check`, `update`, `stage`, ...).
+    pub name: &'static str,
+    /// Bytes read per parameter.
+    pub read: u32,
+    /// Bytes written per parameter.
+    pub written: u32,
+    /// Whether the writes go to lines not read in the pass, with non-temporal stores.
+    pub streamed: bool,
+}
+
+impl MemoryPass {
+    /// A pass reading `read` and writing `written` bytes per parameter in place.
+    pub const fn new(name: &'static str, read: u32, written: u32) -> Self {
+        Self {
+            name,
+            read,
+            written,
+            streamed: false,
+        }
+    }
+
+    /// Bytes moved per parameter (read + written).
+    pub fn bytes(&self) -> u32 {
+        self.read + self.written
+    }
 }

@@ -2,10 +2,17 @@
 //! set, next to a STREAM triad measured in the same run. Used by the `bench_step` example and
 //! the `lamb bench` command. This is a benchmark, not a test: it asserts nothing.
 
-use crate::{build, NonFinitePolicy, OptimizerKind, OptimizerSpec, ParamMut};
+use crate::{build, MemoryPass, NonFinitePolicy, OptimizerKind, OptimizerSpec, ParamMut};
 use rayon::prelude::*;
 use std::fmt;
 use std::time::Instant;
+
+mod compare;
+pub mod torch;
+pub use compare::{
+    load_average, run_comparison, CompareConfig, CompareError, ComparedRow, ComparedSet,
+    Comparison, Spread,
+};
 
 /// Bytes per parameter counted for the effective bandwidth of an optimizer step: read
 /// gradient, weight and two moments (16), write weight and two moments (12).
@@ -120,6 +127,8 @@ pub fn default_optimizers() -> Vec<(String, OptimizerSpec)> {
             "unchecked",
             unchecked(OptimizerSpec::new(OptimizerKind::Adamw)),
         ),
+        (GRAD_MAX_GIVEN, OptimizerSpec::new(OptimizerKind::Adam)),
+        (GRAD_MAX_GIVEN, OptimizerSpec::new(OptimizerKind::Adamw)),
         ("", momentum(decay(OptimizerKind::Lars, Some("timm"), 1e-4))),
         ("momentum", momentum(OptimizerSpec::new(OptimizerKind::Sgd))),
     ];
@@ -280,35 +289,124 @@ pub fn stream_triad(elems: usize, reps: usize) -> TriadTiming {
     }
 }
 
+/// One optimizer on one tensor set, ready to time: weights, gradients and the optimizer after
+/// its first (untimed) step, which allocates the state.
+pub struct OptimizerRun<'s> {
+    set: &'s [TensorShape],
+    weights: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    /// Per tensor, the gradient maximum handed with the gradient, if the row declares it.
+    given: Vec<Option<f32>>,
+    opt: Box<dyn crate::Optimizer>,
+}
+
+/// The note of benchmark rows whose gradients come with their maxima, as a gradient producer
+/// would measure them in its last pass ([`ParamMut::with_grad_max_abs`]). The gradients are
+/// the same at every step, so the maxima are measured once, outside the timing.
+pub const GRAD_MAX_GIVEN: &str = "grad max given";
+
+impl<'s> OptimizerRun<'s> {
+    /// Fills the tensors (fixed pseudo-random values) and takes the first step. With
+    /// `grad_max_given`, each step's tensors declare their gradient maxima.
+    pub fn new(
+        spec: &OptimizerSpec,
+        set: &'s [TensorShape],
+        grad_max_given: bool,
+    ) -> Result<Self, crate::OptimError> {
+        let mut weights: Vec<Vec<f32>> = Vec::with_capacity(set.len());
+        let mut grads: Vec<Vec<f32>> = Vec::with_capacity(set.len());
+        for (i, (_, shape)) in set.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let mut w = vec![0.0f32; n];
+            let mut g = vec![0.0f32; n];
+            fill(&mut w, 2 * i as u32 + 1, 0.1);
+            fill(&mut g, 2 * i as u32 + 2, 0.01);
+            weights.push(w);
+            grads.push(g);
+        }
+        let given = grads
+            .iter()
+            .map(|g| grad_max_given.then(|| crate::max_abs(g)))
+            .collect();
+        let mut run = OptimizerRun {
+            set,
+            weights,
+            grads,
+            given,
+            opt: build(spec)?,
+        };
+        run.block(1)?;
+        Ok(run)
+    }
+
+    /// Times `steps` steps; seconds per step.
+    pub fn block(&mut self, steps: usize) -> Result<Vec<f64>, crate::OptimError> {
+        Ok(self.block_faults(steps)?.0)
+    }
+
+    /// Times `steps` steps: seconds per step and the minor page faults of this process
+    /// during them (Linux; None elsewhere).
+    pub fn block_faults(
+        &mut self,
+        steps: usize,
+    ) -> Result<(Vec<f64>, Option<u64>), crate::OptimError> {
+        let before = minor_faults();
+        let mut times = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let mut params: Vec<ParamMut> = self
+                .weights
+                .iter_mut()
+                .zip(&self.grads)
+                .zip(self.set)
+                .zip(&self.given)
+                .map(|(((w, g), (n, s)), given)| {
+                    let p = ParamMut::new(n, s, w, g);
+                    match given {
+                        Some(m) => p.with_grad_max_abs(*m),
+                        None => p,
+                    }
+                })
+                .collect();
+            let t0 = Instant::now();
+            self.opt.step(&mut params)?;
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        let faults = minor_faults().zip(before).map(|(a, b)| a.saturating_sub(b));
+        Ok((times, faults))
+    }
+
+    /// The optimizer's passes (see [`crate::Optimizer::memory_passes`]); a gradient check
+    /// pass that reads only the gradient is dropped when the maxima are given.
+    pub fn passes(&self) -> Vec<MemoryPass> {
+        let mut p = self.opt.memory_passes();
+        if self.given.iter().all(Option::is_some) {
+            p.retain(|p| !(p.name == "check" && p.read == 4));
+        }
+        p
+    }
+}
+
+/// Minor page faults of this process so far, from `/proc/self/stat` (None elsewhere).
+pub fn minor_faults() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name in parentheses: state, ppid, pgrp, session, tty, tpgid, flags,
+    // minflt.
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(7)?
+        .parse()
+        .ok()
+}
+
 /// Times `steps` steps (after one untimed step that allocates the state).
 pub fn time_optimizer(spec: &OptimizerSpec, set: &[TensorShape], steps: usize) -> (f64, f64) {
-    let mut weights: Vec<Vec<f32>> = Vec::with_capacity(set.len());
-    let mut grads: Vec<Vec<f32>> = Vec::with_capacity(set.len());
-    for (i, (_, shape)) in set.iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let mut w = vec![0.0f32; n];
-        let mut g = vec![0.0f32; n];
-        fill(&mut w, 2 * i as u32 + 1, 0.1);
-        fill(&mut g, 2 * i as u32 + 2, 0.01);
-        weights.push(w);
-        grads.push(g);
-    }
-    let mut opt = build(spec).expect("benchmark optimizer spec");
-    let mut times = Vec::with_capacity(steps);
-    for k in 0..=steps.max(1) {
-        let mut params: Vec<ParamMut> = weights
-            .iter_mut()
-            .zip(&grads)
-            .zip(set)
-            .map(|((w, g), (n, s))| ParamMut::new(n, s, w, g))
-            .collect();
-        let t0 = Instant::now();
-        opt.step(&mut params).expect("benchmark step");
-        let dt = t0.elapsed().as_secs_f64();
-        if k > 0 {
-            times.push(dt);
-        }
-    }
+    time_row(spec, set, steps, false)
+}
+
+fn time_row(spec: &OptimizerSpec, set: &[TensorShape], steps: usize, given: bool) -> (f64, f64) {
+    let mut run = OptimizerRun::new(spec, set, given).expect("benchmark optimizer spec");
+    let mut times = run.block(steps.max(1)).expect("benchmark step");
     let min_s = times.iter().copied().fold(f64::INFINITY, f64::min);
     (median(&mut times), min_s)
 }
@@ -330,7 +428,8 @@ pub fn run_step_benchmark(cfg: &BenchConfig) -> StepBenchReport {
                 cfg.steps
             };
             for (label, spec) in &cfg.optimizers {
-                let (median_s, min_s) = time_optimizer(spec, set, n);
+                let given = label.contains(GRAD_MAX_GIVEN);
+                let (median_s, min_s) = time_row(spec, set, n, given);
                 steps.push(StepTiming {
                     set: set_label.clone(),
                     optimizer: label.clone(),
@@ -418,6 +517,45 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), labels.len(), "{labels:?}");
+    }
+
+    #[test]
+    fn every_optimizer_reports_its_passes_with_the_documented_bytes() {
+        let bytes = |label: &str| -> u32 {
+            let (_, spec) = default_optimizers()
+                .into_iter()
+                .find(|(l, _)| l == label)
+                .unwrap_or_else(|| panic!("{label}"));
+            build(&spec)
+                .unwrap()
+                .memory_passes()
+                .iter()
+                .map(MemoryPass::bytes)
+                .sum()
+        };
+        for (l, s) in default_optimizers() {
+            assert!(!build(&s).unwrap().memory_passes().is_empty(), "{l}");
+        }
+        // The accounting: Adam 28 unchecked (+4 for the gradient check), LAMB 40
+        // (+4 for the clipping norm), LARS and SGD 28.
+        assert_eq!(bytes("adam (keras, unchecked)"), 28);
+        assert_eq!(bytes("adamw (pytorch)"), 32);
+        assert_eq!(bytes("lamb (tfa)"), 40);
+        assert_eq!(bytes("lamb (timm, clip)"), 44);
+        assert_eq!(bytes("lars (timm)"), 28);
+        let (_, spec) = default_optimizers()
+            .into_iter()
+            .find(|(l, _)| l == "adam (keras, grad max given)")
+            .unwrap();
+        let set = seed_cnn_tensors();
+        let given: u32 = OptimizerRun::new(&spec, &set, true)
+            .unwrap()
+            .passes()
+            .iter()
+            .map(MemoryPass::bytes)
+            .sum();
+        assert_eq!(given, 28);
+        assert_eq!(bytes("sgd (pytorch, momentum)"), 28);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::schedule::Schedule;
 use crate::simd::multiversion;
 use crate::slots::Registry;
 use crate::{
-    NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome, TensorTelemetry,
+    MemoryPass, NonFinitePolicy, OptimError, Optimizer, OptimizerState, ParamMut, StepOutcome,
+    TensorTelemetry,
 };
 use rayon::prelude::*;
 
@@ -129,6 +130,8 @@ pub(crate) trait Family: Send {
     /// One step attempt at step `t` on tensors already checked and registered; changes
     /// nothing when it returns an error.
     fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError>;
+    /// The passes [`Family::try_step`] makes (see [`Optimizer::memory_passes`]).
+    fn memory_passes(&self) -> Vec<MemoryPass>;
 }
 
 impl<F: Family> Optimizer for F {
@@ -181,6 +184,10 @@ impl<F: Family> Optimizer for F {
     fn state(&self) -> OptimizerState {
         let c = self.core();
         c.reg.to_state(self.label(), c.count.step, c.count.skipped)
+    }
+
+    fn memory_passes(&self) -> Vec<MemoryPass> {
+        Family::memory_passes(self)
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), OptimError> {

@@ -32,7 +32,8 @@ use crate::slots::{first_bad_gradient, StateBuf};
 use crate::validate;
 use crate::validate::Range;
 use crate::{
-    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec, ParamMut,
+    Description, MemoryPass, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
+    ParamMut,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -921,6 +922,34 @@ impl Family for Lamb {
 
     fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
         self.attempt(params, t)
+    }
+
+    fn memory_passes(&self) -> Vec<MemoryPass> {
+        let mut passes = Vec::new();
+        if self.cfg.max_grad_norm.is_some() {
+            passes.push(MemoryPass::new("grad norm", 4, 0));
+        }
+        let checked = self.cfg.non_finite != NonFinitePolicy::Unchecked;
+        match (self.cfg.step_memory, checked) {
+            (StepMemory::Fast, _) => {
+                // g, m, v, w in; new m, v and the update to scratch lines (streamed with
+                // AVX-512); then u, w in, w out.
+                passes.push(MemoryPass {
+                    streamed: crate::simd_level() == crate::SimdLevel::Avx512,
+                    ..MemoryPass::new("stage", 16, 12)
+                });
+                passes.push(MemoryPass::new("apply", 8, 4));
+            }
+            (StepMemory::Lean, true) => {
+                passes.push(MemoryPass::new("read", 16, 0));
+                passes.push(MemoryPass::new("write", 16, 12));
+            }
+            (StepMemory::Lean, false) => {
+                passes.push(MemoryPass::new("moments", 16, 8));
+                passes.push(MemoryPass::new("apply", 12, 4));
+            }
+        }
+        passes
     }
 }
 

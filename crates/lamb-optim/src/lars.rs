@@ -31,7 +31,8 @@ use crate::simd::multiversion;
 use crate::slots::first_bad_gradient;
 use crate::validate::Range;
 use crate::{
-    Description, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec, ParamMut,
+    Description, MemoryPass, NonFinitePolicy, OptimError, Optimizer, OptimizerKind, OptimizerSpec,
+    ParamMut,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -481,6 +482,14 @@ impl Family for Lars {
 
     fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
         self.attempt(params, t)
+    }
+
+    fn memory_passes(&self) -> Vec<MemoryPass> {
+        // Norms and gradient maxima from g, w; then g, buffer, w in, buffer, w out.
+        vec![
+            MemoryPass::new("norms", 8, 0),
+            MemoryPass::new("update", 12, 8),
+        ]
     }
 }
 

@@ -13,7 +13,8 @@ use crate::lars::{Lars, LarsConfig, LarsForm};
 use crate::patterns::LayerAdaptation;
 use crate::validate::Range;
 use crate::{
-    Description, NonFinitePolicy, OptimError, OptimizerKind, OptimizerSpec, ParamMut, Schedule,
+    Description, MemoryPass, NonFinitePolicy, OptimError, OptimizerKind, OptimizerSpec, ParamMut,
+    Schedule,
 };
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +115,10 @@ impl Family for Sgd {
 
     fn try_step(&mut self, params: &mut [ParamMut<'_>], t: u64) -> Result<(), OptimError> {
         self.inner.attempt(params, t)
+    }
+
+    fn memory_passes(&self) -> Vec<MemoryPass> {
+        Family::memory_passes(&self.inner)
     }
 }
 

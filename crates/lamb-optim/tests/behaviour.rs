@@ -682,3 +682,46 @@ fn a_non_finite_gradient_anywhere_in_a_large_tensor_is_found() {
         }
     }
 }
+
+#[test]
+fn declared_gradient_maxima_give_identical_steps_and_still_refuse_non_finite_ones() {
+    let step_declared = |m: &mut Model, opt: &mut dyn Optimizer, g: &[Vec<f32>]| {
+        let mut params: Vec<ParamMut> = m
+            .weights
+            .iter_mut()
+            .zip(g)
+            .zip(TENSORS)
+            .map(|((w, g), (n, s))| ParamMut::new(n, s, w, g).with_grad_max_abs(max_abs(g)))
+            .collect();
+        opt.step(&mut params)
+    };
+    for spec in all_specs() {
+        let (mut plain, mut declared) = (build(&spec).unwrap(), build(&spec).unwrap());
+        let (mut a, mut b) = (Model::new(), Model::new());
+        for t in 1..=3 {
+            let g = Model::grads(t);
+            a.step(plain.as_mut(), &g).unwrap();
+            step_declared(&mut b, declared.as_mut(), &g).unwrap();
+            assert_eq!(a.bits(), b.bits(), "{spec:?} step {t}");
+        }
+        assert_eq!(plain.state(), declared.state(), "{spec:?}");
+        // A non-finite element is still refused before anything is written, and named.
+        for bad in [f32::NAN, f32::INFINITY] {
+            let (before, state) = (b.bits(), declared.state());
+            let mut g = Model::grads(4);
+            g[2][17] = bad;
+            match step_declared(&mut b, declared.as_mut(), &g) {
+                Err(OptimError::NonFinite { name, index, .. }) => {
+                    assert_eq!((name.as_str(), index), ("dense/kernel", 17), "{spec:?}")
+                }
+                r => panic!("{spec:?}: {r:?}"),
+            }
+            assert_eq!(b.bits(), before, "{spec:?} changed weights");
+            assert_eq!(declared.state(), state, "{spec:?} changed state");
+        }
+    }
+    assert_eq!(max_abs(&[1.0, -3.0, 2.0]), 3.0);
+    assert!(max_abs(&[1.0, f32::NAN]).is_nan());
+    assert_eq!(max_abs(&[1.0, f32::NEG_INFINITY]), f32::INFINITY);
+    assert_eq!(max_abs(&[]), 0.0);
+}

@@ -201,9 +201,18 @@ struct BenchArgs {
     /// What to measure: the engine's epochs, the optimizers' steps, or both.
     #[arg(long, value_enum, default_value_t = BenchWhat::All)]
     what: BenchWhat,
-    /// Timed optimizer steps per optimizer and tensor set.
+    /// Timed optimizer steps per optimizer and tensor set (with --torch: per block on the
+    /// BERT-base set).
     #[arg(long, default_value_t = 7)]
     optimizer_steps: usize,
+    /// Compare the optimizer steps with PyTorch's fused Adam and AdamW, run by this Python
+    /// interpreter (it needs torch): blocks of their steps alternate with ours, and each of
+    /// ours is printed as a ratio to theirs, with the bytes per parameter our passes move.
+    #[arg(long, value_name = "PYTHON")]
+    torch: Option<PathBuf>,
+    /// Alternating pairs of blocks per optimizer with --torch (at least 5).
+    #[arg(long, default_value_t = 5, requires = "torch")]
+    pairs: usize,
 }
 
 /// Parts of `lamb bench`.
@@ -726,7 +735,28 @@ fn cmd_bench(a: &BenchArgs) -> Result<ExitCode> {
     if let Some(t) = a.threads {
         range("--threads", t, 1024)?;
     }
+    if a.torch.is_some() && a.what == BenchWhat::Engine {
+        bail!("--torch compares optimizer steps: use it with --what optimizers or --what all");
+    }
+    if !(5..=1000).contains(&a.pairs) {
+        bail!("--pairs {}: must be between 5 and 1000", a.pairs);
+    }
     set_threads(a.threads)?;
+    // The torch peer starts (and proves it has torch) before anything is measured.
+    let mut peer = match &a.torch {
+        Some(python) => {
+            let tools = Path::new("../shared/tools");
+            let tools = tools.join("bert_shapes.py").is_file().then_some(tools);
+            let peer = lamb_optim::bench::torch::TorchPeer::start(
+                python,
+                rayon::current_num_threads(),
+                tools,
+            )
+            .context("--torch")?;
+            Some(peer)
+        }
+        None => None,
+    };
     if a.what != BenchWhat::Optimizers {
         let cfg = lamb_nn::bench::BenchConfig {
             batch_sizes: a.batch_sizes.clone(),
@@ -742,7 +772,15 @@ fn cmd_bench(a: &BenchArgs) -> Result<ExitCode> {
         let results = lamb_nn::bench::run(&cfg)?;
         println!("{}", lamb_nn::bench::format_report(&cfg, &results));
     }
-    if a.what != BenchWhat::Engine {
+    if let Some(peer) = peer.as_mut() {
+        let cfg = lamb_optim::bench::CompareConfig {
+            pairs: a.pairs,
+            steps: a.optimizer_steps,
+            threads: rayon::current_num_threads(),
+            ..Default::default()
+        };
+        println!("{}", lamb_optim::bench::run_comparison(&cfg, peer)?);
+    } else if a.what != BenchWhat::Engine {
         let cfg = lamb_optim::bench::BenchConfig {
             steps: a.optimizer_steps,
             threads: rayon::current_num_threads(),
