@@ -29,10 +29,28 @@ pub(crate) struct StepRecord {
     pub lr: f32,
     /// The parameter's step counter after this step (1-based).
     pub time: u64,
-    /// 0 when the gradient is finite, NaN otherwise (`None`: not checked).
-    pub grad_marker: Option<Tensor<1>>,
-    /// 0 when the new weights and state are finite, NaN otherwise.
-    pub new_marker: Option<Tensor<1>>,
+    /// The finiteness check (`None`: not checked). Dropped once the step is decided, so it
+    /// never keeps tensors alive into the next step.
+    pub check: Option<Check>,
+}
+
+/// Whether one parameter's step is finite: a cheap test that proves it in the common case, and
+/// the exact one for when it does not.
+#[derive(Clone)]
+pub(crate) struct Check {
+    /// Sum of sums of tensors whose elements are all finite iff the gradient and every new
+    /// value are (a NaN or infinity in any of them makes it non-finite). Finite proves the step
+    /// finite; non-finite may also be an overflow of the sums of finite values, which
+    /// [`Check::exact`] tells apart.
+    pub fast: Tensor<1>,
+    /// Element-wise test: `(gradient finite, new values finite)`.
+    pub exact: Arc<dyn Fn() -> (bool, bool) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Check").field("fast", &self.fast).finish()
+    }
 }
 
 /// Where the per-parameter rules of one optimizer report their steps.
@@ -44,10 +62,9 @@ pub(crate) fn report(sink: &Sink, r: StepRecord) {
     sink.lock().unwrap_or_else(|e| e.into_inner()).push(r);
 }
 
-/// A one-element tensor that is 0 when every element of `x` is finite and NaN otherwise
-/// (`x - x` is 0 for finite values and NaN for infinities and NaN).
-pub(crate) fn marker<const D: usize>(x: &Tensor<D>) -> Tensor<1> {
-    (x.clone() - x.clone()).sum()
+/// Whether every element of `x` is finite (reads one value from the device).
+pub(crate) fn all_finite<const D: usize>(x: &Tensor<D>) -> bool {
+    x.clone().is_finite().all().float().into_scalar::<f32>() == 1.0
 }
 
 /// L2 norm of a tensor as a one-element tensor on its device.
@@ -211,32 +228,36 @@ impl Engine {
         self.stats = order
             .iter()
             .zip(records)
-            .map(|(id, r)| (self.params[id].param.name.clone(), r))
+            .map(|(id, mut r)| {
+                r.check = None;
+                (self.params[id].param.name.clone(), r)
+            })
             .collect();
         (stepped, Ok(StepOutcome::Applied))
     }
 
-    /// `None` when every marker is 0 (one scalar read from the device); otherwise the error
-    /// for the first tensor whose gradient, else whose new state, is not finite.
+    /// `None` when the step is finite (one scalar read from the device in the common case);
+    /// otherwise the error for the first tensor whose gradient, else whose new values, are not
+    /// finite.
     fn first_non_finite(&self, order: &[ParamId], records: &[StepRecord]) -> Option<Error> {
-        let markers: Vec<Tensor<1>> = records
+        let fast: Vec<Tensor<1>> = records
             .iter()
-            .flat_map(|r| r.grad_marker.iter().chain(r.new_marker.iter()).cloned())
+            .filter_map(|r| r.check.as_ref().map(|c| c.fast.clone()))
             .collect();
-        if markers.is_empty() {
+        if fast.is_empty() {
             return None;
         }
-        let total: f32 = Tensor::cat(markers, 0).sum().into_scalar();
+        let total: f32 = Tensor::cat(fast, 0).sum().into_scalar();
         if total.is_finite() {
             return None;
         }
-        let bad = |m: &Option<Tensor<1>>| {
-            m.as_ref()
-                .is_some_and(|t| !t.clone().into_scalar::<f32>().is_finite())
-        };
-        for (what, pick) in [("gradient", true), ("update", false)] {
-            for (id, r) in order.iter().zip(records) {
-                if bad(if pick { &r.grad_marker } else { &r.new_marker }) {
+        let exact: Vec<(bool, bool)> = records
+            .iter()
+            .map(|r| r.check.as_ref().map_or((true, true), |c| (c.exact)()))
+            .collect();
+        for (what, pick) in [("gradient", 0usize), ("update", 1usize)] {
+            for ((id, r), ok) in order.iter().zip(records).zip(&exact) {
+                if !(if pick == 0 { ok.0 } else { ok.1 }) {
                     return Some(Error::NonFinite {
                         what,
                         name: self.params[id].param.name.clone(),
@@ -245,11 +266,8 @@ impl Engine {
                 }
             }
         }
-        Some(Error::NonFinite {
-            what: "update",
-            name: "?".into(),
-            step: self.step + 1,
-        })
+        // Every element finite: the sums overflowed.
+        None
     }
 
     /// Norms, trust ratio and learning rate of every tensor stepped last, read from the device

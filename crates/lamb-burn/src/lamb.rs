@@ -4,7 +4,9 @@
 //! `ModuleOptimizer` that adds names, global clipping, the finiteness check, telemetry and
 //! state files.
 
-use crate::engine::{self, classify, grouped, marker, norm, report, Engine, Sink, StepRecord};
+use crate::engine::{
+    self, all_finite, classify, grouped, norm, report, Check, Engine, Sink, StepRecord,
+};
 use crate::error::Result;
 use crate::names::{module_params, NamedParam};
 use burn::module::Module;
@@ -169,6 +171,20 @@ impl Optimizer for LambRule {
         let new_w = w - u.mul(k);
         if let Some(sink) = &self.sink {
             let checked = cfg.non_finite != lamb_optim::NonFinitePolicy::Unchecked;
+            // A non-finite gradient reaches `v2` (`(1-b2)*g^2`, `1-b2 > 0`), so the new values
+            // cover it.
+            let check = checked.then(|| {
+                let (g, w2, m, v) = (g.clone(), new_w.clone(), m2.clone(), v2.clone());
+                Check {
+                    fast: new_w.clone().sum() + m2.clone().sum() + v2.clone().sum(),
+                    exact: Arc::new(move || {
+                        (
+                            all_finite(&g),
+                            all_finite(&w2) && all_finite(&m) && all_finite(&v),
+                        )
+                    }),
+                }
+            });
             report(
                 sink,
                 StepRecord {
@@ -177,8 +193,7 @@ impl Optimizer for LambRule {
                     ratio,
                     lr,
                     time: t,
-                    grad_marker: checked.then(|| marker(&g)),
-                    new_marker: checked.then(|| marker(&new_w) + marker(&m2) + marker(&v2)),
+                    check,
                 },
             );
         }
@@ -231,7 +246,9 @@ pub fn lamb_module_optimizer<M: Module>(module: &M, cfg: LambConfig) -> Result<M
 /// exclusion patterns search and telemetry reports; [`Lamb::from_named`] takes other names.
 /// A step applies the configured global clipping first, and (unless the configuration's
 /// `non_finite` is `Unchecked`) reads one scalar from the device to check that every new
-/// value is finite: a non-finite step changes nothing.
+/// value is finite: a non-finite step changes nothing. (To undo one, a checked step keeps the
+/// previous weights and state until the check: at its peak, one more copy of both than an
+/// unchecked step.)
 pub struct Lamb {
     cfg: LambConfig,
     engine: Engine,

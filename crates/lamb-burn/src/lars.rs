@@ -2,7 +2,9 @@
 //! exclusions, LARC clipping, momentum, Nesterov, schedules) as a per-parameter rule
 //! implementing Burn's [`burn::optim::Optimizer`] ([`LarsRule`]), and the module-level [`Lars`].
 
-use crate::engine::{self, classify, grouped, marker, norm, report, Engine, Sink, StepRecord};
+use crate::engine::{
+    self, all_finite, classify, grouped, norm, report, Check, Engine, Sink, StepRecord,
+};
 use crate::error::Result;
 use crate::names::{module_params, NamedParam};
 use burn::module::Module;
@@ -164,6 +166,11 @@ impl Optimizer for LarsRule {
         };
         if let Some(sink) = &self.sink {
             // LARS always checks, as in lamb-optim (`Unchecked` acts as `Error`).
+            let (g2, w2, b2) = (g.clone(), new_w.clone(), new_buf.clone());
+            let check = Check {
+                fast: g.sum() + new_w.clone().sum() + new_buf.clone().sum(),
+                exact: Arc::new(move || (all_finite(&g2), all_finite(&w2) && all_finite(&b2))),
+            };
             report(
                 sink,
                 StepRecord {
@@ -172,8 +179,7 @@ impl Optimizer for LarsRule {
                     ratio,
                     lr,
                     time: t,
-                    grad_marker: Some(marker(&g)),
-                    new_marker: Some(marker(&new_w) + marker(&new_buf)),
+                    check: Some(check),
                 },
             );
         }

@@ -46,9 +46,10 @@
 //! # Ok::<(), lamb_burn::Error>(())
 //! ```
 //!
-//! Parameters must be f32 (the golden-verified arithmetic). Verified against every trajectory
-//! in `../shared/golden` on Burn's CPU backend (tests/golden.rs) and against `lamb-optim` for
-//! the presets without one (tests/against_core.rs).
+//! Verified in f32 (Burn's default float type; other float types run the same operations in
+//! that type, unverified) against every trajectory in `../shared/golden` on Burn's CPU backend
+//! (tests/golden.rs) and against `lamb-optim` for the presets without one
+//! (tests/against_core.rs).
 
 #![warn(missing_docs)]
 

@@ -586,3 +586,30 @@ fn parameters_without_gradient_are_left_alone_and_lars_resumes() {
     }
     assert_eq!(values(&vars), values(&copy));
 }
+
+/// The finiteness check's fast path sums the new values: finite values whose sum overflows
+/// must still be accepted (the exact element-wise test decides), as lamb-optim accepts them.
+#[test]
+fn overflowing_sums_of_finite_values_are_accepted() {
+    let names = vec!["big".to_string()];
+    let init = vec![vec![3e38f32, 3e38, 1.0]];
+    let grads = vec![vec![0.5f32, -0.5, 0.25]];
+    let cfg = LambConfig {
+        layer_adaptation: LayerAdaptation::Never,
+        ..LambConfig::default()
+    };
+    let vars = make_vars(&init, &device());
+    let mut opt = Lamb::from_named(named(&vars, &names), cfg.clone()).unwrap();
+    let g = grads_of(&vars, &grads);
+    let (vars, r) = opt.step(vars, g);
+    assert_eq!(r.unwrap(), StepOutcome::Applied);
+    let got = values(&vars);
+    assert!(got[0].iter().all(|x| x.is_finite()), "{got:?}");
+    let mut core = lamb_optim::Lamb::new(cfg).unwrap();
+    let mut w = init.clone();
+    core.step(&mut [ParamMut::new("big", &[3], &mut w[0], &grads[0])])
+        .unwrap();
+    for (&x, &y) in got[0].iter().zip(&w[0]) {
+        assert!(close(x, y), "{x:e} vs lamb-optim {y:e}");
+    }
+}
