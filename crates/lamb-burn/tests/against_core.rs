@@ -613,3 +613,45 @@ fn overflowing_sums_of_finite_values_are_accepted() {
         assert!(close(x, y), "{x:e} vs lamb-optim {y:e}");
     }
 }
+
+/// The other plain Burn paths: `lars_module_optimizer` stepped by Burn's `ModuleOptimizer`
+/// matches `Lars` bit for bit, and a bare rule (`ModuleOptimizer::from(LambRule::new(cfg))`,
+/// every parameter decayed and adapted) matches `Lamb` without exclusions.
+#[test]
+fn plain_lars_and_bare_rule_match() {
+    let run = problem(51);
+    let mut lars_cfg = LarsConfig::preset(LarsPreset::Optax).with_learning_rate(0.3);
+    lars_cfg.weight_decay_rate = 0.01;
+    lars_cfg.exclude_from_weight_decay = vec![r"^p\.(1|2|4)$".into()];
+    let mut a = make_vars(&run.init, &device());
+    let mut b = make_vars(&run.init, &device());
+    let mut opt = Lars::new(&a, lars_cfg.clone()).unwrap();
+    let mut plain = lars_module_optimizer(&b, lars_cfg.clone()).unwrap();
+    let lamb_cfg = LambConfig::default()
+        .with_learning_rate(0.01)
+        .with_weight_decay(0.01);
+    let mut c = make_vars(&run.init, &device());
+    let mut d = make_vars(&run.init, &device());
+    let mut lamb = Lamb::new(&c, lamb_cfg.clone()).unwrap();
+    let mut bare = burn::optim::ModuleOptimizer::from(LambRule::new(lamb_cfg.clone()).unwrap());
+    for k in 0..STEPS {
+        let g = &run.grads[k];
+        let (ga, gb, gc, gd) = (
+            grads_of(&a, g),
+            grads_of(&b, g),
+            grads_of(&c, g),
+            grads_of(&d, g),
+        );
+        let (s, r) = opt.step(a, ga);
+        r.unwrap();
+        a = s;
+        b = plain.step(lars_cfg.learning_rate as f64, b, gb);
+        let (s, r) = lamb.step(c, gc);
+        r.unwrap();
+        c = s;
+        d = bare.step(lamb_cfg.learning_rate as f64, d, gd);
+    }
+    assert_eq!(values(&a), values(&b));
+    assert_eq!(values(&c), values(&d));
+    assert_ne!(values(&a), run.init);
+}
