@@ -655,3 +655,14 @@ fn plain_lars_and_bare_rule_match() {
     assert_eq!(values(&c), values(&d));
     assert_ne!(values(&a), run.init);
 }
+
+/// The optimizers can move to (and be shared with) other threads, as Burn's training loops
+/// require of their optimizers.
+#[test]
+fn optimizers_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Lamb>();
+    check::<Lars>();
+    check::<LambRule>();
+    check::<LarsRule>();
+}
