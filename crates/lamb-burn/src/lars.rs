@@ -300,6 +300,18 @@ impl Lars {
         self.engine.base_lr = lr as f64;
     }
 
+    /// Parameter names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .engine
+            .params
+            .values()
+            .map(|p| p.param.name.as_str())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Norms, trust ratio and learning rate of every tensor stepped last (in step order).
     pub fn telemetry(&self) -> Vec<TensorTelemetry> {
         self.engine.telemetry()

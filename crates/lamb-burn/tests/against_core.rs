@@ -626,6 +626,7 @@ fn plain_lars_and_bare_rule_match() {
     let mut a = make_vars(&run.init, &device());
     let mut b = make_vars(&run.init, &device());
     let mut opt = Lars::new(&a, lars_cfg.clone()).unwrap();
+    assert_eq!(opt.names(), ["p.0", "p.1", "p.2", "p.3", "p.4"]);
     let mut plain = lars_module_optimizer(&b, lars_cfg.clone()).unwrap();
     let lamb_cfg = LambConfig::default()
         .with_learning_rate(0.01)
