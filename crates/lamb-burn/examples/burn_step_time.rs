@@ -2,7 +2,7 @@
 //! BERT-base-shaped tensor set of `lamb bench` (199 tensors, 109,482,240 parameters) on Burn's
 //! default CPU device (flex), with autodiff as in training.
 //!
-//! `cargo run --release -p lamb-burn --example step_time [-- STEPS]` (default
+//! `cargo run --release -p lamb-burn --example burn_step_time [-- STEPS]` (default
 //! 5 timed steps after one warm-up step each; the device is synchronized after every step).
 //! Prints the median step time of each optimizer and the ratio to Burn's Adam. Timings depend
 //! on the machine and its load: report them with both.
@@ -47,7 +47,7 @@ fn main() {
         Some(s) => match s.parse() {
             Ok(n) if n > 0 => n,
             _ => {
-                eprintln!("step_time: STEPS must be a positive integer, got {s:?}");
+                eprintln!("burn_step_time: STEPS must be a positive integer, got {s:?}");
                 std::process::exit(2);
             }
         },
