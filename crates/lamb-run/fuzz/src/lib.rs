@@ -110,9 +110,20 @@ pub fn real_checkpoint(optimizer: &str) -> Checkpoint {
         seen: 2,
         history: lamb_nn::History {
             epochs: vec![record],
+            // A validation pass within the epoch (`--eval-every`), so that seeds hold one.
+            evals: vec![lamb_nn::EvalRecord {
+                epoch: 2,
+                step: 1,
+                global_step: 3,
+                images_seen: 6,
+                val_loss: 1.5,
+                val_accuracy: 0.5,
+                elapsed_seconds: 1.75,
+            }],
         },
         telemetry: Vec::new(),
         train_seconds: 0.25,
+        val_seconds: 0.125,
     };
     Checkpoint::capture(&model, opt.as_ref(), &progress, "seed = 5\n")
 }
