@@ -20,6 +20,35 @@ pub enum Scaling {
     None,
 }
 
+impl Scaling {
+    /// The learning rate at `batch` of an optimizer whose rate at `base_batch` is `base_lr`.
+    pub fn centre(self, base_lr: f64, batch: usize, base_batch: usize) -> f64 {
+        let r = batch as f64 / base_batch as f64;
+        base_lr
+            * match self {
+                Scaling::Sqrt => r.sqrt(),
+                Scaling::Linear => r,
+                Scaling::None => 1.0,
+            }
+    }
+}
+
+/// Reads a grid file (TOML, at most the config size) of type `T` and checks it with `validate`;
+/// `what` names it in errors ("sweep file").
+pub(super) fn read_grid<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    validate: impl Fn(&T) -> Result<()>,
+) -> Result<T> {
+    let text = crate::config::read_config_text(path)
+        .with_context(|| format!("reading {what} {}", path.display()))?;
+    let spec: T = toml::from_str(&text)
+        .map_err(|e| crate::config::toml_error(&e, &text, &path.display().to_string()))
+        .with_context(|| format!("invalid {what} {}", path.display()))?;
+    validate(&spec).with_context(|| format!("invalid {what} {}", path.display()))?;
+    Ok(spec)
+}
+
 /// One optimizer of the grid.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -218,14 +247,7 @@ pub const MAX_RUNS: usize = 10_000;
 impl SweepSpec {
     /// Reads a sweep file (TOML).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = crate::config::read_config_text(path)
-            .with_context(|| format!("reading sweep file {}", path.display()))?;
-        let spec: SweepSpec = toml::from_str(&text)
-            .map_err(|e| crate::config::toml_error(&e, &text, &path.display().to_string()))
-            .with_context(|| format!("invalid sweep file {}", path.display()))?;
-        spec.validate()
-            .with_context(|| format!("invalid sweep file {}", path.display()))?;
-        Ok(spec)
+        read_grid(path, "sweep file", SweepSpec::validate)
     }
 
     /// The TOML text of this spec.
@@ -333,13 +355,7 @@ impl SweepSpec {
 
     /// Learning rate at the centre of the grid for `opt` at `batch`.
     pub fn centre_lr(&self, opt: &OptimizerGrid, batch: usize) -> f64 {
-        let r = batch as f64 / self.base_batch as f64;
-        opt.base_lr
-            * match self.scaling {
-                Scaling::Sqrt => r.sqrt(),
-                Scaling::Linear => r,
-                Scaling::None => 1.0,
-            }
+        self.scaling.centre(opt.base_lr, batch, self.base_batch)
     }
 
     /// Every run, ordered by batch size, then optimizer, then learning rate.
@@ -369,7 +385,7 @@ impl SweepSpec {
 }
 
 /// `x` rounded to 4 significant digits, so that run names and recorded rates agree.
-fn shortest(x: f64) -> f64 {
+pub(super) fn shortest(x: f64) -> f64 {
     format!("{x:.3e}").parse().unwrap_or(x)
 }
 

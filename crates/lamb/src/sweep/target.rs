@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::exec::{self, Execution, Job};
-use super::spec::{OptimizerGrid, Scaling};
+use super::spec::{shortest, OptimizerGrid, Scaling};
 use super::status::RunStatus;
 use crate::config::{ActivationKind, OptimizerKind, ScheduleKind};
 
@@ -201,14 +201,7 @@ impl TargetSpec {
 
     /// Reads a sweep file (TOML).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = crate::config::read_config_text(path)
-            .with_context(|| format!("reading sweep file {}", path.display()))?;
-        let spec: TargetSpec = toml::from_str(&text)
-            .map_err(|e| crate::config::toml_error(&e, &text, &path.display().to_string()))
-            .with_context(|| format!("invalid steps-to-target sweep file {}", path.display()))?;
-        spec.validate()
-            .with_context(|| format!("invalid steps-to-target sweep file {}", path.display()))?;
-        Ok(spec)
+        super::spec::read_grid(path, "steps-to-target sweep file", TargetSpec::validate)
     }
 
     /// The TOML text of this spec.
@@ -367,14 +360,7 @@ impl TargetSpec {
     /// The run of cell (`opt`, `batch`) at multiplier `mult`, warmup and seed.
     pub fn run(&self, opt: usize, batch: usize, mult: f64, warmup: f64, seed: u64) -> TargetRun {
         let o = &self.optimizers[opt];
-        let r = batch as f64 / self.base_batch as f64;
-        let centre = o.base_lr
-            * match self.scaling {
-                Scaling::Sqrt => r.sqrt(),
-                Scaling::Linear => r,
-                Scaling::None => 1.0,
-            };
-        let lr = shortest(centre * mult);
+        let lr = shortest(self.scaling.centre(o.base_lr, batch, self.base_batch) * mult);
         TargetRun {
             id: format!("{}-b{batch}-lr{lr:.3e}-w{warmup}-s{seed}", o.label()),
             opt,
@@ -523,11 +509,6 @@ impl TargetSpec {
     }
 }
 
-/// `x` rounded to 4 significant digits, so that run names and recorded rates agree.
-fn shortest(x: f64) -> f64 {
-    format!("{x:.3e}").parse().unwrap_or(x)
-}
-
 #[derive(Deserialize)]
 struct TargetFile {
     reached: bool,
@@ -571,11 +552,22 @@ pub fn run_sweep(
     let runs_dir = ex.dir.join("runs");
     let mut round = 0;
     loop {
-        let cells = spec.plan(&|r| read_outcome(&runs_dir.join(&r.id)));
+        // Each run's outcome read once per round: those the plan asked about are kept; the
+        // seed runs it adds without asking are read here.
+        let seen = std::cell::RefCell::new(std::collections::HashMap::new());
+        let cells = spec.plan(&|r| {
+            let o = read_outcome(&runs_dir.join(&r.id));
+            seen.borrow_mut().insert(r.id.clone(), o.clone());
+            o
+        });
+        let seen = seen.into_inner();
         let mut pending: Vec<&TargetRun> = cells
             .iter()
             .flat_map(|c| c.runs.iter())
-            .filter(|r| read_outcome(&runs_dir.join(&r.id)) == Outcome::Pending)
+            .filter(|r| match seen.get(&r.id) {
+                Some(o) => *o == Outcome::Pending,
+                None => read_outcome(&runs_dir.join(&r.id)) == Outcome::Pending,
+            })
             .collect();
         // Largest batches (longest runs) first, so that the round ends with short runs.
         pending.sort_by_key(|r| std::cmp::Reverse(r.batch));
