@@ -5,6 +5,9 @@
 //! absolute ~2e-6 is appropriate for the non-tfa families; every file passes the stricter
 //! relative bound, so [`ABSOLUTE_FLOOR`] is off.)
 
+mod golden_support;
+
+use golden_support::*;
 use lamb_optim::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -12,93 +15,6 @@ use std::path::{Path, PathBuf};
 /// Whether non-tfa families may use VARIANTS.md's absolute 2e-6 (not needed: every file
 /// currently passes the README's relative bound, so all families use it).
 const ABSOLUTE_FLOOR: bool = false;
-
-const FAMILIES: &[&str] = &[
-    "tfa",
-    "pytorch_lamb",
-    "torch_optimizer",
-    "timm",
-    "optax",
-    "torch_adam",
-];
-
-fn golden_root() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
-    if root.is_dir() {
-        return Some(root);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("golden files missing at {} (CI is set)", root.display());
-    }
-    eprintln!(
-        "skipping: golden files expected at {} (set CI to make this a failure)",
-        root.display()
-    );
-    None
-}
-
-fn f32v(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
-}
-
-fn num(h: &Value, key: &str) -> Result<f32, String> {
-    h.get(key)
-        .and_then(Value::as_f64)
-        .map(|x| x as f32)
-        .ok_or_else(|| format!("hyper.{key} missing or not a number"))
-}
-
-fn opt_num(h: &Value, key: &str) -> Option<f32> {
-    h.get(key).and_then(Value::as_f64).map(|x| x as f32)
-}
-
-fn flag(h: &Value, key: &str) -> bool {
-    h.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
-fn betas(h: &Value) -> Result<(f32, f32), String> {
-    let b = h
-        .get("betas")
-        .and_then(Value::as_array)
-        .ok_or("hyper.betas missing")?;
-    Ok((b[0].as_f64().unwrap() as f32, b[1].as_f64().unwrap() as f32))
-}
-
-fn str_list(h: &Value, key: &str) -> Vec<String> {
-    match h.get(key) {
-        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().unwrap().to_string()).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Exact-name patterns for the names whose mask entry is `false` (optax masks).
-fn mask_exclusions(h: &Value, key: &str) -> Result<Vec<String>, String> {
-    match h.get(key) {
-        None | Some(Value::Null) | Some(Value::Bool(true)) => Ok(Vec::new()),
-        Some(Value::Object(m)) => Ok(m
-            .iter()
-            .filter(|(_, v)| v.as_bool() == Some(false))
-            .map(|(k, _)| format!("^{}$", regex_escape(k)))
-            .collect()),
-        Some(v) => Err(format!("unsupported {key}: {v}")),
-    }
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if "\\.+*?()|[]{}^$".contains(c) {
-                vec!['\\', c]
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
 
 /// The optimizer (and its tolerance mode) a golden file was recorded with.
 fn build_for(doc: &Value) -> Result<Box<dyn Optimizer>, String> {
@@ -303,11 +219,6 @@ fn build_more(name: &str, h: &Value) -> Result<Box<dyn Optimizer>, String> {
 /// Replays one file; returns the largest |diff| and the first failure.
 fn replay(path: &Path, absolute_floor: bool) -> Result<f64, String> {
     replay_doc(&load(path)?, absolute_floor)
-}
-
-fn load(path: &Path) -> Result<Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Replays a parsed golden document.
