@@ -4,6 +4,11 @@
 //! layer read by several others summed in a fixed order (so no bit depends on the thread
 //! count). Buffers only grow (to the largest batch seen).
 //!
+//! A ReLU `Activation` that is the only reader of a layer able to apply it
+//! ([`Layer::fuse_activation`]: BatchNormalization, Add) is run by that layer: the activation
+//! node is skipped in both passes and its readers read the layer's output, which saves the
+//! activation's passes over memory and gives the same bits.
+//!
 //! The seam for a second backend (device-resident tensors) is [`crate::layers::Layer`]: its
 //! passes take and return plain host slices today; a device backend would implement the same
 //! trait over its own buffers and replace the buffer management here.
@@ -41,6 +46,11 @@ pub(crate) struct GraphNet {
     pub spec: ModelSpec,
     pub nodes: Vec<Node>,
     pub input_shape: Shape,
+    /// Per node, where its inputs are read: [`Node::inputs`] with every absorbed activation
+    /// replaced by the layer that applies it.
+    reads: Vec<Vec<Src>>,
+    /// Per node, whether it is an activation applied by the layer below it (skipped).
+    absorbed: Vec<bool>,
     outs: Vec<Vec<f32>>,
     /// Output gradients, each held (from the pool) only from its first contribution until its
     /// node's backward is done: a few at a time, not one per node.
@@ -89,13 +99,43 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 
 impl GraphNet {
     /// A graph of `nodes` (topological order, the last the output) on inputs of
-    /// `input_shape`.
-    pub fn new(spec: ModelSpec, nodes: Vec<Node>, input_shape: Shape) -> Self {
+    /// `input_shape`; with `fuse`, ReLU activations are absorbed into the layer below where
+    /// it can apply them (see the module doc), else every node runs as described.
+    pub fn with_fusion(
+        spec: ModelSpec,
+        mut nodes: Vec<Node>,
+        input_shape: Shape,
+        fuse: bool,
+    ) -> Self {
         let n = nodes.len();
+        let mut reads: Vec<Vec<Src>> = nodes.iter().map(|n| n.inputs.clone()).collect();
+        let mut absorbed = vec![false; n];
+        for j in 0..n.saturating_sub(1) {
+            let (Some(act), [Src::Node(i)]) =
+                (nodes[j].layer.as_activation(), &nodes[j].inputs[..])
+            else {
+                continue;
+            };
+            let i = *i;
+            let only_reader = nodes
+                .iter()
+                .enumerate()
+                .all(|(k, m)| k == j || !m.inputs.contains(&Src::Node(i)));
+            if fuse && only_reader && !absorbed[i] && nodes[i].layer.fuse_activation(act) {
+                absorbed[j] = true;
+                for r in reads.iter_mut().flatten() {
+                    if *r == Src::Node(j) {
+                        *r = Src::Node(i);
+                    }
+                }
+            }
+        }
         GraphNet {
             spec,
             nodes,
             input_shape,
+            reads,
+            absorbed,
             outs: vec![Vec::new(); n],
             douts: vec![Vec::new(); n],
             tmps: Vec::new(),
@@ -108,6 +148,12 @@ impl GraphNet {
         }
     }
 
+    /// How many activation nodes are absorbed into the layer below (tests).
+    #[cfg(test)]
+    pub fn absorbed_count(&self) -> usize {
+        self.absorbed.iter().filter(|a| **a).count()
+    }
+
     fn in_len(&self) -> usize {
         self.input_shape.iter().product()
     }
@@ -117,8 +163,15 @@ impl GraphNet {
         if batch <= self.cap {
             return;
         }
-        for (node, o) in self.nodes.iter().zip(self.outs.iter_mut()) {
-            grow(o, batch * node.out_len);
+        for ((node, o), &skip) in self
+            .nodes
+            .iter()
+            .zip(self.outs.iter_mut())
+            .zip(&self.absorbed)
+        {
+            if !skip {
+                grow(o, batch * node.out_len);
+            }
         }
         if let Some(g) = self.input_grad.as_mut() {
             let n = batch * self.input_shape.iter().product::<usize>();
@@ -169,14 +222,18 @@ impl GraphNet {
             outs,
             scratch,
             fwd_secs,
+            reads,
+            absorbed,
             ..
         } = self;
         let lens: Vec<usize> = nodes.iter().map(|n| n.out_len).collect();
         for (i, node) in nodes.iter_mut().enumerate() {
+            if absorbed[i] {
+                continue;
+            }
             let t = Instant::now();
             let (done, rest) = outs.split_at_mut(i);
-            let ins: Vec<&[f32]> = node
-                .inputs
+            let ins: Vec<&[f32]> = reads[i]
                 .iter()
                 .map(|s| match *s {
                     Src::Input => x,
@@ -225,6 +282,9 @@ impl GraphNet {
         let mut input_grad = self.input_grad.take();
         let mut input_has = false;
         for i in (0..n).rev() {
+            if self.absorbed[i] {
+                continue;
+            }
             let t = Instant::now();
             if !has[i] {
                 // Nothing above reads this node (only possible for dead branches).
@@ -234,7 +294,7 @@ impl GraphNet {
                 self.douts[i] = d;
             }
             let mut dy = std::mem::take(&mut self.douts[i]);
-            let srcs = self.nodes[i].inputs.clone();
+            let srcs = self.reads[i].clone();
             // Targets: the source's own buffer for its first contribution, else a temporary.
             let mut direct: Vec<Option<Vec<f32>>> = Vec::with_capacity(srcs.len());
             let mut temps: Vec<Option<Vec<f32>>> = Vec::with_capacity(srcs.len());

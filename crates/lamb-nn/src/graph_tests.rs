@@ -903,3 +903,91 @@ fn batch_norm_state_is_saved_and_loaded_with_the_description() {
     back.load_safetensors(&path).unwrap();
     assert_eq!(back.tensors(), m.tensors());
 }
+
+/// A residual block whose BatchNormalization and Add each feed only a ReLU `Activation` (both
+/// absorbed by the general engine), a projection shortcut and a second, shared ReLU output.
+fn relu_residual_block() -> ModelSpec {
+    let mut s = ModelSpec::input([8, 8, 3]);
+    let x = s.layer(
+        "Conv2D",
+        "c",
+        conv(16, 3, 1, "same", "linear"),
+        &["input_1"],
+    );
+    let x = s.layer("BatchNormalization", "bn", json!({}), &[&x]);
+    let x = s.layer("Activation", "r", json!({"activation": "relu"}), &[&x]);
+    let y = s.layer("Conv2D", "c1", conv(16, 3, 2, "same", "linear"), &[&x]);
+    let y = s.layer("BatchNormalization", "bn_1", json!({}), &[&y]);
+    let p = s.layer("Conv2D", "p", conv(16, 1, 2, "same", "linear"), &[&x]);
+    let z = s.layer("Add", "a", json!({}), &[&p, &y]);
+    let z = s.layer("Activation", "r_1", json!({"activation": "relu"}), &[&z]);
+    let z = s.layer("GlobalAveragePooling2D", "g", json!({}), &[&z]);
+    s.layer(
+        "Dense",
+        "out",
+        json!({"units": 4, "activation": "softmax"}),
+        &[&z],
+    );
+    s
+}
+
+/// Bits of every tensor and of the last logits after `steps` LAMB steps on random batches of
+/// 5 images, the model built fused or not; with the number of absorbed activations.
+fn trained_bits(spec: &ModelSpec, fuse: bool, steps: usize) -> (Vec<u32>, usize) {
+    let mut m = if fuse {
+        spec.build(7).unwrap()
+    } else {
+        spec.build_unfused(7).unwrap()
+    };
+    let absorbed = m.graph.as_ref().unwrap().absorbed_count();
+    let mut opt = lamb_optim::build(&lamb_optim::OptimizerSpec::new(
+        lamb_optim::OptimizerKind::Lamb,
+    ))
+    .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let in_len = m.in_len();
+    for _ in 0..steps {
+        let x: Vec<f32> = (0..5 * in_len).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let y: Vec<u8> = (0..5).map(|_| rng.gen_range(0..4)).collect();
+        m.train_step(&x, &y, opt.as_mut()).unwrap();
+    }
+    let mut bits: Vec<u32> = m
+        .tensors()
+        .iter()
+        .flat_map(|t| t.2.iter().map(|v| v.to_bits()))
+        .collect();
+    bits.extend(
+        m.graph
+            .as_ref()
+            .unwrap()
+            .logits(5)
+            .iter()
+            .map(|v| v.to_bits()),
+    );
+    (bits, absorbed)
+}
+
+#[test]
+fn relu_absorbed_into_batch_norm_and_add_gives_the_same_bits() {
+    let spec = relu_residual_block();
+    let (fused, absorbed) = trained_bits(&spec, true, 3);
+    let (plain, none) = trained_bits(&spec, false, 3);
+    assert_eq!(
+        (absorbed, none),
+        (2, 0),
+        "both ReLUs absorbed, none unfused"
+    );
+    assert_eq!(fused, plain, "fused and unfused differ");
+    // ResNet-20: all 19 ReLUs (9 Add, 10 BatchNormalization) absorbed, same bits.
+    let resnet = ModelSpec::resnet20();
+    let (fused, absorbed) = trained_bits(&resnet, true, 1);
+    let (plain, _) = trained_bits(&resnet, false, 1);
+    assert_eq!(absorbed, 19);
+    assert_eq!(fused, plain, "ResNet-20 fused and unfused differ");
+}
+
+#[test]
+fn relu_residual_block_gradients() {
+    // Gradients through the absorbed ReLUs against the f64 reference.
+    check(&relu_residual_block(), 3, 31);
+}

@@ -23,6 +23,7 @@ mod graph;
 #[cfg(test)]
 mod graph_tests;
 mod io;
+#[macro_use]
 pub mod kernels;
 mod layers;
 mod model;

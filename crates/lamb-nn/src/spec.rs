@@ -489,6 +489,17 @@ impl ModelSpec {
     /// Validates the description and builds the model, initialisers drawn from a ChaCha8
     /// generator seeded with `seed` (the fused engine's stacks draw as [`Sequential::build`]).
     pub fn build(&self, seed: u64) -> Result<Model, NnError> {
+        self.build_with(seed, true)
+    }
+
+    /// [`ModelSpec::build`] with every general-engine node run as described, no activation
+    /// absorbed into the layer below (tests compare the two).
+    #[cfg(test)]
+    pub(crate) fn build_unfused(&self, seed: u64) -> Result<Model, NnError> {
+        self.build_with(seed, false)
+    }
+
+    fn build_with(&self, seed: u64, fuse: bool) -> Result<Model, NnError> {
         let [h, w, c] = self.input_shape;
         if h == 0 || w == 0 || c == 0 {
             return Err(file_err(format!(
@@ -558,7 +569,7 @@ impl ModelSpec {
             m.spec = Some(topo);
             return Ok(m);
         }
-        let net = GraphNet::new(topo.clone(), nodes, self.input_shape.to_vec());
+        let net = GraphNet::with_fusion(topo.clone(), nodes, self.input_shape.to_vec(), fuse);
         Ok(Model::from_graph(net, self.input_shape, classes, topo))
     }
 

@@ -135,7 +135,9 @@ impl ActFn {
         }
     }
 
-    fn derivative_from_output(self, y: f32) -> f32 {
+    /// The derivative at the output `y` (element-wise functions other than gelu; 1 for the
+    /// others).
+    pub(crate) fn derivative_from_output(self, y: f32) -> f32 {
         match self {
             ActFn::Relu => (y > 0.0) as u8 as f32,
             ActFn::Selu => {
@@ -187,6 +189,9 @@ impl Layer for Activation {
             self.act = ActFn::Linear;
         }
         was
+    }
+    fn as_activation(&self) -> Option<ActFn> {
+        Some(self.act)
     }
     fn forward(&mut self, _: Pass, inputs: &[&[f32]], out: &mut [f32], _: usize, _: &mut Scratch) {
         out.copy_from_slice(inputs[0]);

@@ -149,6 +149,19 @@ pub(crate) trait Layer: Debug + Send + Sync {
     fn regularization_loss(&self) -> f64 {
         0.0
     }
+    /// The activation this layer is, when it is a plain Keras `Activation` layer (the graph
+    /// then may let the layer below apply it, see [`Layer::fuse_activation`]).
+    fn as_activation(&self) -> Option<ActFn> {
+        None
+    }
+    /// Asks the layer to apply `act` to its output itself, in forward (on its output) and
+    /// backward (multiplying `dy` by the derivative from its output), as the separate
+    /// `Activation` layer it replaces would, bit for bit. Returns whether it does (then it
+    /// always does). Called only when the activation is the layer's only reader.
+    fn fuse_activation(&mut self, act: ActFn) -> bool {
+        let _ = act;
+        false
+    }
     /// The dropout mask of the last training pass (gradient tests).
     #[cfg(test)]
     fn test_mask(&self) -> Option<&[f32]> {
