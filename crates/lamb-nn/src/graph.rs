@@ -2,7 +2,8 @@
 //! input (the model's images) and one output (the logits: a final softmax is left to the
 //! loss). Forward runs the nodes in order; backward runs them in reverse, the gradient of a
 //! layer read by several others summed in a fixed order (so no bit depends on the thread
-//! count). Buffers only grow (to the largest batch seen).
+//! count). Buffers only grow (to the largest batch seen); once they have, a step allocates
+//! nothing.
 //!
 //! A ReLU `Activation` that is the only reader of a layer able to apply it
 //! ([`Layer::fuse_activation`]: BatchNormalization, Add) is run by that layer: the activation
@@ -15,10 +16,15 @@
 
 use std::time::Instant;
 
+use smallvec::SmallVec;
+
 use crate::kernels;
 use crate::layers::{Layer, Pass, Scratch, Shape};
 use crate::model::Param;
 use crate::ModelSpec;
+
+/// A node's input slices (inline for up to four inputs: no allocation per pass).
+type Inputs<'a> = SmallVec<[&'a [f32]; 4]>;
 
 /// Where a node's input comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +57,10 @@ pub(crate) struct GraphNet {
     reads: Vec<Vec<Src>>,
     /// Per node, whether it is an activation applied by the layer below it (skipped).
     absorbed: Vec<bool>,
+    /// Per node, values per sample of its output ([`Node::out_len`]).
+    out_lens: Vec<usize>,
+    /// Per node, during backward: whether its output gradient holds a contribution yet.
+    has: Vec<bool>,
     outs: Vec<Vec<f32>>,
     /// Output gradients, each held (from the pool) only from its first contribution until its
     /// node's backward is done: a few at a time, not one per node.
@@ -132,6 +142,8 @@ impl GraphNet {
         }
         GraphNet {
             spec,
+            out_lens: nodes.iter().map(|n| n.out_len).collect(),
+            has: vec![false; n],
             nodes,
             input_shape,
             reads,
@@ -224,16 +236,16 @@ impl GraphNet {
             fwd_secs,
             reads,
             absorbed,
+            out_lens: lens,
             ..
         } = self;
-        let lens: Vec<usize> = nodes.iter().map(|n| n.out_len).collect();
         for (i, node) in nodes.iter_mut().enumerate() {
             if absorbed[i] {
                 continue;
             }
             let t = Instant::now();
             let (done, rest) = outs.split_at_mut(i);
-            let ins: Vec<&[f32]> = reads[i]
+            let ins: Inputs<'_> = reads[i]
                 .iter()
                 .map(|s| match *s {
                     Src::Input => x,
@@ -277,7 +289,8 @@ impl GraphNet {
         let x = &x[..batch * in_len];
         let n = self.nodes.len();
         // Whether node j's output gradient already holds a contribution of this pass.
-        let mut has = vec![false; n];
+        let mut has = std::mem::take(&mut self.has);
+        has.fill(false);
         has[n - 1] = true;
         let mut input_grad = self.input_grad.take();
         let mut input_has = false;
@@ -294,11 +307,11 @@ impl GraphNet {
                 self.douts[i] = d;
             }
             let mut dy = std::mem::take(&mut self.douts[i]);
-            let srcs = self.reads[i].clone();
+            let srcs: SmallVec<[Src; 4]> = self.reads[i].iter().copied().collect();
             // Targets: the source's own buffer for its first contribution, else a temporary.
-            let mut direct: Vec<Option<Vec<f32>>> = Vec::with_capacity(srcs.len());
-            let mut temps: Vec<Option<Vec<f32>>> = Vec::with_capacity(srcs.len());
-            let mut claimed: Vec<Src> = Vec::new();
+            let mut direct: SmallVec<[Option<Vec<f32>>; 4]> = SmallVec::new();
+            let mut temps: SmallVec<[Option<Vec<f32>>; 4]> = SmallVec::new();
+            let mut claimed: SmallVec<[Src; 4]> = SmallVec::new();
             for s in &srcs {
                 let first = match *s {
                     Src::Input => input_grad.is_some() && !input_has,
@@ -331,15 +344,16 @@ impl GraphNet {
                 }
             }
             {
-                let ins: Vec<&[f32]> = srcs
+                let ins: Inputs<'_> = srcs
                     .iter()
                     .map(|s| match *s {
                         Src::Input => x,
                         Src::Node(j) => &self.outs[j][..batch * self.nodes[j].out_len],
                     })
                     .collect();
-                let lens: Vec<usize> = srcs.iter().map(|s| batch * self.src_len(*s)).collect();
-                let mut dx: Vec<Option<&mut [f32]>> = direct
+                let lens: SmallVec<[usize; 4]> =
+                    srcs.iter().map(|s| batch * self.src_len(*s)).collect();
+                let mut dx: SmallVec<[Option<&mut [f32]>; 4]> = direct
                     .iter_mut()
                     .zip(temps.iter_mut())
                     .zip(&lens)
@@ -388,6 +402,7 @@ impl GraphNet {
             self.bwd_secs[i] += t.elapsed().as_secs_f64();
         }
         self.input_grad = input_grad;
+        self.has = has;
     }
 
     fn src_len(&self, s: Src) -> usize {

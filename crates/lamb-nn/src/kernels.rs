@@ -837,8 +837,46 @@ pub fn conv_forward(
     cols: &mut [f32],
     out: &mut [f32],
 ) {
+    conv_forward_buffered(
+        g,
+        filters,
+        act,
+        w,
+        b,
+        input,
+        cols,
+        out,
+        &mut ConvBuffers::default(),
+    )
+}
+
+/// Work buffers of [`conv_forward_buffered`] and [`conv_backward_buffered`] (transformed
+/// weights, per-chunk partial gradients), kept by a caller that runs the same convolution
+/// step after step so that no step allocates.
+#[derive(Debug, Default)]
+pub struct ConvBuffers {
+    u: Vec<f32>,
+    wt: Vec<f32>,
+    parts: Vec<f32>,
+    du: Vec<f32>,
+}
+
+/// [`conv_forward`] with its work buffers in `bufs` (reused; same results).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_forward_buffered(
+    g: &ConvGeom,
+    filters: usize,
+    act: Activation,
+    w: &[f32],
+    b: &[f32],
+    input: &[f32],
+    cols: &mut [f32],
+    out: &mut [f32],
+    bufs: &mut ConvBuffers,
+) {
     let direct = conv_direct(g, filters);
-    conv_forward_with(direct, g, filters, act, w, b, input, cols, out)
+    winograd_weights_into(g, filters, w, &mut bufs.u);
+    conv_forward_with(direct, g, filters, act, w, &bufs.u, b, input, cols, out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -848,6 +886,7 @@ fn conv_forward_with(
     filters: usize,
     act: Activation,
     w: &[f32],
+    u: &[f32],
     b: &[f32],
     input: &[f32],
     cols: &mut [f32],
@@ -857,10 +896,9 @@ fn conv_forward_with(
     let batch = input.len() / g.in_len();
     let out = &mut out[..batch * p * f];
     if direct {
-        let u = winograd_weights(g, f, w);
         out.par_chunks_mut(CONV_CHUNK * p * f)
             .zip(input.par_chunks(CONV_CHUNK * g.in_len()))
-            .for_each(|(o, x)| conv_forward_chunk_with(true, g, f, act, w, &u, b, x, &mut [], o));
+            .for_each(|(o, x)| conv_forward_chunk_with(true, g, f, act, w, u, b, x, &mut [], o));
         return;
     }
     out.par_chunks_mut(CONV_CHUNK * p * f)
@@ -1158,23 +1196,77 @@ fn conv_backward_with(
     dx: Option<(&mut [f32], &mut [f32])>,
     act_done: bool,
 ) {
+    conv_backward_buffered_with(
+        direct,
+        g,
+        filters,
+        act,
+        w,
+        input,
+        y,
+        dy,
+        cols,
+        dw,
+        db,
+        dx,
+        act_done,
+        &mut ConvBuffers::default(),
+    )
+}
+
+/// [`conv_backward`] with its work buffers in `bufs` (reused; same results).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_backward_buffered(
+    g: &ConvGeom,
+    filters: usize,
+    act: Activation,
+    w: &[f32],
+    input: &[f32],
+    y: &[f32],
+    dy: &mut [f32],
+    cols: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: Option<(&mut [f32], &mut [f32])>,
+    act_done: bool,
+    bufs: &mut ConvBuffers,
+) {
+    let direct = conv_direct(g, filters);
+    conv_backward_buffered_with(
+        direct, g, filters, act, w, input, y, dy, cols, dw, db, dx, act_done, bufs,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_backward_buffered_with(
+    direct: bool,
+    g: &ConvGeom,
+    filters: usize,
+    act: Activation,
+    w: &[f32],
+    input: &[f32],
+    y: &[f32],
+    dy: &mut [f32],
+    cols: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: Option<(&mut [f32], &mut [f32])>,
+    act_done: bool,
+    bufs: &mut ConvBuffers,
+) {
     let (p, kkc, f, in_len) = (g.positions(), g.kkc(), filters, g.in_len());
     let batch = y.len() / (p * f);
     let chunks = batch.div_ceil(CONV_CHUNK);
     let per = part_w_len(direct, g, f) + f;
-    let mut parts = vec![0.0f32; chunks * per];
-    let wt = if direct && dx.is_some() {
-        dx_weights(g, f, w)
-    } else {
-        Vec::new()
-    };
-    let mut col_blocks: Vec<&mut [f32]> = if direct {
-        (0..chunks).map(|_| <&mut [f32]>::default()).collect()
-    } else {
-        cols[..batch * p * kkc]
-            .chunks_mut(CONV_CHUNK * p * kkc)
-            .collect()
-    };
+    let ConvBuffers { u, wt, parts, du } = bufs;
+    parts.clear();
+    parts.resize(chunks * per, 0.0);
+    wt.clear();
+    if direct && dx.is_some() {
+        winograd_weights_into(g, f, w, u);
+        dx_weights_into(g, f, w, u, wt);
+    }
+    let wt = &wt[..];
     let work = |c: usize,
                 part: &mut [f32],
                 dyc: &mut [f32],
@@ -1188,7 +1280,7 @@ fn conv_backward_with(
             f,
             act,
             w,
-            &wt,
+            wt,
             &input[first * in_len..][..imgs * in_len],
             &y[first * p * f..][..imgs * p * f],
             dyc,
@@ -1199,25 +1291,37 @@ fn conv_backward_with(
         );
     };
     let dy = &mut dy[..batch * p * f];
-    match dx {
-        Some((dx, dcols)) => parts
-            .par_chunks_mut(per)
-            .zip(dy.par_chunks_mut(CONV_CHUNK * p * f))
-            .zip(col_blocks.par_iter_mut())
+    let parts_it = parts.par_chunks_mut(per);
+    let dy_it = dy.par_chunks_mut(CONV_CHUNK * p * f);
+    match (direct, dx) {
+        (false, Some((dx, dcols))) => parts_it
+            .zip(dy_it)
+            .zip(cols[..batch * p * kkc].par_chunks_mut(CONV_CHUNK * p * kkc))
             .zip(dx[..batch * in_len].par_chunks_mut(CONV_CHUNK * in_len))
             .zip(dcols[..batch * p * kkc].par_chunks_mut(CONV_CHUNK * p * kkc))
             .enumerate()
             .for_each(|(c, ((((part, dyc), colc), dxc), dcc))| {
                 work(c, part, dyc, colc, Some((dxc, dcc)))
             }),
-        None => parts
-            .par_chunks_mut(per)
-            .zip(dy.par_chunks_mut(CONV_CHUNK * p * f))
-            .zip(col_blocks.par_iter_mut())
+        (true, Some((dx, dcols))) => parts_it
+            .zip(dy_it)
+            .zip(dx[..batch * in_len].par_chunks_mut(CONV_CHUNK * in_len))
+            .zip(dcols[..batch * p * kkc].par_chunks_mut(CONV_CHUNK * p * kkc))
+            .enumerate()
+            .for_each(|(c, (((part, dyc), dxc), dcc))| {
+                work(c, part, dyc, &mut [], Some((dxc, dcc)))
+            }),
+        (false, None) => parts_it
+            .zip(dy_it)
+            .zip(cols[..batch * p * kkc].par_chunks_mut(CONV_CHUNK * p * kkc))
             .enumerate()
             .for_each(|(c, ((part, dyc), colc))| work(c, part, dyc, colc, None)),
+        (true, None) => parts_it
+            .zip(dy_it)
+            .enumerate()
+            .for_each(|(c, (part, dyc))| work(c, part, dyc, &mut [], None)),
     }
-    sum_partials_with(direct, g, f, &parts, &mut Vec::new(), dw, db);
+    sum_partials_with(direct, g, f, parts, du, dw, db);
 }
 
 /// Largest `k*k*c*filters` for which a convolution and the pooling above it run fused
@@ -1763,8 +1867,9 @@ mod tests {
             let b = random(f, &mut rng);
             let mut cols = vec![0.0; batch * p * kkc];
             let (mut o1, mut o2) = (vec![0.0; batch * p * f], vec![0.0; batch * p * f]);
-            conv_forward_with(true, &g, f, act, &w, &b, &x, &mut [], &mut o1);
-            conv_forward_with(false, &g, f, act, &w, &b, &x, &mut cols, &mut o2);
+            let u = winograd_weights(&g, f, &w);
+            conv_forward_with(true, &g, f, act, &w, &u, &b, &x, &mut [], &mut o1);
+            conv_forward_with(false, &g, f, act, &w, &[], &b, &x, &mut cols, &mut o2);
             assert_close("forward", &o1, &o2);
             let dy = random(batch * p * f, &mut rng);
             let mut res = Vec::new();

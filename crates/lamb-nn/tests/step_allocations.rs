@@ -128,3 +128,31 @@ fn evaluation_batches_allocate_nothing() {
     // Only the per-call buffers of `evaluate` (batch indices, probabilities) allocate.
     assert_eq!(six, three, "allocations of 6 batches vs 3");
 }
+
+#[test]
+fn resnet20_training_steps_allocate_nothing() {
+    // The general engine (graph of layers): after warm-up steps have sized every buffer, a
+    // ResNet-20 training step on a batch of 16 allocates nothing. Batch 16 is 4 chunks per
+    // convolution on 2 threads; 12 warm-up steps give each worker every (geometry, chunk
+    // size) of the kernels' per-thread caches (each comes up at least 24 times).
+    let _serial = SERIAL.lock().unwrap();
+    let (allocs, bytes) = two_threads(|| {
+        let mut model = lamb_nn::ModelSpec::resnet20().build(1).unwrap();
+        let mut opt = Lamb::new(LambConfig::default()).unwrap();
+        let batch = 16;
+        let x: Vec<f32> = (0..batch * 32 * 32 * 3)
+            .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+            .collect();
+        let y: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
+        for _ in 0..12 {
+            model.train_step(&x, &y, &mut opt).unwrap();
+        }
+        let (allocs, bytes, ()) = counted(|| {
+            for _ in 0..3 {
+                model.train_step(&x, &y, &mut opt).unwrap();
+            }
+        });
+        (allocs, bytes)
+    });
+    assert_eq!((allocs, bytes), (0, 0), "allocations and bytes in 3 steps");
+}

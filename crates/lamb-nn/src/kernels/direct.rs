@@ -141,8 +141,12 @@ thread_local! {
     static OFFSETS: OffsetCache = const { RefCell::new(Vec::new()) };
 }
 
+/// Tables kept per thread: enough for every (geometry, chunk size) of a ResNet-20 step (8
+/// padded geometries, full and last chunks), so a step builds none once warm.
+const OFFSET_TABLES: usize = 32;
+
 /// Runs `f` with [`window_offsets`] of `g` for `n` images, built once per thread and kept
-/// (a few geometries at most).
+/// (at most [`OFFSET_TABLES`] geometries).
 pub(super) fn with_window_offsets<R>(g: &ConvGeom, n: usize, f: impl FnOnce(&[usize]) -> R) -> R {
     let table = OFFSETS.with(|cache| {
         let mut cache = cache.borrow_mut();
@@ -150,7 +154,7 @@ pub(super) fn with_window_offsets<R>(g: &ConvGeom, n: usize, f: impl FnOnce(&[us
             return t.clone();
         }
         let t: Rc<[usize]> = window_offsets(g, n).into();
-        if cache.len() >= 8 {
+        if cache.len() >= OFFSET_TABLES {
             cache.remove(0);
         }
         cache.push((*g, n, t.clone()));

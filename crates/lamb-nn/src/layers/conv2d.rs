@@ -10,7 +10,7 @@ use super::config::Config;
 use super::dense::{add_l2, l2_loss};
 use super::init::Init;
 use super::{one_image, ActFn, BuildCtx, Layer, Pass, Scratch, Shape};
-use crate::kernels::{self, ConvGeom};
+use crate::kernels::{self, ConvBuffers, ConvGeom};
 use crate::model::Param;
 use crate::Activation;
 
@@ -31,6 +31,8 @@ struct Conv2D {
     spare_db: Vec<f32>,
     /// Pre-activation outputs when the activation's derivative needs them.
     pre: Vec<f32>,
+    /// The kernels' work buffers, reused step after step.
+    bufs: ConvBuffers,
     shape: Shape,
 }
 
@@ -125,6 +127,7 @@ pub(super) fn build(ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Layer>, String> {
         zero_bias: vec![0.0; filters],
         spare_db: vec![0.0; filters],
         pre: Vec::new(),
+        bufs: ConvBuffers::default(),
         shape: vec![g.ho, g.wo, filters],
     }))
 }
@@ -233,7 +236,7 @@ impl Layer for Conv2D {
             ActFn::Relu => Activation::Relu,
             _ => Activation::Linear,
         };
-        kernels::conv_forward(
+        kernels::conv_forward_buffered(
             g,
             f,
             act,
@@ -242,6 +245,7 @@ impl Layer for Conv2D {
             input,
             &mut scratch.cols,
             out,
+            &mut self.bufs,
         );
         if self.act != ActFn::Relu {
             if self.act.needs_input() {
@@ -295,7 +299,7 @@ impl Layer for Conv2D {
         } else {
             &mut self.spare_db
         };
-        kernels::conv_backward(
+        kernels::conv_backward_buffered(
             g,
             f,
             Activation::Linear,
@@ -308,6 +312,7 @@ impl Layer for Conv2D {
             db,
             dx,
             true,
+            &mut self.bufs,
         );
         if let (Some(dx), Some(gp)) = (crop_to, &self.padded) {
             crop_images(&self.g, gp, &scratch.dpadded[..batch * gp.in_len()], dx);
