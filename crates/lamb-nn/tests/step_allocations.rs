@@ -62,7 +62,7 @@ fn two_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 /// (allocations, bytes) of 10 training steps of the seed CNN with `act` on a batch of 100,
 /// after 20 warm-up steps, on a 2-thread pool. The kernels keep small per-thread caches
-/// (band buffer, window offsets, Winograd tiles) made on a thread's first chunk; with few
+/// (band buffer, Winograd tiles) made on a thread's first chunk; with few
 /// chunks a worker sometimes gets none in a step, so the warm-up is long enough that each has
 /// run chunks of every kind (with 3 steps, 2 runs in 100 failed). The shared scratch is sized
 /// before each pass, so it never depends on that.
@@ -132,9 +132,10 @@ fn evaluation_batches_allocate_nothing() {
 #[test]
 fn resnet20_training_steps_allocate_nothing() {
     // The general engine (graph of layers): after warm-up steps have sized every buffer, a
-    // ResNet-20 training step on a batch of 16 allocates nothing. Batch 16 is 4 chunks per
-    // convolution on 2 threads; 12 warm-up steps give each worker every (geometry, chunk
-    // size) of the kernels' per-thread caches (each comes up at least 24 times).
+    // ResNet-20 training step on a batch of 16 allocates nothing. The direct kernels' window
+    // offsets are shared by the threads (built once per geometry and chunk size, whichever
+    // thread runs it); the per-thread scratch (band buffer, Winograd tiles) is met by each
+    // worker many times in 12 warm-up steps (dozens of convolutions of 4 chunks each).
     let _serial = SERIAL.lock().unwrap();
     let (allocs, bytes) = two_threads(|| {
         let mut model = lamb_nn::ModelSpec::resnet20().build(1).unwrap();

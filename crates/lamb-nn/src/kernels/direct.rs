@@ -8,8 +8,7 @@
 //! thread count.
 
 use std::arch::x86_64::*;
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use super::ConvGeom;
 
@@ -133,33 +132,32 @@ fn window_offsets(g: &ConvGeom, n: usize) -> Vec<usize> {
     offs
 }
 
-/// Offset tables built by a thread, keyed by geometry and image count.
-type OffsetCache = RefCell<Vec<(ConvGeom, usize, Rc<[usize]>)>>;
+/// Offset tables built so far, keyed by geometry and image count, shared by all threads
+/// (whichever thread first needs a table builds it, so once every geometry of a model has run
+/// no step builds one, whatever thread runs which chunk).
+static OFFSETS: Mutex<Vec<(ConvGeom, usize, Arc<[usize]>)>> = Mutex::new(Vec::new());
 
-thread_local! {
-    /// The last few offset tables this thread built.
-    static OFFSETS: OffsetCache = const { RefCell::new(Vec::new()) };
-}
-
-/// Tables kept per thread: enough for every (geometry, chunk size) of a ResNet-20 step (8
-/// padded geometries, full and last chunks), so a step builds none once warm.
+/// Tables kept: enough for every (geometry, chunk size) of a ResNet-20 step (8 padded
+/// geometries, full and last chunks).
 const OFFSET_TABLES: usize = 32;
 
-/// Runs `f` with [`window_offsets`] of `g` for `n` images, built once per thread and kept
-/// (at most [`OFFSET_TABLES`] geometries).
+/// Runs `f` with [`window_offsets`] of `g` for `n` images, built once and kept (at most
+/// [`OFFSET_TABLES`] geometries).
 pub(super) fn with_window_offsets<R>(g: &ConvGeom, n: usize, f: impl FnOnce(&[usize]) -> R) -> R {
-    let table = OFFSETS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if let Some((_, _, t)) = cache.iter().find(|(cg, cn, _)| cg == g && *cn == n) {
-            return t.clone();
+    let table = {
+        let mut cache = OFFSETS.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.iter().find(|(cg, cn, _)| cg == g && *cn == n) {
+            Some((_, _, t)) => t.clone(),
+            None => {
+                let t: Arc<[usize]> = window_offsets(g, n).into();
+                if cache.len() >= OFFSET_TABLES {
+                    cache.remove(0);
+                }
+                cache.push((*g, n, t.clone()));
+                t
+            }
         }
-        let t: Rc<[usize]> = window_offsets(g, n).into();
-        if cache.len() >= OFFSET_TABLES {
-            cache.remove(0);
-        }
-        cache.push((*g, n, t.clone()));
-        t
-    });
+    };
     f(&table)
 }
 

@@ -33,6 +33,9 @@ struct Conv2D {
     pre: Vec<f32>,
     /// The kernels' work buffers, reused step after step.
     bufs: ConvBuffers,
+    /// The zero-padded input of the last forward pass when `padded` (backward reads it
+    /// rather than padding again).
+    xp: Vec<f32>,
     shape: Shape,
 }
 
@@ -128,6 +131,7 @@ pub(super) fn build(ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Layer>, String> {
         spare_db: vec![0.0; filters],
         pre: Vec::new(),
         bufs: ConvBuffers::default(),
+        xp: Vec::new(),
         shape: vec![g.ho, g.wo, filters],
     }))
 }
@@ -217,8 +221,8 @@ impl Layer for Conv2D {
         let f = self.filters;
         let (g, input): (&ConvGeom, &[f32]) = match &self.padded {
             Some(gp) => {
-                grow(&mut scratch.padded, batch * gp.in_len());
-                let xp = &mut scratch.padded[..batch * gp.in_len()];
+                grow(&mut self.xp, batch * gp.in_len());
+                let xp = &mut self.xp[..batch * gp.in_len()];
                 pad_images(&self.g, gp, inputs[0], xp);
                 (gp, xp)
             }
@@ -272,11 +276,9 @@ impl Layer for Conv2D {
         }
         let input: &[f32] = match &self.padded {
             Some(gp) => {
-                grow(&mut scratch.padded, batch * gp.in_len());
+                // The forward pass's padded copy of these inputs.
                 grow(&mut scratch.dpadded, batch * gp.in_len());
-                let xp = &mut scratch.padded[..batch * gp.in_len()];
-                pad_images(&self.g, gp, inputs[0], xp);
-                xp
+                &self.xp[..batch * gp.in_len()]
             }
             None => inputs[0],
         };

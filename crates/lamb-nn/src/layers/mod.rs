@@ -76,9 +76,8 @@ pub(crate) struct Scratch {
     pub cols: Vec<f32>,
     /// `dcols` blocks of convolution input gradients.
     pub dcols: Vec<f32>,
-    /// A convolution's input, zero-padded (direct kernels on `same` padding).
-    pub padded: Vec<f32>,
-    /// The gradient w.r.t. [`Scratch::padded`].
+    /// The gradient w.r.t. a convolution's zero-padded input (direct kernels on `same`
+    /// padding; the padded input itself is the layer's own).
     pub dpadded: Vec<f32>,
 }
 
