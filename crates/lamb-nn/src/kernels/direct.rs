@@ -135,7 +135,10 @@ fn window_offsets(g: &ConvGeom, n: usize) -> Vec<usize> {
 /// Offset tables built so far, keyed by geometry and image count, shared by all threads
 /// (whichever thread first needs a table builds it, so once every geometry of a model has run
 /// no step builds one, whatever thread runs which chunk).
-static OFFSETS: Mutex<Vec<(ConvGeom, usize, Arc<[usize]>)>> = Mutex::new(Vec::new());
+static OFFSETS: Mutex<Vec<OffsetTable>> = Mutex::new(Vec::new());
+
+/// A window-offset table with its geometry and image count.
+type OffsetTable = (ConvGeom, usize, Arc<[usize]>);
 
 /// Tables kept: enough for every (geometry, chunk size) of a ResNet-20 step (8 padded
 /// geometries, full and last chunks).
