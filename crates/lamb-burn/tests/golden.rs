@@ -15,11 +15,12 @@ mod common;
 use common::*;
 use lamb_burn::*;
 use serde_json::Value;
-use std::path::PathBuf;
 use std::result::Result;
 
 #[path = "../../lamb-optim/tests/golden_support/adapter_config.rs"]
 mod adapter_config;
+#[path = "../../lamb-optim/tests/golden_support/adapter_replay.rs"]
+mod adapter_replay;
 #[path = "../../lamb-optim/tests/golden_support/mod.rs"]
 mod golden_support;
 
@@ -80,148 +81,10 @@ fn replay_doc(doc: &Value) -> Result<f64, String> {
         }
         for (vi, (v, got)) in vars_doc.iter().zip(values(&vars)).enumerate() {
             let expected = f32v(&v["values"][k]);
-            if got.len() != expected.len() {
-                return Err(format!(
-                    "variable `{}`: {} values, expected {}",
-                    names[vi],
-                    got.len(),
-                    expected.len()
-                ));
-            }
-            for (i, (&got, &exp)) in got.iter().zip(&expected).enumerate() {
-                let d = (got as f64 - exp as f64).abs();
-                let tol = 2e-6 * (exp as f64).abs() + 1e-7;
-                worst = worst.max(d);
-                if d.is_nan() || d > tol {
-                    return Err(format!(
-                        "variable `{}` step {} index {i}: got {got:e}, expected {exp:e} (|diff| {d:e} > tol {tol:e})",
-                        names[vi],
-                        k + 1
-                    ));
-                }
-            }
+            adapter_replay::check_values(&names[vi], k + 1, &got, &expected, &mut worst)?;
         }
     }
     Ok(worst)
 }
 
-fn run_family(family: &str) {
-    let Some(root) = golden_root() else { return };
-    let dir = root.join(family);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no json files in {}", dir.display());
-    let mut failures = Vec::new();
-    for f in &files {
-        let name = f.file_name().unwrap().to_string_lossy().to_string();
-        match load(f).and_then(|d| replay_doc(&d)) {
-            Ok(worst) => eprintln!("ok   {family}/{name} (max |diff| {worst:.2e})"),
-            Err(e) => failures.push(format!("{family}/{name}: {e}")),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "golden mismatches:\n{}",
-        failures.join("\n")
-    );
-}
-
-#[test]
-fn golden_tfa() {
-    run_family("tfa");
-}
-
-#[test]
-fn golden_pytorch_lamb() {
-    run_family("pytorch_lamb");
-}
-
-#[test]
-fn golden_torch_optimizer() {
-    run_family("torch_optimizer");
-}
-
-#[test]
-fn golden_timm() {
-    run_family("timm");
-}
-
-#[test]
-fn golden_optax() {
-    run_family("optax");
-}
-
-#[test]
-fn golden_torch_adam() {
-    run_family("torch_adam");
-}
-
-/// A new family directory must get a test here too.
-#[test]
-fn every_family_is_tested() {
-    let Some(root) = golden_root() else { return };
-    for e in std::fs::read_dir(&root).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            let name = p.file_name().unwrap().to_string_lossy().to_string();
-            assert!(
-                FAMILIES.contains(&name.as_str()),
-                "golden family `{name}` has no test"
-            );
-        }
-    }
-}
-
-/// The comparison can fail: a changed rule must be rejected by the replay.
-#[test]
-fn changed_rules_are_rejected() {
-    let Some(root) = golden_root() else { return };
-    let cases: &[(&str, &str, Value)] = &[
-        (
-            "tfa/b_lamb_lr0.01_wd0.01.json",
-            "weight_decay_rate",
-            Value::from(0.0),
-        ),
-        ("timm/a_lamb_defaults.json", "max_grad_norm", Value::Null),
-        (
-            "timm/a_lamb_defaults.json",
-            "bias_correction",
-            Value::from(false),
-        ),
-        (
-            "torch_optimizer/b_lamb_lr0.01_wd0.01_clamp10.json",
-            "clamp_value",
-            Value::from(100.0),
-        ),
-        (
-            "pytorch_lamb/d_lamb_adam_true.json",
-            "adam",
-            Value::from(false),
-        ),
-        (
-            "timm/g_lars_momentum0.9_wd1e-4_trust_clip.json",
-            "trust_clip",
-            Value::from(false),
-        ),
-        (
-            "optax/e_lars_lr1_wd0.1_nesterov.json",
-            "nesterov",
-            Value::from(false),
-        ),
-    ];
-    for (file, key, value) in cases {
-        let mut doc = load(&root.join(file)).unwrap();
-        if let Err(e) = replay_doc(&doc) {
-            panic!("{file} should pass unchanged: {e}");
-        }
-        doc["hyper"][*key] = value.clone();
-        assert!(
-            replay_doc(&doc).is_err(),
-            "{file} with {key} = {value} still matched: the test cannot see this rule"
-        );
-    }
-}
+adapter_golden_tests!(replay_doc);

@@ -274,12 +274,15 @@ impl GraphNet {
             c,
             &mut self.douts[last][..batch * c],
         );
-        let reg: f64 = self
-            .nodes
+        (loss + self.regularization_loss() * batch as f64, correct)
+    }
+
+    /// The layers' regularisation losses (Keras `kernel_regularizer`), summed in layer order.
+    pub fn regularization_loss(&self) -> f64 {
+        self.nodes
             .iter()
             .map(|n| n.layer.regularization_loss())
-            .sum();
-        (loss + reg * batch as f64, correct)
+            .sum()
     }
 
     /// Backward pass after [`GraphNet::forward`] on `x` and [`GraphNet::loss_and_grad`]:

@@ -991,3 +991,63 @@ fn relu_residual_block_gradients() {
     // Gradients through the absorbed ReLUs against the f64 reference.
     check(&relu_residual_block(), 3, 31);
 }
+
+#[test]
+fn evaluation_loss_includes_the_l2_regularisation_as_keras_reports_it() {
+    let spec = |l2: Option<f64>| {
+        let mut s = ModelSpec::input([6, 6, 3]);
+        let mut c = conv(4, 3, 1, "same", "relu");
+        if let Some(l2) = l2 {
+            c["kernel_regularizer"] = json!({"class_name": "L2", "config": {"l2": l2}});
+        }
+        let a = s.layer("Conv2D", "conv2d", c, &["input_1"]);
+        let a = s.layer("Flatten", "flat", json!({}), &[&a]);
+        s.layer(
+            "Dense",
+            "dense",
+            json!({"units": 3, "activation": "softmax"}),
+            &[&a],
+        );
+        s
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let n = 20;
+    let mut images = vec![0u8; n * 6 * 6 * 3];
+    rng.fill(&mut images[..]);
+    let data = lamb_data::Dataset {
+        labels: (0..n).map(|i| (i % 3) as u8).collect(),
+        images,
+        height: 6,
+        width: 6,
+        channels: 3,
+        class_names: vec![],
+    };
+    let (mut with, mut without) = (
+        spec(Some(0.01)).build(3).unwrap(),
+        spec(None).build(3).unwrap(),
+    );
+    assert_eq!(with.params(), without.params(), "same seed, same weights");
+    let sum_sq: f64 = with
+        .params()
+        .iter()
+        .filter(|(name, ..)| name == "conv2d/kernel")
+        .flat_map(|(_, _, v)| v.iter().map(|&x| x as f64 * x as f64))
+        .sum();
+    let (a, b) = (
+        with.evaluate(&data, 7).unwrap(),
+        without.evaluate(&data, 7).unwrap(),
+    );
+    assert_eq!(a.correct, b.correct);
+    let expected = 0.01 * sum_sq;
+    assert!(
+        expected > 1e-4,
+        "the check needs a visible penalty: {expected}"
+    );
+    assert!(
+        ((a.loss - b.loss) - expected).abs() < 1e-6 * expected.max(1.0),
+        "evaluation losses {} and {} differ by {}, expected the L2 term {expected}",
+        a.loss,
+        b.loss,
+        a.loss - b.loss
+    );
+}

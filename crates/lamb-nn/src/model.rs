@@ -1152,6 +1152,12 @@ impl Model {
         }
     }
 
+    /// The regularisation losses of the layers (Keras `kernel_regularizer`; 0 for the fused
+    /// engine's stacks, which have none).
+    pub fn regularization_loss(&self) -> f64 {
+        self.graph.as_ref().map_or(0.0, |g| g.regularization_loss())
+    }
+
     /// The logits of the last forward pass on `batch` samples.
     pub(crate) fn logits(&self, batch: usize) -> &[f32] {
         match &self.graph {

@@ -16,7 +16,8 @@ use crate::{local_gradients, GradientAccumulator, Model, NnError};
 /// Loss and accuracy over a dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
-    /// Mean softmax cross-entropy per sample.
+    /// Mean softmax cross-entropy per sample, plus the model's regularisation losses (L2
+    /// `kernel_regularizer`s), as Keras reports it.
     pub loss: f64,
     /// Fraction of samples whose predicted class is the label.
     pub accuracy: f64,
@@ -805,7 +806,9 @@ impl Model {
         Ok(())
     }
 
-    /// Mean loss and accuracy over `data`, forward only, in batches of `batch_size`.
+    /// Mean loss and accuracy over `data`, forward only, in batches of `batch_size`. The loss
+    /// is the mean cross-entropy plus the model's regularisation losses, as Keras's
+    /// `evaluate` reports it.
     pub fn evaluate(&mut self, data: &Dataset, batch_size: usize) -> Result<Evaluation, NnError> {
         let c = self.classes;
         let mut p = vec![0.0f32; c];
@@ -819,7 +822,7 @@ impl Model {
         })?;
         let count = data.len();
         Ok(Evaluation {
-            loss: loss / count as f64,
+            loss: loss / count as f64 + self.regularization_loss(),
             accuracy: correct as f64 / count as f64,
             correct,
             count,

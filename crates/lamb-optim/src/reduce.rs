@@ -225,6 +225,7 @@ pub(crate) use lockstep_chunks;
 pub(crate) fn sum_squares_group(x: &[f32], parts: &mut [Partial]) {
     let mut ls = [Lanes::<1>::new(); GROUP];
     let full = lockstep_chunks!(x.len(), &mut ls, |c, o, l| {
+        crate::simd::prefetch(x, o + crate::simd::PREFETCH_AHEAD);
         let xb: &[f32; LANES] = x[o..o + LANES].try_into().unwrap();
         for j in 0..LANES {
             l.acc[0][j] += xb[j] * xb[j];

@@ -111,3 +111,24 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// How far ahead (in f32 elements, 512 bytes) the streaming passes prefetch their inputs.
+/// The hardware prefetchers alone left the LAMB staging pass (four read streams, three
+/// streamed writes) ~10% slower on the BERT-base set here.
+pub(crate) const PREFETCH_AHEAD: usize = 128;
+
+/// Hints the cache to fetch `s[i]`'s line (no effect past the end of `s`).
+#[inline(always)]
+pub(crate) fn prefetch(s: &[f32], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i < s.len() {
+        // SAFETY: the address is inside `s`; a prefetch reads and changes nothing.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                s.as_ptr().add(i).cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (s, i);
+}

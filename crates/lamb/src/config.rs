@@ -325,6 +325,12 @@ pub struct Settings {
     /// (stored in the run's `input.json`) instead of plain 1/255 scaling [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub standardize: Option<bool>,
+    /// Start from these weights instead of the seeded initialisation: a safetensors file with
+    /// the model's Keras names (ours, or exported from Keras; BatchNormalization's moving
+    /// statistics included). Every rank reads it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(alias = "initial_weights")]
+    pub initial_weights: Option<PathBuf>,
     /// Print only the final summary.
     #[arg(long, short = 'q', action = clap::ArgAction::SetTrue)]
     #[serde(default, skip_serializing_if = "is_false")]
@@ -450,7 +456,8 @@ impl Settings {
             target_accuracy,
             eval_every,
             augment,
-            standardize
+            standardize,
+            initial_weights
         )
     }
 
@@ -499,6 +506,7 @@ impl Settings {
             eval_every: None,
             augment: lamb_data::Augment::default(),
             standardize: false,
+            initial_weights: None,
             quiet: false,
             json: false,
         };
@@ -578,6 +586,7 @@ impl Settings {
                 .transpose()?
                 .unwrap_or_default(),
             standardize: self.standardize.unwrap_or(false),
+            initial_weights: self.initial_weights.clone(),
             quiet: self.quiet,
             json: self.json,
         };
@@ -638,6 +647,8 @@ pub struct RunConfig {
     pub augment: lamb_data::Augment,
     /// Per-channel standardization (`--standardize`).
     pub standardize: bool,
+    /// Weights the run starts from (`--initial-weights`; `None`: seeded initialisation).
+    pub initial_weights: Option<PathBuf>,
     /// Quiet output.
     pub quiet: bool,
     /// JSON-lines output.
@@ -686,6 +697,15 @@ impl RunConfig {
                 self.accumulate,
                 self.workers * self.accumulate
             );
+        }
+        if let Some(p) = &self.initial_weights {
+            if !p.is_file() {
+                bail!(
+                    "`initial-weights` = {}: no such file (expected a safetensors file with the \
+                     model's Keras names)",
+                    p.display()
+                );
+            }
         }
         for (k, v) in [
             ("limit-train", self.limit_train),
@@ -805,6 +825,7 @@ impl RunConfig {
             eval_every: self.eval_every,
             augment: self.augment.is_active().then(|| self.augment.to_string()),
             standardize: self.standardize.then_some(true),
+            initial_weights: self.initial_weights.clone(),
             quiet: false,
             json: false,
             hyper: self.extra_hyper.clone(),

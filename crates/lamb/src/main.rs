@@ -357,6 +357,7 @@ fn resume_settings(dir: &Path, flags: &Settings) -> Result<Settings> {
         ("eval-every", flags.eval_every.is_some()),
         ("augment", flags.augment.is_some()),
         ("standardize", flags.standardize.is_some()),
+        ("initial-weights", flags.initial_weights.is_some()),
         ("labels", flags.labels.is_some()),
     ];
     if let Some((k, _)) = fixed.iter().find(|(_, set)| *set) {

@@ -703,6 +703,12 @@ pub fn train_with(
     } else {
         crate::models::build(&cfg.model, cfg.activation, cfg.seed)?
     };
+    if let Some(p) = &cfg.initial_weights {
+        // Before anything is created: a file that does not fit the model is refused here.
+        model
+            .load_safetensors(p)
+            .with_context(|| format!("loading --initial-weights {}", p.display()))?;
+    }
     let input = input_pipeline(cfg, data);
     model.set_input_pipeline(input.clone());
     let mut opt = cfg.build_optimizer(data.train.len())?;

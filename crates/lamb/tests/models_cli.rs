@@ -148,3 +148,52 @@ fn resnet20_trains_a_few_steps() {
     let _ = summary;
     assert!(out.join("weights.safetensors").is_file());
 }
+
+#[test]
+fn initial_weights_are_where_training_starts_and_a_mismatch_is_refused() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut c = lamb(tmp.path());
+        c.args(["train", "--quiet", "--epochs", "1", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .args([
+                "--limit-train",
+                "300",
+                "--limit-test",
+                "100",
+                "--threads",
+                "2",
+            ])
+            .args(extra);
+        c
+    };
+    let a = tmp.path().join("a");
+    ok(&mut run(&a, &["--seed", "1"]));
+    let start = a.join("weights.safetensors");
+    // Another seed, but a learning rate so small (1e-30) that no weight moves by half an ulp:
+    // the run ends where it started, so its weights are exactly the file it was given (a
+    // seeded initialisation would differ).
+    let b = tmp.path().join("b");
+    let mut c = run(&b, &["--seed", "2", "--optimizer", "sgd", "--lr", "1e-30"]);
+    ok(c.arg("--initial-weights").arg(&start));
+    assert_eq!(read(&b.join("weights.safetensors")), read(&start));
+    let text = std::fs::read_to_string(b.join("config.toml")).unwrap();
+    assert!(text.contains("initial-weights"), "{text}");
+    // The seed CNN's weights do not fit ResNet-20: refused naming the file, nothing written.
+    let r = tmp.path().join("r");
+    let mut c = run(&r, &["--model", "resnet20"]);
+    let e = fail(c.arg("--initial-weights").arg(&start));
+    assert!(
+        e.contains("--initial-weights") && e.contains("weights.safetensors"),
+        "{e}"
+    );
+    assert!(!r.exists(), "no run directory for refused weights");
+    let e = fail(&mut run(&r, &["--initial-weights", "no-such.safetensors"]));
+    assert!(
+        e.contains("no-such.safetensors") && e.contains("no such file"),
+        "{e}"
+    );
+}

@@ -98,3 +98,69 @@ pub fn load(path: &Path) -> Result<Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
+
+/// Fails when a family directory has no entry in [`FAMILIES`] (every replay tests each family
+/// of that list).
+pub fn every_family_is_tested() {
+    let Some(root) = golden_root() else { return };
+    for e in std::fs::read_dir(&root).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            assert!(
+                FAMILIES.contains(&name.as_str()),
+                "golden family `{name}` has no test"
+            );
+        }
+    }
+}
+
+/// The comparison can fail: each replay (lamb-optim's, the adapters') must reject these files
+/// with one rule changed (VARIANTS.md's sensitivities) and accept them unchanged.
+pub fn changed_rules_are_rejected(replay_doc: impl Fn(&Value) -> Result<f64, String>) {
+    let Some(root) = golden_root() else { return };
+    let cases: &[(&str, &str, Value)] = &[
+        (
+            "tfa/b_lamb_lr0.01_wd0.01.json",
+            "weight_decay_rate",
+            Value::from(0.0),
+        ),
+        ("timm/a_lamb_defaults.json", "max_grad_norm", Value::Null),
+        (
+            "timm/a_lamb_defaults.json",
+            "bias_correction",
+            Value::from(false),
+        ),
+        (
+            "torch_optimizer/b_lamb_lr0.01_wd0.01_clamp10.json",
+            "clamp_value",
+            Value::from(100.0),
+        ),
+        (
+            "pytorch_lamb/d_lamb_adam_true.json",
+            "adam",
+            Value::from(false),
+        ),
+        (
+            "timm/g_lars_momentum0.9_wd1e-4_trust_clip.json",
+            "trust_clip",
+            Value::from(false),
+        ),
+        (
+            "optax/e_lars_lr1_wd0.1_nesterov.json",
+            "nesterov",
+            Value::from(false),
+        ),
+    ];
+    for (file, key, value) in cases {
+        let mut doc = load(&root.join(file)).unwrap();
+        if let Err(e) = replay_doc(&doc) {
+            panic!("{file} should pass unchanged: {e}");
+        }
+        doc["hyper"][*key] = value.clone();
+        assert!(
+            replay_doc(&doc).is_err(),
+            "{file} with {key} = {value} still matched: the test cannot see this rule"
+        );
+    }
+}
