@@ -296,8 +296,12 @@ struct RunSpec {
 }
 
 impl RunSpec {
+    /// The run's directory name: everything that changes its numbers.
     fn name(&self) -> String {
-        format!("{}-b{}-lr{}", self.optimizer, self.batch, self.lr)
+        format!(
+            "{}-b{}-lr{}-steps{}-seed{}",
+            self.optimizer, self.batch, self.lr, self.steps, self.seed
+        )
     }
 
     /// Linear warmup to `lr`, then cosine decay to `lr / 10` at the last step.
@@ -751,20 +755,31 @@ fn real_main() -> Res<()> {
         let v = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
         flags.insert(key.to_string(), v.clone());
     }
-    let known = [
-        "optimizer",
-        "batch",
-        "lr",
-        "out",
-        "steps-at-12",
-        "seed",
-        "data",
-        "lamb-lr",
-        "adamw-lr",
-    ];
+    let known: &[&str] = match cmd.as_str() {
+        "run" => &[
+            "optimizer",
+            "batch",
+            "lr",
+            "out",
+            "steps-at-12",
+            "seed",
+            "data",
+        ],
+        "grid" => &["out", "steps-at-12", "data", "lamb-lr", "adamw-lr"],
+        other => return Err(format!("unknown command {other:?}\n{usage}").into()),
+    };
     if let Some(k) = flags.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(format!("unknown flag --{k}\n{usage}").into());
+        return Err(format!("flag --{k} does not apply to `{cmd}`\n{usage}").into());
     }
+    let int = |k: &str, default: u64, min: u64| -> Res<u64> {
+        match flags.get(k) {
+            None => Ok(default),
+            Some(v) => match v.parse::<u64>() {
+                Ok(x) if x >= min => Ok(x),
+                _ => Err(format!("--{k} {v:?}: expected a whole number >= {min}").into()),
+            },
+        }
+    };
     let num = |k: &str, default: f64| -> Res<f64> {
         match flags.get(k) {
             None => Ok(default),
@@ -791,7 +806,7 @@ fn real_main() -> Res<()> {
             .get("out")
             .ok_or(format!("--out is required\n{usage}"))?,
     );
-    let steps12 = num("steps-at-12", 2048.0)? as usize;
+    let steps12 = int("steps-at-12", 2048, 32)? as usize;
     if !steps12.is_multiple_of(32) {
         return Err(format!(
             "--steps-at-12 {steps12}: must be a multiple of 32 so that batch 384 sees the same tokens"
@@ -800,7 +815,7 @@ fn real_main() -> Res<()> {
     }
     match cmd.as_str() {
         "run" => {
-            let batch = num("batch", 12.0)? as usize;
+            let batch = int("batch", 12, 1)? as usize;
             if !(steps12 * 12).is_multiple_of(batch) {
                 return Err(format!(
                     "--batch {batch} does not divide the {} sequences of the budget",
@@ -818,7 +833,7 @@ fn real_main() -> Res<()> {
                 lr: num("lr", 1e-3)?,
                 steps,
                 warmup: warmup_for(steps),
-                seed: num("seed", 42.0)? as u64,
+                seed: int("seed", 42, 0)?,
             };
             let o = train(&corpus, &spec, 10, true)?;
             save_run(&out, &o)?;
@@ -838,7 +853,7 @@ fn real_main() -> Res<()> {
             ];
             grid(&corpus, &out, steps12, centres)?;
         }
-        other => return Err(format!("unknown command {other:?}\n{usage}").into()),
+        _ => unreachable!("commands checked above"),
     }
     Ok(())
 }

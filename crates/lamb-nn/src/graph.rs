@@ -6,7 +6,8 @@
 //! nothing.
 //!
 //! A ReLU `Activation` that is the only reader of a layer able to apply it
-//! ([`Layer::fuse_activation`]: BatchNormalization, Add) is run by that layer: the activation
+//! ([`Layer::fuse_activation`]: BatchNormalization, Add), and not the model's output, is run
+//! by that layer: the activation
 //! node is skipped in both passes and its readers read the layer's output, which saves the
 //! activation's passes over memory and gives the same bits.
 //!

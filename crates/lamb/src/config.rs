@@ -586,7 +586,11 @@ impl Settings {
                 .transpose()?
                 .unwrap_or_default(),
             standardize: self.standardize.unwrap_or(false),
-            initial_weights: self.initial_weights.clone(),
+            // Recorded absolute, so that the run directory means the same from anywhere.
+            initial_weights: self
+                .initial_weights
+                .as_ref()
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
             quiet: self.quiet,
             json: self.json,
         };
@@ -656,6 +660,21 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Checks that `--initial-weights` names a file (a fresh run reads it before anything is
+    /// created; a resumed run takes its weights from the checkpoint and never reads it).
+    pub fn check_initial_weights(&self) -> Result<()> {
+        if let Some(p) = &self.initial_weights {
+            if !p.is_file() {
+                bail!(
+                    "`initial-weights` = {}: no such file (expected a safetensors file with the \
+                     model's Keras names)",
+                    p.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the ranges that do not depend on the optimizer library.
     pub fn validate(&self) -> Result<()> {
         if self.model != SEED_CNN {
@@ -697,15 +716,6 @@ impl RunConfig {
                 self.accumulate,
                 self.workers * self.accumulate
             );
-        }
-        if let Some(p) = &self.initial_weights {
-            if !p.is_file() {
-                bail!(
-                    "`initial-weights` = {}: no such file (expected a safetensors file with the \
-                     model's Keras names)",
-                    p.display()
-                );
-            }
         }
         for (k, v) in [
             ("limit-train", self.limit_train),

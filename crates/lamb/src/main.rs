@@ -304,8 +304,7 @@ pub(crate) fn check_train_args(args: &[String]) -> Result<()> {
         Some(file) => Settings::from_file(file)?.overridden_by(&a.settings),
         None => a.settings.clone(),
     };
-    settings.resolve("train")?;
-    Ok(())
+    settings.resolve("train")?.check_initial_weights()
 }
 
 /// Flags that may change when resuming (they do not change the numbers).
@@ -428,6 +427,9 @@ fn cmd_train(a: &TrainArgs) -> Result<ExitCode> {
         (None, None) => a.settings.clone(),
     };
     let mut cfg = settings.resolve("train")?;
+    if a.resume.is_none() {
+        cfg.check_initial_weights()?;
+    }
     let launched = lamb_dist::launched_by_mpirun();
     if cfg.workers > 1 && !launched {
         return launch_workers(a, &cfg);

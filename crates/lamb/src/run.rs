@@ -703,8 +703,9 @@ pub fn train_with(
     } else {
         crate::models::build(&cfg.model, cfg.activation, cfg.seed)?
     };
-    if let Some(p) = &cfg.initial_weights {
-        // Before anything is created: a file that does not fit the model is refused here.
+    if let (Some(p), false) = (&cfg.initial_weights, resume) {
+        // Before anything is created: a file that does not fit the model is refused here. A
+        // resumed run takes every weight from its checkpoint instead.
         model
             .load_safetensors(p)
             .with_context(|| format!("loading --initial-weights {}", p.display()))?;

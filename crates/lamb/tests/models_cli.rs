@@ -172,7 +172,8 @@ fn initial_weights_are_where_training_starts_and_a_mismatch_is_refused() {
     };
     let a = tmp.path().join("a");
     ok(&mut run(&a, &["--seed", "1"]));
-    let start = a.join("weights.safetensors");
+    let start = tmp.path().join("init.safetensors");
+    std::fs::copy(a.join("weights.safetensors"), &start).unwrap();
     // Another seed, but a learning rate so small (1e-30) that no weight moves by half an ulp:
     // the run ends where it started, so its weights are exactly the file it was given (a
     // seeded initialisation would differ).
@@ -182,12 +183,18 @@ fn initial_weights_are_where_training_starts_and_a_mismatch_is_refused() {
     assert_eq!(read(&b.join("weights.safetensors")), read(&start));
     let text = std::fs::read_to_string(b.join("config.toml")).unwrap();
     assert!(text.contains("initial-weights"), "{text}");
+    // A resumed run takes its weights from the checkpoint: the file may be gone by then.
+    std::fs::remove_file(&start).unwrap();
+    ok(lamb(tmp.path())
+        .args(["train", "--quiet", "--epochs", "2", "--resume"])
+        .arg(&b));
+    std::fs::copy(a.join("weights.safetensors"), &start).unwrap();
     // The seed CNN's weights do not fit ResNet-20: refused naming the file, nothing written.
     let r = tmp.path().join("r");
     let mut c = run(&r, &["--model", "resnet20"]);
     let e = fail(c.arg("--initial-weights").arg(&start));
     assert!(
-        e.contains("--initial-weights") && e.contains("weights.safetensors"),
+        e.contains("--initial-weights") && e.contains("init.safetensors"),
         "{e}"
     );
     assert!(!r.exists(), "no run directory for refused weights");

@@ -99,9 +99,13 @@ pub fn load(path: &Path) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Fails when a family directory has no entry in [`FAMILIES`] (every replay tests each family
-/// of that list).
-pub fn every_family_is_tested() {
+/// Fails when the families a replay tests (`tested`) are not exactly [`FAMILIES`], or a family
+/// directory has no entry there.
+pub fn every_family_is_tested(tested: &[&str]) {
+    let (mut a, mut b) = (tested.to_vec(), FAMILIES.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "the families with a test differ from FAMILIES");
     let Some(root) = golden_root() else { return };
     for e in std::fs::read_dir(&root).unwrap() {
         let p = e.unwrap().path();
