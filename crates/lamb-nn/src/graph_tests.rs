@@ -987,6 +987,29 @@ fn relu_absorbed_into_batch_norm_and_add_gives_the_same_bits() {
 }
 
 #[test]
+fn a_relu_is_not_absorbed_into_a_layer_that_another_layer_also_reads() {
+    // bn is read by the ReLU and by the Add: the ReLU must stay a node of its own (absorbing it
+    // would hand the Add rectified values). Same bits as the unfused build, nothing absorbed.
+    let mut s = ModelSpec::input([6, 6, 3]);
+    let x = s.layer("Conv2D", "c", conv(8, 3, 1, "same", "linear"), &["input_1"]);
+    let b = s.layer("BatchNormalization", "bn", json!({}), &[&x]);
+    let r = s.layer("Activation", "r", json!({"activation": "relu"}), &[&b]);
+    let z = s.layer("Add", "a", json!({}), &[&b, &r]);
+    let z = s.layer("GlobalAveragePooling2D", "g", json!({}), &[&z]);
+    s.layer(
+        "Dense",
+        "out",
+        json!({"units": 4, "activation": "softmax"}),
+        &[&z],
+    );
+    let (fused, absorbed) = trained_bits(&s, true, 3);
+    let (plain, _) = trained_bits(&s, false, 3);
+    assert_eq!(absorbed, 0, "a ReLU beside another reader was absorbed");
+    assert_eq!(fused, plain);
+    check(&s, 3, 33);
+}
+
+#[test]
 fn relu_residual_block_gradients() {
     // Gradients through the absorbed ReLUs against the f64 reference.
     check(&relu_residual_block(), 3, 31);
