@@ -2,7 +2,9 @@
 //! Keras side of the ResNet-20 parity check, `tools/keras_resnet20_parity.py`) can train on
 //! exactly the same batches. Run: `cargo run --release -p lamb-data --example epoch_order --
 //! SEED EPOCHS N OUT`; OUT holds EPOCHS x N little-endian u32 indices, epoch after epoch
-//! (`lamb_data::epoch_permutation(SEED, e, N)` for e = 0, 1, ...).
+//! (`lamb_data::epoch_permutation(SEED, e, N)` for e = 0, 1, ...). That is `lamb train`'s order
+//! over its whole training set with one worker; with `--validation-split`, `--limit-train` or
+//! several workers the visited indices differ.
 
 use std::io::Write;
 
