@@ -1174,30 +1174,7 @@ pub fn conv_backward(
     dx: Option<(&mut [f32], &mut [f32])>,
     act_done: bool,
 ) {
-    let direct = conv_direct(g, filters);
-    conv_backward_with(
-        direct, g, filters, act, w, input, y, dy, cols, dw, db, dx, act_done,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn conv_backward_with(
-    direct: bool,
-    g: &ConvGeom,
-    filters: usize,
-    act: Activation,
-    w: &[f32],
-    input: &[f32],
-    y: &[f32],
-    dy: &mut [f32],
-    cols: &mut [f32],
-    dw: &mut [f32],
-    db: &mut [f32],
-    dx: Option<(&mut [f32], &mut [f32])>,
-    act_done: bool,
-) {
-    conv_backward_buffered_with(
-        direct,
+    conv_backward_buffered(
         g,
         filters,
         act,
@@ -1878,7 +1855,7 @@ mod tests {
                 let (mut dw, mut db) = (vec![0.0; kkc * f], vec![0.0; f]);
                 let mut dx = vec![0.0; batch * g.in_len()];
                 let mut dcols = vec![0.0; batch * p * kkc];
-                conv_backward_with(
+                conv_backward_buffered_with(
                     direct,
                     &g,
                     f,
@@ -1892,6 +1869,7 @@ mod tests {
                     &mut db,
                     Some((&mut dx, &mut dcols)),
                     false,
+                    &mut ConvBuffers::default(),
                 );
                 res.push((dy, dw, db, dx));
             }
@@ -2028,7 +2006,7 @@ mod tests {
                 let mut dx = vec![f32::NAN; n * g.in_len()];
                 let mut cols = vec![0.0; n * p * kkc];
                 let mut dcols = vec![0.0; n * p * kkc];
-                conv_backward_with(
+                conv_backward_buffered_with(
                     direct,
                     &g,
                     f,
@@ -2042,6 +2020,7 @@ mod tests {
                     &mut db,
                     Some((&mut dx, &mut dcols)),
                     false,
+                    &mut ConvBuffers::default(),
                 );
                 res.push((dw, db, dx));
             }
