@@ -310,47 +310,7 @@ fn run_family(family: &str) {
     );
 }
 
-#[test]
-fn golden_tfa() {
-    run_family("tfa");
-}
-
-#[test]
-fn golden_pytorch_lamb() {
-    run_family("pytorch_lamb");
-}
-
-#[test]
-fn golden_torch_optimizer() {
-    run_family("torch_optimizer");
-}
-
-#[test]
-fn golden_timm() {
-    run_family("timm");
-}
-
-#[test]
-fn golden_optax() {
-    run_family("optax");
-}
-
-#[test]
-fn golden_torch_adam() {
-    run_family("torch_adam");
-}
-
-#[test]
-fn every_family_is_tested() {
-    golden_support::every_family_is_tested(&[
-        "tfa",
-        "pytorch_lamb",
-        "torch_optimizer",
-        "timm",
-        "optax",
-        "torch_adam",
-    ]);
-}
+golden_family_tests!(run_family);
 
 #[test]
 fn changed_rules_are_rejected() {

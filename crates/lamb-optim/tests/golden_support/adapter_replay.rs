@@ -69,41 +69,7 @@ pub fn run_family(family: &str, replay_doc: impl Fn(&Value) -> Result<f64, Strin
 #[macro_export]
 macro_rules! adapter_golden_tests {
     ($replay:ident) => {
-        #[test]
-        fn golden_tfa() {
-            adapter_replay::run_family("tfa", $replay);
-        }
-        #[test]
-        fn golden_pytorch_lamb() {
-            adapter_replay::run_family("pytorch_lamb", $replay);
-        }
-        #[test]
-        fn golden_torch_optimizer() {
-            adapter_replay::run_family("torch_optimizer", $replay);
-        }
-        #[test]
-        fn golden_timm() {
-            adapter_replay::run_family("timm", $replay);
-        }
-        #[test]
-        fn golden_optax() {
-            adapter_replay::run_family("optax", $replay);
-        }
-        #[test]
-        fn golden_torch_adam() {
-            adapter_replay::run_family("torch_adam", $replay);
-        }
-        #[test]
-        fn every_family_is_tested() {
-            golden_support::every_family_is_tested(&[
-                "tfa",
-                "pytorch_lamb",
-                "torch_optimizer",
-                "timm",
-                "optax",
-                "torch_adam",
-            ]);
-        }
+        golden_family_tests!(|family| adapter_replay::run_family(family, $replay));
         #[test]
         fn changed_rules_are_rejected() {
             golden_support::changed_rules_are_rejected($replay);
