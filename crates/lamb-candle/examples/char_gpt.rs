@@ -504,20 +504,20 @@ fn save_run(dir: &Path, o: &Outcome) -> Res<()> {
     }
     std::fs::write(dir.join("evals.csv"), csv)?;
     let s = &o.spec;
-    let json = format!(
-        "{{\"optimizer\":\"{}\",\"batch\":{},\"lr\":{},\"steps\":{},\"warmup\":{},\"tokens\":{},\"best_val_loss\":{:.6},\"final_val_loss\":{:.6},\"seconds\":{:.3}}}\n",
-        s.optimizer,
-        s.batch,
-        s.lr,
-        s.steps,
-        s.warmup,
-        s.steps * s.batch * 64,
-        o.best(),
-        o.last(),
-        o.seconds
-    );
+    let json = serde_json::json!({
+        "optimizer": s.optimizer,
+        "batch": s.batch,
+        "lr": s.lr,
+        "steps": s.steps,
+        "seed": s.seed,
+        "warmup": s.warmup,
+        "tokens": s.steps * s.batch * 64,
+        "best_val_loss": o.best(),
+        "final_val_loss": o.last(),
+        "seconds": o.seconds,
+    });
     let tmp = dir.join("result.json.tmp");
-    std::fs::write(&tmp, json)?;
+    std::fs::write(&tmp, format!("{json}\n"))?;
     std::fs::rename(tmp, dir.join("result.json"))?;
     Ok(())
 }
@@ -528,11 +528,9 @@ fn load_run(dir: &Path, spec: &RunSpec) -> Res<Option<Outcome>> {
     if !done.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&done)?;
-    let seconds = text
-        .split("\"seconds\":")
-        .nth(1)
-        .and_then(|s| s.trim_end_matches(['}', '\n']).parse::<f64>().ok())
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&done)?)?;
+    let seconds = result["seconds"]
+        .as_f64()
         .ok_or_else(|| format!("{}: no seconds", done.display()))?;
     let csv = std::fs::read_to_string(dir.join("evals.csv"))?;
     let mut evals = Vec::new();
@@ -875,6 +873,32 @@ mod tests {
         let decoded: String = all.iter().map(|&i| c.chars[i as usize]).collect();
         assert_eq!(decoded, text);
         assert_eq!(c.train.len(), text.chars().count() * 9 / 10);
+    }
+
+    #[test]
+    fn a_saved_run_reads_back_as_finished() {
+        let spec = RunSpec {
+            optimizer: "adamw".into(),
+            batch: 12,
+            lr: 1e-3,
+            steps: 64,
+            warmup: 8,
+            seed: 3,
+        };
+        let o = Outcome {
+            spec: spec.clone(),
+            evals: vec![(768, 1, 4.1, 4.2, 0.5), (49152, 64, 3.25, 3.3, 12.25)],
+            seconds: 12.5,
+        };
+        let dir = std::env::temp_dir().join(format!("char_gpt_test_{}", std::process::id()));
+        assert!(
+            load_run(&dir, &spec).unwrap().is_none(),
+            "nothing saved yet"
+        );
+        save_run(&dir, &o).unwrap();
+        let back = load_run(&dir, &spec).unwrap().expect("finished run");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((back.evals, back.seconds), (o.evals, o.seconds));
     }
 
     #[test]
